@@ -1,0 +1,5 @@
+import sys
+
+from flantune.cli import main
+
+sys.exit(main())

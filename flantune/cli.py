@@ -1,0 +1,71 @@
+"""The `flantune` command line. Each command takes key=value options; errors a user can fix are one
+paragraph on stderr with exit code 2 (add --debug for the traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flantune.errors import FlantuneError
+
+COMMANDS = {
+    "tasks": "list every registered task (built-in and plugins)",
+    "show": "render real examples of a task and measure their token lengths",
+    "config": "print the resolved run configuration",
+    "run": "fine-tune (full or LoRA) on a task or a mixture, then evaluate",
+    "eval": "evaluate a base model or a finished run on a task or a mixture",
+    "compare": "compare a base model with fine-tuned runs in a report with confidence intervals",
+    "report": "rebuild comparison reports from saved predictions, without running a model",
+}
+
+EPILOG = """examples:
+  flantune tasks data_dir=../shared/data
+  flantune show task=imdb n=3 split=train data_dir=../shared/data
+  flantune run task=imdb model=tiny data_dir=@sample train.max_steps=200
+  flantune run task=imdb method=lora model=flan-t5-large train.lr=3e-4
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flantune", description="Multi-task text-to-text fine-tuning for FLAN-T5.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+        if name in ("run", "config", "eval", "compare"):
+            p.add_argument("--config", action="append", default=[], metavar="FILE",
+                           help="a YAML file of settings, applied before the key=value overrides (repeatable)")
+        p.add_argument("options", nargs="*", metavar="key=value")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from flantune import commands
+
+    return getattr(commands, f"cmd_{args.command}")(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _dispatch(args) or 0
+    except FlantuneError as exc:
+        if args.debug:
+            raise
+        print(f"flantune {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""A task's rows for one role (train / validation / test), checked and rendered to text.
+
+`load_rows` selects the rows (slicing, holdout, filter, example cap) and checks them against the
+task before any heavy work: every name a template reads must be a column, every label must be a
+choice, and the split must not be empty. `render_row` turns one row into the prompt, the target,
+the gold references and the label.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flantune import templates
+from flantune.errors import FlantuneError
+from flantune.sources import load_split
+from flantune.splits import check_split_syntax, select_rows
+from flantune.task import ROLES, Task, Template
+
+ID = "_id"  # the column that carries an example's id through every step
+# Names a template may use besides the dataset's columns.
+EXTRA_NAMES = ("choices", "options", "answer")
+
+
+def resolve_spec(task: Task, role: str) -> str:
+    if role not in ROLES:
+        raise FlantuneError(f"'{role}' is not a split role: use one of {', '.join(ROLES)}.")
+    return task.splits[role]
+
+
+@lru_cache(maxsize=32)
+def _preprocess_fn(dotted: str) -> Callable[[dict], dict]:
+    module, _, name = dotted.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise FlantuneError(
+            f"The preprocessing hook '{dotted}' can't be imported ({exc}). It must be 'package.module:function' "
+            "importable from this Python environment."
+        ) from exc
+
+
+def apply_preprocess(task: Task, row: dict[str, Any]) -> dict[str, Any]:
+    if task.preprocess is None:
+        return row
+    out = _preprocess_fn(task.preprocess)(dict(row))
+    if not isinstance(out, dict):
+        raise FlantuneError(f"The preprocessing hook '{task.preprocess}' of task '{task.name}' must return a dict.")
+    return out
+
+
+def template_context(task: Task, row: dict[str, Any]) -> dict[str, Any]:
+    """The names a template sees: the row's columns plus choices, options and (classification) answer."""
+    ctx = dict(row)
+    if task.is_classification:
+        ctx["choices"] = task.choice_texts
+        ctx["options"] = "\n".join(f"- {c}" for c in task.choice_texts)
+        label = row.get(task.label_column)
+        ctx["answer"] = task.choices.get(label) if label is not None else None
+    return ctx
+
+
+def render_row(task: Task, row: dict[str, Any], template: Template) -> dict[str, Any]:
+    """prompt, target, references (gold texts) and label (-1 unless classification) of one row."""
+    ctx = template_context(task, apply_preprocess(task, row))
+    target = templates.render(task.target_template(template), ctx)
+    if task.references:
+        refs = templates.evaluate(task.references, ctx)
+        refs = [refs] if isinstance(refs, str) else [str(r) for r in refs]
+    else:
+        refs = [target]
+    label = int(row[task.label_column]) if task.is_classification else -1
+    return {"input": templates.render(template.input, ctx), "target": target, "references": refs, "label": label}
+
+
+def _names_read(task: Task) -> dict[str, set[str]]:
+    """Where each checked name is read: {place: names}."""
+    places: dict[str, set[str]] = {}
+    for t in task.templates:
+        places[f"template '{t.name}' (input)"] = templates.variables(t.input)
+        places[f"template '{t.name}' (target)"] = templates.variables(task.target_template(t))
+    if task.references:
+        places["references"] = templates.variables(task.references, expression=True)
+    if task.filter:
+        places["filter"] = templates.variables(task.filter, expression=True)
+    if task.label_column:
+        places["label_column"] = {task.label_column}
+    if task.id_column:
+        places["id_column"] = {task.id_column}
+    return places
+
+
+def check_columns(task: Task, columns: list[str], example: dict[str, Any] | None = None) -> None:
+    """Every name the task reads must be a column; then every template must render on `example`."""
+    available = set(columns) | set(EXTRA_NAMES)
+    if example is not None and task.preprocess:
+        available |= set(apply_preprocess(task, example))
+    for place, names in _names_read(task).items():
+        missing = sorted(names - available)
+        if missing:
+            raise FlantuneError(
+                f"Task '{task.name}' ({task.origin}): {place} reads column '{missing[0]}', which the data does not "
+                f"have. Columns available: {', '.join(sorted(columns))}. Fix the task file, or add the column "
+                "with a preprocessing hook (preprocess: 'package.module:function')."
+            )
+    if example is None:
+        return
+    for t in task.templates:
+        try:
+            render_row(task, example, t)
+        except FlantuneError:
+            raise
+        except Exception as exc:  # jinja2.UndefinedError, TypeError, ...
+            raise FlantuneError(
+                f"Task '{task.name}' ({task.origin}): template '{t.name}' fails on a real row: "
+                f"{type(exc).__name__}: {exc}. Columns available: {', '.join(sorted(columns))}."
+            ) from exc
+
+
+def column(dataset, name: str) -> np.ndarray:
+    """One column as a numpy array, read through Arrow (datasets' row iterator is slow)."""
+    table = dataset.select_columns([name]).with_format("arrow")[:]
+    return table.column(name).to_numpy(zero_copy_only=False)
+
+
+def check_labels(task: Task, dataset, role: str) -> None:
+    if not task.is_classification:
+        return
+    labels = set(np.unique(column(dataset, task.label_column)).tolist())
+    outside = sorted(labels - set(task.choices), key=str)
+    if outside:
+        raise FlantuneError(
+            f"Task '{task.name}' ({task.origin}): the {role} split has label {outside[0]!r}, which is not one of "
+            f"its choices ({', '.join(f'{k}: {v}' for k, v in task.choices.items())}). Add it to 'choices' or "
+            "filter those rows out with 'filter'."
+        )
+
+
+def _split_with_ids(task: Task, split: str, data_dir: Path | None):
+    """The whole split with an `_id` column: the task's id column as text, else "<split>-<row>".
+
+    The column is added to the full split (no indices mapping yet), which appends one in-memory
+    column and leaves the memory-mapped data uncopied.
+    """
+    full = load_split(task, split, data_dir)
+    if ID in full.column_names:
+        return full
+    if task.id_column:
+        if task.id_column not in full.column_names:
+            check_columns(task, full.column_names)  # raises, naming the column and what is there
+        ids = [str(v) for v in full.data.column(task.id_column).to_pylist()]
+    else:
+        ids = [f"{split}-{i}" for i in range(len(full))]
+    return full.add_column(ID, ids)
+
+
+def load_rows(task: Task, role: str, data_dir: Path | None, *, max_examples: int | None = None, seed: int = 0):
+    """The checked rows of `role`, each with an `_id`; a seeded subset of `max_examples` rows, in order."""
+    import datasets
+
+    spec = resolve_spec(task, role)
+    data_dir = Path(data_dir) if data_dir is not None else None
+    parts = []
+    names = {}
+
+    for split in dict.fromkeys(check_split_syntax(spec)):
+        names[split] = _split_with_ids(task, split, data_dir)
+    sizes = {split: len(ds) for split, ds in names.items()}
+    for split, rows in select_rows(spec, role, sizes, task.holdout):
+        if len(rows):
+            parts.append(names[split].select(rows))
+    if not parts:
+        raise _empty(task, role, spec, data_dir)
+    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    check_columns(task, [c for c in dataset.column_names if c != ID], dataset[0])
+    if task.filter:
+        keep = task.filter
+        dataset = dataset.filter(
+            lambda row: bool(templates.evaluate(keep, template_context(task, row))),
+            desc=f"{task.name}: filter",
+        )
+    if len(dataset) == 0:
+        raise _empty(task, role, spec, data_dir)
+    if max_examples is not None and max_examples < len(dataset):
+        picked = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_examples, replace=False))
+        dataset = dataset.select(picked)
+    check_labels(task, dataset, role)
+    return dataset
+
+
+def _empty(task: Task, role: str, spec: str, data_dir: Path | None) -> FlantuneError:
+    where = f"the mirror in {data_dir}" if data_dir else f"hub dataset {task.source.hub}"
+    extra = f" after its filter ({task.filter})" if task.filter else ""
+    return FlantuneError(
+        f"Task '{task.name}': the {role} split '{spec}' of {where} has no rows{extra}. "
+        f"Pick a non-empty split with tasks.{task.name}.splits.{role}=..."
+    )

@@ -1,0 +1,376 @@
+"""A task is data: a YAML file (or a dict) turned into a validated, immutable `Task`.
+
+Everything a task needs is declared here, so a task file can be read without reading Python:
+where the data comes from, which split plays which role, the prompt templates, the answer
+choices, the metrics and the length limits. Loading a task never touches the data or imports
+torch; the checks that need the data's columns happen in `flantune.data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flantune.errors import FlantuneError, did_you_mean
+from flantune.splits import check_split_syntax
+
+KINDS = ("classification", "generation", "extractive_qa")
+ROLES = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Source:
+    hub: str | None = None  # a Hugging Face hub dataset id
+    config: str | None = None  # the hub config name
+    revision: str | None = None  # e.g. refs/convert/parquet for datasets that had a loading script
+    mirror: str | None = None  # the folder name under data_dir
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """A seeded division of one split: `size` rows go to role `to`, every other role drawing on
+    split `from_` leaves them out, so evaluation rows never appear in training."""
+
+    from_: str
+    to: str
+    size: float  # a row count (>= 1) or a fraction of the split (< 1)
+    seed: int
+
+    def count(self, n_rows: int) -> int:
+        return int(self.size) if self.size >= 1 else int(round(self.size * n_rows))
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    input: str
+    target: str | None = None  # overrides the task's target template
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    kind: str
+    source: Source
+    splits: dict[str, str]
+    templates: tuple[Template, ...]
+    metrics: tuple[MetricSpec, ...]
+    primary_metric: str
+    version: int = 1
+    holdout: Holdout | None = None
+    eval_template: str | None = None  # defaults to the first template
+    target: str | None = None  # Jinja template of the target text (generation, QA)
+    references: str | None = None  # Jinja expression giving the list of gold answers
+    label_column: str | None = None  # classification
+    choices: dict[int, str] | None = None  # classification: label id -> answer text
+    id_column: str | None = None  # without one, an example's id is "<split>-<row>"
+    filter: str | None = None  # Jinja expression; rows where it is false are dropped
+    preprocess: str | None = None  # "package.module:function", applied to each row first
+    max_input_length: int = 512
+    max_target_length: int = 128
+    max_new_tokens: int = 64
+    origin: str = "?"  # where the task came from: "built-in", a file path or an entry point
+
+    @property
+    def choice_texts(self) -> list[str]:
+        return list(self.choices.values()) if self.choices else []
+
+    @property
+    def is_classification(self) -> bool:
+        return self.kind == "classification"
+
+    def template(self, name: str | None) -> Template:
+        if name is None:
+            return self.templates[0]
+        for t in self.templates:
+            if t.name == name:
+                return t
+        raise FlantuneError(
+            f"Task '{self.name}' has no template '{name}'.{did_you_mean(name, [t.name for t in self.templates])} "
+            f"Its templates are: {', '.join(t.name for t in self.templates)} (defined in {self.origin})."
+        )
+
+    @property
+    def evaluation_template(self) -> Template:
+        return self.template(self.eval_template)
+
+    def target_template(self, template: Template) -> str:
+        if self.is_classification:
+            return "{{ answer }}"
+        return template.target or self.target  # validated to exist for non-classification tasks
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Task:
+        """A copy with fields replaced (from the command line: tasks.<name>.<field>=value)."""
+        if not overrides:
+            return self
+        data = task_to_dict(self)
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return task_from_dict(data, origin=f"{self.origin} (with command-line overrides)")
+
+
+_TASK_KEYS = {f.name for f in fields(Task)} - {"origin"}
+_REQUIRED = ("name", "description", "kind", "source", "splits", "templates", "metrics", "primary_metric")
+
+
+def _fail(origin: str, where: str, problem: str) -> FlantuneError:
+    return FlantuneError(f"Malformed task file {origin}: field '{where}' {problem}")
+
+
+def _check_keys(origin: str, where: str, mapping: dict, allowed: set[str]) -> None:
+    for key in mapping:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise _fail(
+                origin,
+                f"{prefix}{key}",
+                f"is not a known field.{did_you_mean(key, allowed)} Known fields: {', '.join(sorted(allowed))}.",
+            )
+
+
+def _str(origin: str, where: str, value: Any, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(origin, where, f"must be a non-empty string, got {value!r}.")
+    return value
+
+
+def _int(origin: str, where: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(origin, where, f"must be a whole number >= {minimum}, got {value!r}.")
+    return value
+
+
+def _check_jinja(origin: str, where: str, text: str, *, expression: bool = False) -> None:
+    from flantune import templates  # jinja2 is cheap to import
+
+    try:
+        templates.compile_expression(text) if expression else templates.compile_template(text)
+    except Exception as exc:  # jinja2.TemplateSyntaxError and friends
+        raise _fail(origin, where, f"is not valid Jinja2: {exc}.") from exc
+
+
+def task_from_dict(data: Any, origin: str) -> Task:
+    if not isinstance(data, dict):
+        raise FlantuneError(f"Malformed task file {origin}: expected a mapping of fields, got {type(data).__name__}.")
+    _check_keys(origin, "", data, _TASK_KEYS)
+    for key in _REQUIRED:
+        if key not in data or data[key] is None:
+            raise _fail(origin, key, "is required but missing.")
+
+    name = _str(origin, "name", data["name"])
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise _fail(origin, "name", f"must use letters, digits, '_' or '-' only, got {name!r}.")
+    kind = data["kind"]
+    if kind not in KINDS:
+        raise _fail(origin, "kind", f"must be one of {', '.join(KINDS)}, got {kind!r}.{did_you_mean(kind, KINDS)}")
+
+    src = data["source"]
+    if not isinstance(src, dict):
+        raise _fail(origin, "source", "must be a mapping with hub / config / revision / mirror.")
+    _check_keys(origin, "source", src, {f.name for f in fields(Source)})
+    source = Source(**{k: _str(origin, f"source.{k}", v, optional=True) for k, v in src.items()})
+    if not source.hub and not source.mirror:
+        raise _fail(origin, "source", "needs a hub dataset id (source.hub) or a mirror folder name (source.mirror).")
+
+    splits = data["splits"]
+    if not isinstance(splits, dict):
+        raise _fail(origin, "splits", "must map roles (train, validation, test) to split names.")
+    _check_keys(origin, "splits", splits, set(ROLES))
+    for role in ROLES:
+        if role not in splits:
+            raise _fail(origin, f"splits.{role}", "is required (use the hub's slicing syntax, e.g. validation[:80%]).")
+        _str(origin, f"splits.{role}", splits[role])
+        try:
+            check_split_syntax(splits[role])
+        except FlantuneError as exc:
+            raise _fail(origin, f"splits.{role}", str(exc)) from exc
+
+    holdout = None
+    if data.get("holdout") is not None:
+        h = data["holdout"]
+        if not isinstance(h, dict):
+            raise _fail(origin, "holdout", "must be a mapping with from, to, size and seed.")
+        _check_keys(origin, "holdout", h, {"from", "to", "size", "seed"})
+        for key in ("from", "to", "size", "seed"):
+            if key not in h:
+                raise _fail(origin, f"holdout.{key}", "is required.")
+        if h["to"] not in ROLES:
+            raise _fail(origin, "holdout.to", f"must be one of {', '.join(ROLES)}, got {h['to']!r}.")
+        size = h["size"]
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
+            raise _fail(origin, "holdout.size", f"must be a row count or a fraction in (0, 1), got {size!r}.")
+        holdout = Holdout(
+            from_=_str(origin, "holdout.from", h["from"]), to=h["to"], size=size,
+            seed=_int(origin, "holdout.seed", h["seed"], minimum=0),
+        )
+
+    raw_templates = data["templates"]
+    if not isinstance(raw_templates, list) or not raw_templates:
+        raise _fail(origin, "templates", "must be a non-empty list of {name, input[, target]}.")
+    templates_: list[Template] = []
+    for i, t in enumerate(raw_templates):
+        where = f"templates[{i}]"
+        if not isinstance(t, dict):
+            raise _fail(origin, where, "must be a mapping with name and input.")
+        _check_keys(origin, where, t, {"name", "input", "target"})
+        tname = _str(origin, f"{where}.name", t.get("name"))
+        _str(origin, f"{where}.input", t.get("input"))
+        _check_jinja(origin, f"{where}.input", t["input"])
+        if t.get("target") is not None:
+            _check_jinja(origin, f"{where}.target", _str(origin, f"{where}.target", t["target"]))
+        templates_.append(Template(name=tname, input=t["input"], target=t.get("target")))
+    names = [t.name for t in templates_]
+    if len(set(names)) != len(names):
+        raise _fail(origin, "templates", f"has duplicate template names: {names}.")
+    eval_template = data.get("eval_template")
+    if eval_template is not None and eval_template not in names:
+        raise _fail(origin, "eval_template", f"names no template: {eval_template!r}.{did_you_mean(eval_template, names)}")
+
+    choices = None
+    label_column = data.get("label_column")
+    if kind == "classification":
+        _str(origin, "label_column", label_column)
+        raw_choices = data.get("choices")
+        if not isinstance(raw_choices, dict) or len(raw_choices) < 2:
+            raise _fail(origin, "choices", "must map each label id to its answer text, with at least two choices.")
+        choices = {}
+        for k, v in raw_choices.items():
+            if isinstance(k, bool) or not isinstance(k, int):
+                raise _fail(origin, f"choices.{k}", "must be keyed by integer label ids.")
+            choices[k] = _str(origin, f"choices.{k}", v)
+        if len(set(choices.values())) != len(choices):
+            raise _fail(origin, "choices", "has the same answer text twice.")
+        for key in ("target", "references"):
+            if data.get(key) is not None:
+                raise _fail(origin, key, "is not used by classification tasks: the target is the label's choice text.")
+    else:
+        target = data.get("target")
+        if target is None and any(t.target is None for t in templates_):
+            raise _fail(origin, "target", "is required (a Jinja template of the target text) unless every template has its own.")
+        if target is not None:
+            _check_jinja(origin, "target", _str(origin, "target", target))
+    if kind == "extractive_qa":
+        _check_jinja(origin, "references", _str(origin, "references", data.get("references")), expression=True)
+    elif data.get("references") is not None and kind != "classification":
+        _check_jinja(origin, "references", _str(origin, "references", data["references"]), expression=True)
+    if data.get("filter") is not None:
+        _check_jinja(origin, "filter", _str(origin, "filter", data["filter"]), expression=True)
+    preprocess = _str(origin, "preprocess", data.get("preprocess"), optional=True)
+    if preprocess is not None and ":" not in preprocess:
+        raise _fail(origin, "preprocess", f"must be 'package.module:function', got {preprocess!r}.")
+
+    metrics = _metric_specs(origin, data["metrics"])
+    primary = _str(origin, "primary_metric", data["primary_metric"])
+    from flantune.metrics import metric_outputs, known_metric_names
+
+    for spec in metrics:
+        if spec.name not in known_metric_names() and not spec.name.startswith("evaluate:"):
+            raise _fail(
+                origin, "metrics",
+                f"names an unknown metric {spec.name!r}.{did_you_mean(spec.name, known_metric_names())} "
+                f"Known: {', '.join(known_metric_names())}, or evaluate:<name> for a metric of the evaluate library.",
+            )
+    outputs = metric_outputs(metrics, choices)
+    if outputs is not None and primary not in outputs:
+        raise _fail(
+            origin, "primary_metric",
+            f"{primary!r} is not computed by this task's metrics.{did_you_mean(primary, outputs)} "
+            f"They compute: {', '.join(outputs)}.",
+        )
+
+    version = data.get("version", 1)
+    return Task(
+        name=name,
+        description=_str(origin, "description", data["description"]),
+        kind=kind,
+        version=_int(origin, "version", version),
+        source=source,
+        splits=dict(splits),
+        holdout=holdout,
+        templates=tuple(templates_),
+        eval_template=eval_template,
+        target=data.get("target"),
+        references=data.get("references"),
+        label_column=label_column,
+        choices=choices,
+        id_column=_str(origin, "id_column", data.get("id_column"), optional=True),
+        filter=data.get("filter"),
+        preprocess=preprocess,
+        metrics=metrics,
+        primary_metric=primary,
+        max_input_length=_int(origin, "max_input_length", data.get("max_input_length", 512)),
+        max_target_length=_int(origin, "max_target_length", data.get("max_target_length", 128)),
+        max_new_tokens=_int(origin, "max_new_tokens", data.get("max_new_tokens", 64)),
+        origin=origin,
+    )
+
+
+def _metric_specs(origin: str, raw: Any) -> tuple[MetricSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise _fail(origin, "metrics", "must be a non-empty list of metric names (or {name: ..., <params>}).")
+    specs = []
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            specs.append(MetricSpec(item))
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            specs.append(MetricSpec(item["name"], {k: v for k, v in item.items() if k != "name"}))
+        else:
+            raise _fail(origin, f"metrics[{i}]", f"must be a metric name or a mapping with 'name', got {item!r}.")
+    return tuple(specs)
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    """The inverse of task_from_dict (without origin): what `flantune show` and the run dir record."""
+    data: dict[str, Any] = {
+        "name": task.name,
+        "version": task.version,
+        "description": task.description,
+        "kind": task.kind,
+        "source": {k: v for k, v in vars(task.source).items() if v is not None},
+        "splits": dict(task.splits),
+        "templates": [{k: v for k, v in vars(t).items() if v is not None} for t in task.templates],
+        "metrics": [m.name if not m.params else {"name": m.name, **m.params} for m in task.metrics],
+        "primary_metric": task.primary_metric,
+        "max_input_length": task.max_input_length,
+        "max_target_length": task.max_target_length,
+        "max_new_tokens": task.max_new_tokens,
+    }
+    if task.holdout:
+        h = task.holdout
+        data["holdout"] = {"from": h.from_, "to": h.to, "size": h.size, "seed": h.seed}
+    for key in ("eval_template", "target", "references", "label_column", "choices", "id_column", "filter", "preprocess"):
+        value = getattr(task, key)
+        if value is not None:
+            data[key] = dict(value) if isinstance(value, dict) else value
+    return data
+
+
+def load_task_file(path: Path, origin: str | None = None) -> Task:
+    origin = origin or str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FlantuneError(f"Malformed task file {origin}: it is not valid YAML{where} ({problem}).") from exc
+    return task_from_dict(data, origin=origin)
+
+
+__all__ = ["Task", "Template", "Source", "Holdout", "MetricSpec", "task_from_dict", "task_to_dict", "load_task_file",
+           "KINDS", "ROLES"]

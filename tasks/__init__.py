@@ -1,0 +1,1 @@
+"""Built-in flantune tasks, one YAML file each. This file only lets the wheel ship the folder as package data."""

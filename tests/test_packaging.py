@@ -1,0 +1,64 @@
+"""The installed package works outside the checkout: built-in tasks, configs, the IMDB sample and the
+tokenizer ship inside the wheel and are found through the package-data API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel_site(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("src") / "flantune"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "runs", "build", "*.egg-info", "__pycache__",
+                                                               ".venv", "venv", "bench"))
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-w", str(wheels), str(src)], check=True)
+    (wheel,) = wheels.glob("flantune-*.whl")
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
+                    str(wheel)], check=True)
+    return site
+
+
+def _run(code: str, site: Path, cwd: Path) -> subprocess.CompletedProcess:
+    # PYTHONPATH puts the wheel's copy ahead of the editable checkout; cwd is outside the checkout.
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_wheel_ships_tasks_configs_sample_and_tokenizer(wheel_site, tmp_path):
+    code = """
+import flantune, importlib.resources as r
+from flantune.registry import discover
+from flantune.sources import sample_data_dir
+from flantune.show import bundled_tokenizer_dir
+print('FILE', flantune.__file__)
+reg = discover()
+print('TASKS', sorted(reg.tasks), {t.origin for t in reg.tasks.values()}, reg.problems)
+print('SAMPLE', sorted(p.name for p in (sample_data_dir() / 'imdb').iterdir()))
+print('TOKENIZER', sorted(p.name for p in bundled_tokenizer_dir().iterdir()))
+"""
+    proc = _run(code, wheel_site, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"FILE {wheel_site}" in out  # the wheel's copy, not the checkout
+    assert ("TASKS ['emotion', 'imdb', 'mlqa_hi_en', 'paws', 'paws_paraphrase', 'samsum', 'squad', 'squad_qg'] "
+            "{'built-in'} []") in out
+    assert "'test.parquet', 'train.parquet'" in out
+    assert "tokenizer.json" in out
+
+
+def test_wheel_cli_lists_tasks_from_another_folder(wheel_site, tmp_path, shared_data):
+    proc = _run(f"import sys; from flantune.cli import main; sys.exit(main(['tasks', 'data_dir={shared_data}']))",
+                wheel_site, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "stanfordnlp/imdb" in proc.stdout and "built-in" in proc.stdout

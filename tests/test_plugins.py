@@ -1,0 +1,116 @@
+"""Tasks added without touching flantune: a folder of task files and an installed plugin package."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flantune.data import load_rows, render_row
+from flantune.metrics import compute
+from flantune.registry import discover
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDER_PLUGIN = REPO / "examples" / "plugin_folder"
+PACKAGE_PLUGIN = REPO / "examples" / "plugin_package"
+
+
+def test_folder_plugin_is_listed_renders_and_evaluates(cli, shared_data):
+    code, out, _ = cli("tasks", f"tasks_dir={FOLDER_PLUGIN}", f"data_dir={shared_data}")
+    assert code == 0
+    assert "rotten_tomatoes" in out and "plugin_folder/rotten_tomatoes.yaml" in out
+    task = discover(FOLDER_PLUGIN).get("rotten_tomatoes")
+    rows = load_rows(task, "test", shared_data)
+    assert len(rows) == 1066
+    rendered = [render_row(task, rows[i], task.evaluation_template) for i in range(len(rows))]
+    # A system that always answers "positive" is right on exactly the 533 positive rows.
+    scores = compute(task.metrics, ["positive"] * len(rendered), [r["references"] for r in rendered],
+                     task.choice_texts)
+    assert scores["accuracy"] == pytest.approx(50.0)
+
+
+def test_tasks_path_env_works_like_tasks_dir(monkeypatch):
+    monkeypatch.setenv("FLANTUNE_TASKS_PATH", str(FOLDER_PLUGIN))
+    assert discover().get("rotten_tomatoes").origin.endswith("rotten_tomatoes.yaml")
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory) -> Path:
+    """The example plugin package, pip-installed into a folder that goes on PYTHONPATH."""
+    target = tmp_path_factory.mktemp("site")
+    src = tmp_path_factory.mktemp("src") / "plugin"
+    shutil.copytree(PACKAGE_PLUGIN, src)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(target), str(src)],
+        check=True,
+    )
+    return target
+
+
+def _flantune(args, pythonpath: Path, extra_env=None):
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "flantune", *args], capture_output=True, text=True, env=env)
+
+
+def test_entry_point_plugin_is_listed_renders_and_evaluates(installed_plugin, shared_data):
+    proc = _flantune(["tasks", f"data_dir={shared_data}"], installed_plugin)
+    assert proc.returncode == 0, proc.stderr
+    assert "rt_polarity" in proc.stdout and "flantune-rt-polarity" in proc.stdout
+    proc = _flantune(["show", "task=rt_polarity", "n=2", "split=validation", f"data_dir={shared_data}"],
+                     installed_plugin)
+    assert proc.returncode == 0, proc.stderr
+    assert "Did the reviewer like the movie?" in proc.stdout
+    code = (
+        "from flantune.registry import discover; from flantune.data import load_rows, render_row;"
+        "from flantune.metrics import compute; import sys;"
+        "t = discover().get('rt_polarity'); rows = load_rows(t, 'validation', sys.argv[1]);"
+        "refs = [render_row(t, r, t.evaluation_template)['references'] for r in rows];"
+        "print(compute(t.metrics, ['no'] * len(refs), refs, t.choice_texts)['accuracy'])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(shared_data)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(installed_plugin)})
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) == pytest.approx(50.0)  # 533 of 1,066 validation rows are negative ("no")
+
+
+def test_broken_plugins_are_reported_without_breaking_the_rest(tmp_path, installed_plugin):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    shutil.copy(FOLDER_PLUGIN / "rotten_tomatoes.yaml", folder)
+    (folder / "broken.yaml").write_text("name: broken\nkind: classification\ndescriptoin: typo\n")
+    # A plugin package whose module fails to import.
+    bad = tmp_path / "site"
+    (bad / "bad_plugin").mkdir(parents=True)
+    (bad / "bad_plugin" / "__init__.py").write_text("raise ImportError('this plugin is broken on purpose')\n")
+    dist = bad / "bad_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[flantune.tasks]\nbad = bad_plugin\n")
+    proc = _flantune(["tasks", f"tasks_dir={folder}"], Path(f"{installed_plugin}{os.pathsep}{bad}"))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.replace("\n", " ")
+    for name in ("rotten_tomatoes", "rt_polarity", "imdb", "samsum"):
+        assert name in out
+    assert "2 task source(s) failed to load" in out
+    assert "descriptoin" in out and "this plugin is broken on purpose" in out
+
+
+def test_a_broken_task_file_is_the_error_when_that_task_is_asked_for(tmp_path, cli):
+    (tmp_path / "broken.yaml").write_text("name: broken\nkind: classification\ndescriptoin: typo\n")
+    code, _, err = cli("show", "task=broken", f"tasks_dir={tmp_path}")
+    assert code == 2
+    assert "broken.yaml" in err and "'descriptoin'" in err and "description" in err
+
+
+def test_two_tasks_with_one_name_is_an_error_naming_both_origins(tmp_path, cli):
+    text = (FOLDER_PLUGIN / "rotten_tomatoes.yaml").read_text().replace("name: rotten_tomatoes", "name: imdb")
+    (tmp_path / "my_imdb.yaml").write_text(text)
+    code, _, err = cli("show", "task=imdb", f"tasks_dir={tmp_path}")
+    assert code == 2
+    err = err.replace("\n", " ")
+    assert "Two tasks are named 'imdb'" in err and "built-in" in err and "my_imdb.yaml" in err
