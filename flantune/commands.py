@@ -33,3 +33,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     show(task, role=str(opts["split"]), n=opts["n"], data_dir=resolve_data_dir(opts["data_dir"]),
          tokenizer_name=opts["tokenizer"], template=opts["template"], seed=opts["seed"], stats_rows=opts["stats_rows"])
     return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from flantune.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.options, args.config)), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flantune.config import load_config
+    from flantune.engine import run
+
+    run(load_config(args.options, args.config))
+    return 0

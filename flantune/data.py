@@ -8,6 +8,7 @@ the gold references and the label.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable
 from functools import lru_cache
@@ -179,10 +180,10 @@ def load_rows(task: Task, role: str, data_dir: Path | None, *, max_examples: int
     dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     check_columns(task, [c for c in dataset.column_names if c != ID], dataset[0])
     if task.filter:
-        keep = task.filter
         dataset = dataset.filter(
-            lambda row: bool(templates.evaluate(keep, template_context(task, row))),
-            desc=f"{task.name}: filter",
+            _keep_row, fn_kwargs={"task": task}, desc=f"{task.name}: filter",
+            # explicit, so that the filtered rows are cached across runs (a closure hashes differently each run)
+            new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}|{task.filter}".encode()).hexdigest()[:32],
         )
     if len(dataset) == 0:
         raise _empty(task, role, spec, data_dir)
@@ -191,6 +192,10 @@ def load_rows(task: Task, role: str, data_dir: Path | None, *, max_examples: int
         dataset = dataset.select(picked)
     check_labels(task, dataset, role)
     return dataset
+
+
+def _keep_row(row: dict[str, Any], task: Task) -> bool:
+    return bool(templates.evaluate(task.filter, template_context(task, row)))
 
 
 def _empty(task: Task, role: str, spec: str, data_dir: Path | None) -> FlantuneError:

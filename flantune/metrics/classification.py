@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 INVALID = -1
 
 
-def _choice_lookup(choices: Sequence[str] | None):
+def choice_index(choices: Sequence[str] | None):
     if not choices:
         raise ValueError("classification metrics need the task's choices, got none")
     exact: dict[str, int] = {}
@@ -35,7 +35,7 @@ def _choice_lookup(choices: Sequence[str] | None):
 
 
 def classification_stats(predictions, references, *, choices, **_) -> dict[str, np.ndarray]:
-    index = _choice_lookup(choices)
+    index = choice_index(choices)
     pred = np.array([index(p) for p in predictions], dtype=np.int64)
     gold = np.empty(len(references), dtype=np.int64)
     for i, refs in enumerate(references):

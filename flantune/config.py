@@ -1,0 +1,348 @@
+"""The run configuration: OmegaConf YAML under configs/, groups chosen by name, and overrides.
+
+All override rules live in `load_config`:
+  1. configs/defaults.yaml, typed by the schema below (unknown keys and wrong types are errors);
+  2. the method group (configs/method/<method>.yaml), then the model group (configs/model/<model>.yaml,
+     or a local path / hub id), then the mixture (configs/mixture/<mixture>.yaml);
+  3. the user's --config files, in order;
+  4. key=value overrides from the command line.
+A group file is a partial run config: model groups may also set train.batch_size, for instance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from flantune.errors import FlantuneError, did_you_mean
+from flantune.overrides import parse_overrides
+
+PRECISIONS = ("auto", "bf16", "fp32", "fp16")
+CLASSIFY = ("rank", "generate")
+SAMPLING = ("length_grouped", "random")
+METHODS_DIR, MODELS_DIR, MIXTURES_DIR = "method", "model", "mixture"
+
+
+@dataclass
+class ModelCfg:
+    name: str = MISSING
+    path: Optional[str] = MISSING
+    tokenizer: Optional[str] = MISSING
+    random_init: bool = MISSING
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainCfg:
+    epochs: float = MISSING
+    max_steps: int = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
+    grad_accum: int = MISSING
+    warmup_ratio: float = MISSING
+    weight_decay: float = MISSING
+    lr_scheduler: str = MISSING
+    optim: str = MISSING
+    max_grad_norm: float = MISSING
+    logging_steps: int = MISSING
+    eval_steps: int = MISSING
+    save_steps: Optional[int] = MISSING
+    save_total_limit: Optional[int] = MISSING
+    sampling: str = MISSING
+    num_workers: int = MISSING
+
+
+@dataclass
+class DataCfg:
+    max_train_examples: Optional[int] = MISSING
+    max_eval_examples: Optional[int] = MISSING
+    template_seed: int = MISSING
+
+
+@dataclass
+class EvalCfg:
+    split: str = MISSING
+    classify: str = MISSING
+    batch_size: int = MISSING
+    num_beams: int = MISSING
+
+
+@dataclass
+class LoraCfg:
+    r: int = MISSING
+    alpha: float = MISSING
+    dropout: float = MISSING
+    target_modules: Any = MISSING  # a list of module names, or "all-linear"
+
+
+@dataclass
+class MixingCfg:
+    scheme: str = MISSING
+    cap: Optional[int] = MISSING
+    temperature: float = MISSING
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunCfg:
+    task: Any = MISSING  # a name or a list of names
+    mixture: Optional[str] = MISSING
+    model: ModelCfg = field(default_factory=ModelCfg)
+    method: str = MISSING
+    data_dir: Optional[str] = MISSING
+    tasks_dir: Optional[str] = MISSING
+    tasks: dict[str, Any] = field(default_factory=dict)
+    output_dir: Optional[str] = MISSING
+    seed: int = MISSING
+    resume: bool = MISSING
+    overwrite: bool = MISSING
+    merge: bool = MISSING
+    compare: bool = MISSING
+    precision: str = MISSING
+    force_fp16: bool = MISSING
+    gradient_checkpointing: bool = MISSING
+    report_to: Any = MISSING
+    train: TrainCfg = field(default_factory=TrainCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    lora: LoraCfg = field(default_factory=LoraCfg)
+    mixing: MixingCfg = field(default_factory=MixingCfg)
+
+
+# Mappings whose keys are the user's (task names, T5Config fields): not checked against the schema.
+FREE_KEYS = ("tasks", "model.architecture", "mixing.weights")
+
+
+def configs_root() -> Path:
+    return Path(str(resources.files("flantune._builtin_configs")))
+
+
+def group_options(group: str) -> list[str]:
+    folder = configs_root() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise FlantuneError(f"{what} '{path}' does not exist.") from exc
+    except yaml.YAMLError as exc:
+        raise FlantuneError(f"{what} '{path}' is not valid YAML: {str(exc).splitlines()[0]}.") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FlantuneError(f"{what} '{path}' must be a mapping of settings, got {type(data).__name__}.")
+    return data
+
+
+def _schema_keys(node: Any, prefix: str = "") -> set[str]:
+    keys = set()
+    for key in node:
+        path = f"{prefix}{key}"
+        keys.add(path)
+        value = node._get_node(key)
+        if isinstance(value, DictConfig) and path not in FREE_KEYS and OmegaConf.get_type(value) is not dict:
+            keys |= _schema_keys(value, path + ".")
+    return keys
+
+
+_KNOWN = None
+
+
+def known_keys() -> set[str]:
+    global _KNOWN
+    if _KNOWN is None:
+        _KNOWN = _schema_keys(OmegaConf.structured(RunCfg))
+    return _KNOWN
+
+
+def check_key(key: str, where: str) -> None:
+    if key in known_keys() or any(key.startswith(free + ".") for free in FREE_KEYS):
+        return
+    parent = key.rpartition(".")[0]
+    siblings = sorted(k.rpartition(".")[2] for k in known_keys() if k.rpartition(".")[0] == parent)
+    where_keys = f"Keys under '{parent}'" if parent else "Top-level keys"
+    raise FlantuneError(
+        f"Unknown config key '{key}' ({where}).{did_you_mean(key, known_keys())} "
+        + (f"{where_keys}: {', '.join(siblings)}." if siblings else "Run `flantune config` to see every key.")
+    )
+
+
+def _flatten(data: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """[(dotted.key, value)] of a nested mapping, stopping at the free-form mappings."""
+    out = []
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path not in FREE_KEYS:
+            out.extend(_flatten(value, path + "."))
+        else:
+            out.append((path, value))
+    return out
+
+
+def _model_patch(value: Any, where: str) -> dict:
+    """`model=X`: a group name, a local folder, or a hub id ORG/NAME."""
+    if isinstance(value, dict):
+        return {"model": value}
+    name = str(value)
+    if name in group_options(MODELS_DIR):
+        return read_yaml(configs_root() / MODELS_DIR / f"{name}.yaml", "Model config")
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            raise FlantuneError(
+                f"Model path '{name}' ({where}) does not exist. Give model= a folder holding config.json and the "
+                f"weights (save_pretrained output), a hub id like google/flan-t5-base, or one of: "
+                f"{', '.join(group_options(MODELS_DIR))}."
+            )
+        return {"model": {"name": path.name, "path": str(path.resolve()), "tokenizer": None, "random_init": False,
+                          "architecture": {}}}
+    if "/" not in name:
+        raise FlantuneError(
+            f"Unknown model '{name}' ({where}).{did_you_mean(name, group_options(MODELS_DIR))} model= takes one of "
+            f"{', '.join(group_options(MODELS_DIR))}, a local folder, or a hub id ORG/NAME (e.g. google/mt5-base)."
+        )
+    return {"model": {"name": name, "path": name, "tokenizer": None, "random_init": False, "architecture": {}}}
+
+
+def _group_patch(group: str, value: Any, where: str) -> dict:
+    options = group_options(group)
+    if value not in options:
+        raise FlantuneError(
+            f"Unknown {group} '{value}' ({where}).{did_you_mean(str(value), options)} "
+            f"Choose one of: {', '.join(options)} (configs/{group}/)."
+        )
+    return read_yaml(configs_root() / group / f"{value}.yaml", f"{group.capitalize()} config")
+
+
+def _merge(cfg: DictConfig, patch: dict, where: str) -> DictConfig:
+    for key, _ in _flatten(patch):
+        check_key(key, where)
+    try:
+        return OmegaConf.merge(cfg, patch)
+    except OmegaConfBaseException as exc:
+        raise FlantuneError(_describe_omegaconf_error(exc, where)) from exc
+
+
+def _describe_omegaconf_error(exc: OmegaConfBaseException, where: str) -> str:
+    key = getattr(exc, "full_key", None) or "?"
+    first = str(exc).splitlines()[0]
+    return (f"Bad value for config key '{key}' ({where}): {first}. Check the value's type "
+            f"(a number for rates and sizes, true/false for switches); `flantune config` prints every key.")
+
+
+def _set(cfg: DictConfig, key: str, value: Any, where: str) -> None:
+    check_key(key, where)
+    try:
+        OmegaConf.update(cfg, key, value, merge=False, force_add=any(key.startswith(f + ".") for f in FREE_KEYS))
+    except OmegaConfBaseException as exc:
+        raise FlantuneError(_describe_omegaconf_error(exc, where)) from exc
+
+
+def load_config(overrides: list[str] | None = None, config_files: list[str] | None = None) -> DictConfig:
+    pairs = parse_overrides(overrides or [])
+    files = [(str(f), read_yaml(Path(f), "Config file")) for f in (config_files or [])]
+
+    def chosen(key: str, default: Any) -> tuple[Any, str]:
+        value, where = default, "configs/defaults.yaml"
+        for name, data in files:
+            if key in data:
+                value, where = data[key], f"--config {name}"
+        for k, v in pairs:
+            if k == key:
+                value, where = v, f"command line {key}={v}"
+        return value, where
+
+    cfg = OmegaConf.structured(RunCfg)
+    defaults = read_yaml(configs_root() / "defaults.yaml", "Default config")
+    cfg = _merge(cfg, defaults, "configs/defaults.yaml")
+
+    method, where = chosen("method", defaults["method"])
+    cfg = _merge(cfg, _group_patch(METHODS_DIR, method, where), f"configs/method/{method}.yaml")
+    model, where = chosen("model", defaults["model"]["name"])
+    if not isinstance(model, dict):
+        cfg = _merge(cfg, _model_patch(model, where), f"model={model}")
+    mixture, where = chosen("mixture", None)
+    if mixture is not None:
+        from flantune.mixture import mixture_patch
+
+        cfg = _merge(cfg, mixture_patch(str(mixture), where), f"configs/mixture/{mixture}.yaml")
+
+    for name, data in files:
+        data = dict(data)
+        if "model" in data and not isinstance(data["model"], dict):
+            data.pop("model")  # applied above as a group
+        cfg = _merge(cfg, data, f"--config {name}")
+    for key, value in pairs:
+        if key in ("model", "method", "mixture") and not isinstance(value, dict):
+            if key != "model":
+                _set(cfg, key, value, f"command line {key}={value}")
+            continue
+        _set(cfg, key, value, f"command line {key}={value}")
+
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise FlantuneError(f"The config leaves {', '.join(sorted(missing))} unset: give them a value.")
+    validate(cfg)
+    return cfg
+
+
+def _choice(cfg: DictConfig, key: str, options: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in options:
+        raise FlantuneError(
+            f"Config key '{key}' is {value!r}; choose one of {', '.join(options)}.{did_you_mean(str(value), options)}"
+        )
+
+
+def _at_least(cfg: DictConfig, key: str, minimum: float, allow_none: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return
+    if value is None or value < minimum:
+        raise FlantuneError(f"Config key '{key}' is {value!r}; it must be at least {minimum}.")
+
+
+def validate(cfg: DictConfig) -> None:
+    from flantune.task import ROLES
+
+    _choice(cfg, "precision", PRECISIONS)
+    _choice(cfg, "eval.classify", CLASSIFY)
+    _choice(cfg, "eval.split", ROLES)
+    _choice(cfg, "train.sampling", SAMPLING)
+    if cfg.method not in group_options(METHODS_DIR):
+        _choice(cfg, "method", tuple(group_options(METHODS_DIR)))
+    for key, minimum in (("train.batch_size", 1), ("train.grad_accum", 1), ("eval.batch_size", 1),
+                         ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1)):
+        _at_least(cfg, key, minimum)
+    for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps"):
+        _at_least(cfg, key, 1, allow_none=True)
+    if cfg.train.lr <= 0:
+        raise FlantuneError(f"Config key 'train.lr' is {cfg.train.lr}; a learning rate must be positive.")
+    if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
+        raise FlantuneError("Set train.epochs > 0 or train.max_steps > 0: as configured, nothing would train.")
+    if not 0 <= cfg.lora.dropout < 1:
+        raise FlantuneError(f"Config key 'lora.dropout' is {cfg.lora.dropout}; it must be in [0, 1).")
+    task_names(cfg)  # a task must be named
+
+
+def task_names(cfg: DictConfig) -> list[str]:
+    """The tasks of a run, in order, without duplicates."""
+    raw = cfg.task
+    names = list(raw) if OmegaConf.is_list(raw) or isinstance(raw, (list, tuple)) else [raw]
+    names = [str(n) for n in names if n is not None and str(n).strip()]
+    if not names:
+        raise FlantuneError("No task to run: set task=NAME, task=[a,b] or mixture=NAME.")
+    return list(dict.fromkeys(names))
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,191 @@
+"""`flantune run`: one Seq2SeqTrainer-based engine for every task, mixture and method.
+
+    checks (config, tasks, data, output dir, model source)   -- cheap, before anything heavy
+    -> model and tokenizer (full or LoRA)
+    -> features (tokenised once, cached by datasets)
+    -> Seq2SeqTrainer: length-grouped batches, evaluation with each task's own metrics on its
+       validation split, the best checkpoint kept by the primary metric (or the mixture's mean)
+    -> final evaluation on eval.split, run directory, summary table
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from flantune import rundir
+from flantune.config import task_names, to_yaml
+from flantune.console import console
+from flantune.data import load_rows
+from flantune.errors import FlantuneError, did_you_mean
+from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_predictions
+from flantune.modeling import (
+    ModelInfo, apply_method, check_model_source, config_model_type, count_parameters, load_model,
+    load_tokenizer, model_label, resolve_precision,
+)
+from flantune.registry import discover
+from flantune.sources import resolve_data_dir
+from flantune.task import Task
+
+
+@dataclass
+class Plan:
+    """Everything checked before the heavy work starts."""
+
+    cfg: DictConfig
+    tasks: list[Task]
+    label: str  # names the run: the task, the mixture, or the tasks joined
+    data_dir: Path | None
+    precision: str
+    model_type: str
+    rows: dict[tuple[str, str], Any] = field(default_factory=dict)  # (task, role) -> checked rows
+
+
+def resolve_tasks(cfg: DictConfig) -> list[Task]:
+    registry = discover(cfg.tasks_dir)
+    names = task_names(cfg)
+    overrides = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.tasks else {}
+    for name in overrides:
+        if name not in names:
+            raise FlantuneError(
+                f"tasks.{name}... changes task '{name}', which is not in this run ({', '.join(names)})."
+                f"{did_you_mean(name, names)}"
+            )
+    return [registry.get(n).with_overrides(overrides.get(n) or {}) for n in names]
+
+
+def run_label(cfg: DictConfig, tasks: list[Task]) -> str:
+    if cfg.mixture:
+        return str(cfg.mixture)
+    if len(tasks) <= 3:
+        return "+".join(t.name for t in tasks)
+    return f"mix{len(tasks)}"
+
+
+def check(cfg: DictConfig) -> Plan:
+    """The checks that need no data: tasks exist, the model source exists, the precision is allowed."""
+    tasks = resolve_tasks(cfg)
+    data_dir = resolve_data_dir(cfg.data_dir)
+    check_model_source(cfg)
+    model_type = config_model_type(cfg)
+    precision = resolve_precision(cfg, model_type)
+    return Plan(cfg=cfg, tasks=tasks, label=run_label(cfg, tasks), data_dir=data_dir, precision=precision,
+                model_type=model_type)
+
+
+def load_data(p: Plan, *, train: bool) -> Plan:
+    """Every split the run reads, checked against its task (columns, labels, empty splits)."""
+    cfg = p.cfg
+    roles = (["train", "validation"] if train else []) + [cfg.eval.split]
+    for task in p.tasks:
+        for role in dict.fromkeys(roles):
+            limit = cfg.data.max_train_examples if role == "train" else cfg.data.max_eval_examples
+            p.rows[(task.name, role)] = load_rows(task, role, p.data_dir, max_examples=limit, seed=cfg.seed)
+    return p
+
+
+def plan(cfg: DictConfig, *, train: bool = True) -> Plan:
+    return load_data(check(cfg), train=train)
+
+
+def autocast_for(precision: str):
+    import torch
+
+    if precision == "bf16" and torch.cuda.is_available():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def eval_sets(p: Plan, tokenizer, role: str) -> list[EvalSet]:
+    from flantune.features import tokenize
+
+    return [EvalSet(t, role, tokenize(t, p.rows[(t.name, role)], tokenizer, role=role, template_seed=None))
+            for t in p.tasks]
+
+
+def make_evaluator(p: Plan, tokenizer, role: str) -> Evaluator:
+    cfg = p.cfg
+    return Evaluator(eval_sets(p, tokenizer, role), tokenizer, classify=cfg.eval.classify,
+                     batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams, autocast=autocast_for(p.precision))
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run(cfg: DictConfig) -> Path:
+    """Train, evaluate and write the run directory; returns its path."""
+    p = check(cfg)
+    out = rundir.check(cfg, p.label)
+    load_data(p, train=True)
+    if _is_main_process():
+        rundir.create(out, cfg)
+        (out / rundir.CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
+    started = time.perf_counter()
+
+    from transformers import set_seed
+
+    from flantune import training
+
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg, cfg.seed)
+    if cfg.method == "lora" and cfg.model.random_init and _is_main_process():
+        # A random base can't be downloaded again: keep it beside the adapter so PeftModel can load both.
+        model.save_pretrained(out / rundir.BASE_MODEL)
+        tokenizer.save_pretrained(out / rundir.BASE_MODEL)
+    model = apply_method(model, cfg)
+    if cfg.method == "lora" and cfg.model.random_init:
+        model.peft_config["default"].base_model_name_or_path = str((out / rundir.BASE_MODEL).resolve())
+    trainable, total = count_parameters(model)
+    info = ModelInfo(model_label(cfg), bool(cfg.model.random_init), p.model_type, trainable, total)
+    say = console()
+    say.print(f"model: {info.label} ({p.model_type}), method {cfg.method}: {trainable:,} trainable of {total:,} "
+              f"parameters ({100 * trainable / total:.2f}%), precision {p.precision}", highlight=False)
+
+    trained = training.train(p, out, model, tokenizer)
+    final = make_evaluator(p, tokenizer, cfg.eval.split).run(trained.model)
+    wall = time.perf_counter() - started
+    if _is_main_process():
+        write_outputs(p, out, trained, final, info, tokenizer, wall)
+        from flantune.summary import print_summary
+
+        print_summary(p, out, final, trained, info, wall)
+    return out
+
+
+def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInfo, tokenizer, wall: float) -> None:
+    cfg = p.cfg
+    write_predictions(final, out / rundir.PREDICTIONS)
+    metrics = {
+        "split": cfg.eval.split,
+        "tasks": final.metrics_by_task(),
+        SCORE: final.score,
+        "model": {"name": str(cfg.model.name), "label": info.label, "path": cfg.model.path,
+                  "random_init": info.random_init, "model_type": info.model_type, "method": cfg.method},
+        "trainable_parameters": info.trainable_parameters,
+        "total_parameters": info.total_parameters,
+        "wall_time_s": wall,
+        "train": trained.throughput,
+        "eval": final.throughput(),
+        "best_checkpoint": trained.best_checkpoint,
+        "precision": p.precision,
+    }
+    if trained.mixture is not None:
+        metrics["mixture"] = trained.mixture
+    rundir.write_json(out / rundir.METRICS, metrics)
+    rundir.write_json(out / rundir.LOG_HISTORY, trained.log_history)
+    model = trained.model
+    model.save_pretrained(out / rundir.MODEL)
+    tokenizer.save_pretrained(out / rundir.MODEL)
+    if cfg.method == "lora" and cfg.merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(out / rundir.MERGED)
+        tokenizer.save_pretrained(out / rundir.MERGED)

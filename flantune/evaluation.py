@@ -1,0 +1,181 @@
+"""Evaluation of every task of a run on its own split, with its own metrics, in one pass.
+
+Classification tasks are rank-scored by default (every answer choice is scored and the best one is
+the prediction, so no output is invalid); `classify=generate` generates freely and reports the share
+of outputs that match no choice as `invalid`. Generation and QA tasks generate up to the task's
+max_new_tokens. With several processes, each scores a shard and the results are gathered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flantune import metrics as metric_lib
+from flantune.metrics.classification import INVALID, choice_index
+from flantune.task import Task
+
+SCORE = "score"  # the aggregate: mean of the tasks' primary metrics (0-100)
+
+
+@dataclass
+class EvalSet:
+    task: Task
+    role: str
+    data: Any  # datasets.Dataset from features.tokenize (template_seed=None)
+
+
+@dataclass
+class TaskResult:
+    task: Task
+    metrics: dict[str, float]
+    predictions: list[dict[str, Any]]
+    seconds: float
+    tokens: int  # input tokens + scored / generated output tokens
+
+    @property
+    def examples(self) -> int:
+        return len(self.predictions)
+
+
+@dataclass
+class EvalResult:
+    tasks: dict[str, TaskResult] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        primaries = [r.metrics[r.task.primary_metric] for r in self.tasks.values()]
+        return float(np.mean(primaries)) if primaries else float("nan")
+
+    def flat(self, prefix: str = "") -> dict[str, float]:
+        """{'<prefix><task>/<metric>': value, ..., '<prefix>score': aggregate} for the trainer's logs."""
+        out = {f"{prefix}{name}/{k}": v for name, r in self.tasks.items() for k, v in r.metrics.items()}
+        out[f"{prefix}{SCORE}"] = self.score
+        return out
+
+    def metrics_by_task(self) -> dict[str, dict[str, float]]:
+        return {name: dict(r.metrics) for name, r in self.tasks.items()}
+
+    def throughput(self) -> dict[str, float]:
+        seconds = sum(r.seconds for r in self.tasks.values())
+        examples = sum(r.examples for r in self.tasks.values())
+        tokens = sum(r.tokens for r in self.tasks.values())
+        return {"seconds": seconds, "examples_per_s": examples / seconds if seconds else 0.0,
+                "tokens_per_s": tokens / seconds if seconds else 0.0,
+                "ms_per_example": 1000 * seconds / examples if examples else 0.0}
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(items: list) -> list:
+    import torch.distributed as dist
+
+    rank, world = _dist()
+    if world == 1:
+        return items
+    everything: list = [None] * world
+    dist.all_gather_object(everything, items)
+    return [x for part in everything for x in part]
+
+
+class Evaluator:
+    def __init__(self, sets: list[EvalSet], tokenizer, *, classify: str, batch_size: int, num_beams: int,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.sets = sets
+        self.tokenizer = tokenizer
+        self.classify = classify
+        self.batch_size = batch_size
+        self.num_beams = num_beams
+        self.autocast = autocast
+
+    def run(self, model) -> EvalResult:
+        result = EvalResult()
+        for s in self.sets:
+            result.tasks[s.task.name] = self._run_task(model, s)
+        return result
+
+    def _run_task(self, model, s: EvalSet) -> TaskResult:
+        from flantune import scoring
+
+        task, data = s.task, s.data
+        rank, world = _dist()
+        mine = list(range(rank, len(data), world))
+        part = data.select(mine) if world > 1 else data
+        input_ids = part["input_ids"]
+        device = next(model.parameters()).device
+        start = time.perf_counter()
+        rows: list[dict[str, Any]]
+        if task.is_classification and self.classify == "rank":
+            choice_ids = self.tokenizer(text_target=task.choice_texts).input_ids
+            gold = [list(task.choices).index(label) for label in part["label"]]
+            scored = scoring.rank_choices(model, input_ids, choice_ids, gold, batch_size=self.batch_size,
+                                          pad_id=self.tokenizer.pad_token_id, device=device, autocast=self.autocast)
+            best = scored.scores.argmax(axis=1)
+            rows = [{"prediction": task.choice_texts[b],
+                     "scores": {c: round(float(v), 5) for c, v in zip(task.choice_texts, sc)}}
+                    for b, sc in zip(best, scored.scores)]
+            nll, target_tokens = scored.gold_nll, scored.gold_tokens
+            out_tokens = sum(len(c) for c in choice_ids) * len(input_ids)
+        else:
+            gen = scoring.generate(model, self.tokenizer, input_ids, part["labels"], batch_size=self.batch_size,
+                                   max_new_tokens=task.max_new_tokens, num_beams=self.num_beams, device=device,
+                                   autocast=self.autocast)
+            rows = [{"prediction": t} for t in gen.texts]
+            nll, target_tokens, out_tokens = gen.nll, gen.target_tokens, gen.new_tokens
+        seconds = time.perf_counter() - start
+        local_tokens = sum(len(x) for x in input_ids) + out_tokens
+        for i, row in zip(mine, rows):
+            row["_index"] = i
+        gathered = _gather([(rows, nll, target_tokens, local_tokens, seconds)])
+        rows = sorted((r for part_rows, *_ in gathered for r in part_rows), key=lambda r: r.pop("_index"))
+        nll = sum(g[1] for g in gathered)
+        target_tokens = sum(g[2] for g in gathered)
+        tokens = sum(g[3] for g in gathered)
+        seconds = max(g[4] for g in gathered)
+        return self._finish(task, data, rows, nll, target_tokens, tokens, seconds)
+
+    def _finish(self, task: Task, data, rows, nll, target_tokens, tokens, seconds) -> TaskResult:
+        texts = data.select_columns(["id", "input", "target", "references"]).to_list() if len(data) else []
+        predictions = [{**t, **r} for t, r in zip(texts, rows)]
+        preds = [p["prediction"] for p in predictions]
+        refs = [p["references"] for p in predictions]
+        scores = metric_lib.compute(task.metrics, preds, refs, task.choice_texts or None)
+        scores["loss"] = nll / target_tokens if target_tokens else float("nan")
+        if task.is_classification and self.classify == "generate":
+            index = choice_index(task.choice_texts)
+            valid = [index(p) != INVALID for p in preds]
+            scores["invalid"] = 100.0 * (1 - float(np.mean(valid))) if valid else 0.0
+            for p, v in zip(predictions, valid):
+                p["valid"] = bool(v)
+        for p in predictions:
+            if p["references"] == [p["target"]]:
+                del p["references"]
+        return TaskResult(task=task, metrics=scores, predictions=predictions, seconds=seconds, tokens=tokens)
+
+
+def write_predictions(result: EvalResult, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, r in result.tasks.items():
+        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for p in r.predictions:
+                f.write(json.dumps(p, ensure_ascii=False) + "\n")
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    # Iterate the file, not str.splitlines(): texts keep characters such as U+0085 and U+2028 that
+    # splitlines() would cut at; JSON escapes the only newlines that matter here.
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,256 @@
+"""Task mixtures: named mixtures, mixing rates as in the T5 paper, and the seeded training stream.
+
+Rates (Raffel et al. 2020, section 3.5.2), from each task's train size n_t:
+  proportional  rate_t ~ min(n_t, cap)                  (examples-proportional, cap = T5's K)
+  temperature   rate_t ~ min(n_t, cap) ** (1 / T)       (T = 1 is proportional; large T tends to equal)
+  equal         rate_t ~ 1
+  weights       rate_t ~ w_t                            (explicit, per task)
+
+An epoch draws sum_t min(n_t, cap) examples (all examples when cap is unset): each task gets its
+rate's share, rounded by largest remainder, read from an endless seeded stream of permutations of
+that task's rows (so a down-weighted task shows new rows every epoch and an up-weighted one repeats
+its rows as rarely as possible). The epoch is shuffled, then grouped by length. Nothing is copied:
+the tasks' tokenised sets are concatenated as memory-mapped Arrow tables and the stream holds indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flantune.errors import FlantuneError, did_you_mean
+
+SCHEMES = ("proportional", "temperature", "equal", "weights")
+MIXTURE_KEYS = ("description", "tasks", "include", "mixing")
+MIXING_KEYS = ("scheme", "cap", "temperature", "weights")
+
+
+# ---- named mixtures (configs/mixture/*.yaml) ------------------------------------------------------------
+
+
+def _mixture_file(name: str) -> Path:
+    from flantune.config import MIXTURES_DIR, configs_root, group_options
+
+    options = group_options(MIXTURES_DIR)
+    if name not in options:
+        raise FlantuneError(
+            f"Unknown mixture '{name}'.{did_you_mean(name, options)} Mixtures: {', '.join(options) or 'none'} "
+            "(configs/mixture/). For an ad-hoc mixture use task=[a,b,c]."
+        )
+    return configs_root() / MIXTURES_DIR / f"{name}.yaml"
+
+
+def _read_mixture(name: str) -> dict:
+    from flantune.config import read_yaml
+
+    path = _mixture_file(name)
+    data = read_yaml(path, "Mixture file")
+    for key in data:
+        if key not in MIXTURE_KEYS:
+            raise FlantuneError(
+                f"Mixture file {path}: unknown key '{key}'.{did_you_mean(key, MIXTURE_KEYS)} "
+                f"A mixture file has: {', '.join(MIXTURE_KEYS)}."
+            )
+    for key in data.get("mixing") or {}:
+        if key not in MIXING_KEYS:
+            raise FlantuneError(
+                f"Mixture file {path}: unknown key 'mixing.{key}'.{did_you_mean(key, MIXING_KEYS)} "
+                f"mixing has: {', '.join(MIXING_KEYS)}."
+            )
+    return data
+
+
+def expand_mixture(name: str, chain: tuple[str, ...] = ()) -> tuple[list[str], dict[str, float]]:
+    """The tasks of a mixture, included mixtures flattened in order, and any per-task weights."""
+    if name in chain:
+        raise FlantuneError(
+            f"Mixture '{name}' includes itself: {' -> '.join((*chain, name))}. Remove the cycle from the include lists."
+        )
+    data = _read_mixture(name)
+    tasks: list[str] = []
+    weights: dict[str, float] = {}
+    for included in data.get("include") or []:
+        more, w = expand_mixture(str(included), (*chain, name))
+        tasks.extend(more)
+        weights.update(w)
+    raw = data.get("tasks") or []
+    if isinstance(raw, dict):
+        weights.update({str(k): v for k, v in raw.items()})
+        raw = list(raw)
+    tasks.extend(str(t) for t in raw)
+    if not tasks:
+        raise FlantuneError(f"Mixture '{name}' ({_mixture_file(name)}) names no tasks: give it tasks or include.")
+    return list(dict.fromkeys(tasks)), weights
+
+
+def mixture_patch(name: str, where: str) -> dict:
+    """The config patch of mixture=NAME: its tasks and its mixing settings."""
+    tasks, weights = expand_mixture(name)
+    mixing = dict(_read_mixture(name).get("mixing") or {})
+    if weights and "weights" not in mixing:
+        mixing["weights"] = weights
+    return {"task": tasks, "mixture": name, "mixing": mixing}
+
+
+# ---- rates ----------------------------------------------------------------------------------------------
+
+
+def mixing_rates(sizes: dict[str, int], scheme: str, cap: int | None = None, temperature: float = 1.0,
+                 weights: dict[str, float] | None = None) -> dict[str, float]:
+    """Each task's share of the training stream (summing to 1)."""
+    if scheme not in SCHEMES:
+        raise FlantuneError(f"mixing.scheme is {scheme!r}; choose one of {', '.join(SCHEMES)}.{did_you_mean(scheme, SCHEMES)}")
+    if cap is not None and cap < 1:
+        raise FlantuneError(f"mixing.cap is {cap}; it must be a positive number of examples (or null for no cap).")
+    capped = {t: float(min(n, cap) if cap else n) for t, n in sizes.items()}
+    if scheme == "proportional":
+        raw = capped
+    elif scheme == "temperature":
+        if not temperature > 0:
+            raise FlantuneError(f"mixing.temperature is {temperature}; it must be > 0 (1 = proportional).")
+        raw = {t: n ** (1.0 / temperature) for t, n in capped.items()}
+    elif scheme == "equal":
+        raw = {t: 1.0 for t in sizes}
+    else:
+        weights = dict(weights or {})
+        unknown = [t for t in weights if t not in sizes]
+        if unknown:
+            raise FlantuneError(
+                f"mixing.weights names task '{unknown[0]}', which is not in this run ({', '.join(sizes)})."
+                f"{did_you_mean(unknown[0], sizes)}"
+            )
+        missing = [t for t in sizes if t not in weights]
+        if missing:
+            raise FlantuneError(f"mixing.scheme=weights needs a weight for every task; missing: {', '.join(missing)}.")
+        bad = {t: w for t, w in weights.items() if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0}
+        if bad:
+            raise FlantuneError(f"mixing.weights must be numbers >= 0; got {bad}.")
+        raw = {t: float(weights[t]) for t in sizes}
+    total = sum(raw.values())
+    if not total > 0:
+        raise FlantuneError(f"The mixing weights are all zero ({raw}): give at least one task a positive weight.")
+    return {t: v / total for t, v in raw.items()}
+
+
+def epoch_counts(rates: dict[str, float], total: int) -> dict[str, int]:
+    """Examples per task in an epoch of `total`: the rates, rounded by largest remainder."""
+    exact = {t: r * total for t, r in rates.items()}
+    counts = {t: int(np.floor(v)) for t, v in exact.items()}
+    short = total - sum(counts.values())
+    for t in sorted(exact, key=lambda t: (counts[t] - exact[t], t))[:short]:
+        counts[t] += 1
+    return counts
+
+
+# ---- the training stream --------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainSet:
+    dataset: Any  # concatenated tokenised train sets
+    offsets: dict[str, int]  # task -> first row in `dataset`
+    sizes: dict[str, int]
+    rates: dict[str, float]
+    counts: dict[str, int]  # examples per epoch per task
+    seed: int
+    sampling: str
+    lengths: np.ndarray  # (rows, 2): input and label length
+    mixing: dict[str, Any] = field(default_factory=dict)
+    consumed: int = 0  # examples the trainer drew, set after training
+
+    @property
+    def epoch_size(self) -> int:
+        return sum(self.counts.values())
+
+    def _task_rows(self, task: str, start: int, count: int) -> np.ndarray:
+        """Rows start..start+count of the task's endless stream of seeded permutations."""
+        n = self.sizes[task]
+        out = []
+        pos = start
+        while len(out) < count:
+            k, off = divmod(pos, n)
+            perm = np.random.default_rng([self.seed, k, *map(ord, task)]).permutation(n)
+            take = min(n - off, count - len(out))
+            out.extend(perm[off:off + take])
+            pos += take
+        return np.asarray(out, dtype=np.int64) + self.offsets[task]
+
+    def epoch_stream(self, epoch: int) -> np.ndarray:
+        parts = [self._task_rows(t, epoch * c, c) for t, c in self.counts.items() if c]
+        stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return stream[np.random.default_rng([self.seed, 7919, epoch]).permutation(len(stream))]
+
+    def sampler(self, batch_size: int):
+        from flantune.batching import LengthGroupedSampler, StreamSampler
+
+        if self.sampling == "random":
+            return StreamSampler(self.epoch_stream)
+        return LengthGroupedSampler(self.lengths, batch_size, self.seed, stream=self.epoch_stream)
+
+    def task_of(self, rows: np.ndarray) -> np.ndarray:
+        starts = np.array([self.offsets[t] for t in self.sizes])
+        return np.searchsorted(starts, rows, side="right") - 1
+
+    def seen(self, examples: int, batch_size: int) -> dict[str, int]:
+        """Examples per task among the first `examples` the trainer drew."""
+        names = list(self.sizes)
+        sampler = self.sampler(batch_size)
+        seen = np.zeros(len(names), dtype=np.int64)
+        epoch, left = 0, examples
+        while left > 0 and self.epoch_size:
+            sampler.set_epoch(epoch)
+            rows = np.fromiter(iter(sampler), dtype=np.int64)[:left]
+            seen += np.bincount(self.task_of(rows), minlength=len(names))
+            left -= len(rows)
+            epoch += 1
+        return dict(zip(names, seen.tolist()))
+
+    def report(self, batch_size: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"mixing": self.mixing, "train_sizes": self.sizes, "requested_rates": self.rates,
+                               "examples_per_epoch": self.counts}
+        if batch_size is not None:
+            seen = self.seen(self.consumed, batch_size)
+            total = sum(seen.values())
+            out["examples_seen"] = seen
+            out["realised_rates"] = {t: (v / total if total else 0.0) for t, v in seen.items()}
+        return out
+
+
+def build_train_set(p, tokenizer) -> TrainSet:
+    import datasets
+
+    from flantune.features import tokenize
+
+    cfg = p.cfg
+    parts, offsets, sizes = [], {}, {}
+    for task in p.tasks:
+        ds = tokenize(task, p.rows[(task.name, "train")], tokenizer, role="train",
+                      template_seed=cfg.data.template_seed)
+        offsets[task.name] = sum(sizes.values())
+        sizes[task.name] = len(ds)
+        parts.append(ds)
+    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    mixing = {k: v for k, v in _mixing_settings(cfg).items()}
+    rates = mixing_rates(sizes, **mixing) if len(sizes) > 1 else {p.tasks[0].name: 1.0}
+    cap = mixing.get("cap")
+    total = sum(min(n, cap) if cap else n for n in sizes.values())
+    lengths = np.stack([_column(dataset, "input_length"), _column(dataset, "label_length")], axis=1)
+    return TrainSet(dataset=dataset, offsets=offsets, sizes=sizes, rates=rates, counts=epoch_counts(rates, total),
+                    seed=cfg.seed, sampling=cfg.train.sampling, lengths=lengths,
+                    mixing=mixing if len(sizes) > 1 else {})
+
+
+def _mixing_settings(cfg) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    m = OmegaConf.to_container(cfg.mixing, resolve=True)
+    return {"scheme": m["scheme"], "cap": m["cap"], "temperature": m["temperature"], "weights": m["weights"] or {}}
+
+
+def _column(dataset, name: str) -> np.ndarray:
+    from flantune.data import column
+
+    return column(dataset, name).astype(np.int64)

@@ -1,0 +1,170 @@
+"""The model and tokenizer of a run: a hub id, a local folder, or an architecture with random weights;
+full fine-tuning or LoRA (peft) through the same code path; the precision it trains in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from flantune.errors import FlantuneError
+
+T5_FAMILY = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
+OFFLINE_HINT = (
+    "To run offline, pass a local folder (model=/path/to/flan-t5-base, a save_pretrained output) and read data "
+    "from a mirror with data_dir=DIR; model=tiny needs neither the hub nor a GPU."
+)
+
+
+@dataclass
+class ModelInfo:
+    label: str  # what summaries and reports call the model
+    random_init: bool
+    model_type: str
+    trainable_parameters: int
+    total_parameters: int
+
+
+def model_label(cfg: DictConfig) -> str:
+    m = cfg.model
+    return f"{m.name} (random init)" if m.random_init else str(m.name)
+
+
+def _is_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
+
+
+def check_model_source(cfg: DictConfig) -> None:
+    """Before any heavy work: a local model folder must exist; random init needs an architecture."""
+    m = cfg.model
+    if m.path is None:
+        if not (m.random_init and m.architecture):
+            raise FlantuneError("model.path is unset: give model=NAME, a local folder or a hub id.")
+        return
+    if _is_local(str(m.path)):
+        folder = Path(str(m.path)).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FlantuneError(
+                f"Model folder '{m.path}' has no config.json. Give model= a save_pretrained output folder, a hub id, "
+                "or a flantune run directory's model/ folder."
+            )
+
+
+def load_tokenizer(cfg: DictConfig):
+    from flantune.show import load_tokenizer as load
+
+    m = cfg.model
+    name = m.tokenizer or (None if m.random_init or m.path is None else m.path)
+    try:
+        return load(name)
+    except FlantuneError as exc:
+        raise FlantuneError(f"{exc} {OFFLINE_HINT}") from exc
+
+
+def _from_config(cfg: DictConfig, seed: int):
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, T5Config
+
+    m = cfg.model
+    arch = OmegaConf.to_container(m.architecture, resolve=True) if m.architecture else {}
+    if m.path is None:
+        config = T5Config(**arch)
+    else:
+        config = AutoConfig.from_pretrained(str(m.path), **arch)
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    # transformers 5 ties lm_head to the embedding when building from a config; FLAN-T5 checkpoints keep a
+    # separate head (their config says so: scale_decoder_outputs=False). Untie it for the real shapes.
+    if getattr(config, "scale_decoder_outputs", True) is False and hasattr(model, "lm_head"):
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+        getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
+    return model
+
+
+def load_model(cfg: DictConfig, seed: int):
+    from transformers import AutoModelForSeq2SeqLM
+
+    m = cfg.model
+    try:
+        if m.random_init:
+            model = _from_config(cfg, seed)
+        else:
+            target = str(Path(str(m.path)).expanduser()) if _is_local(str(m.path)) else str(m.path)
+            model = AutoModelForSeq2SeqLM.from_pretrained(target)
+    except OSError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FlantuneError(f"Could not load model '{m.path}' ({first}). {OFFLINE_HINT}") from exc
+    except ValueError as exc:
+        raise FlantuneError(
+            f"'{m.path}' is not a sequence-to-sequence model that AutoModelForSeq2SeqLM can load ({exc}). "
+            "flantune fine-tunes T5-family models (FLAN-T5, T5, mT5, umT5)."
+        ) from exc
+    return model
+
+
+def resolve_precision(cfg: DictConfig, model_type: str | None = None) -> str:
+    """bf16 / fp32 / fp16, checked: fp16 overflows in T5, and needs a GPU."""
+    import torch
+
+    precision = cfg.precision
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16":
+        if model_type in T5_FAMILY and not cfg.force_fp16:
+            raise FlantuneError(
+                "precision=fp16 is refused for T5-family models: their activations overflow fp16's range and the "
+                "loss turns to NaN (a known T5 issue). Use precision=bf16 on GPUs that support it (A100, H100, "
+                "RTX 30xx and newer) or precision=fp32; force_fp16=true runs fp16 anyway."
+            )
+        if not cuda:
+            raise FlantuneError("precision=fp16 needs a CUDA GPU; on CPU use precision=fp32 (or auto).")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise FlantuneError("precision=bf16: this GPU does not support bfloat16. Use precision=fp32.")
+    return precision
+
+
+def config_model_type(cfg: DictConfig) -> str:
+    """The model_type without loading weights (config.json only), for checks made before heavy work."""
+    m = cfg.model
+    if m.random_init and m.path is None:
+        return "t5"
+    from transformers import AutoConfig
+
+    try:
+        target = str(Path(str(m.path)).expanduser()) if _is_local(str(m.path)) else str(m.path)
+        return AutoConfig.from_pretrained(target).model_type
+    except OSError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FlantuneError(f"Could not load the config of model '{m.path}' ({first}). {OFFLINE_HINT}") from exc
+
+
+def apply_method(model, cfg: DictConfig):
+    """Full fine-tuning returns the model as is; LoRA wraps it in a peft model."""
+    if cfg.method == "full":
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets: Any = OmegaConf.to_container(cfg.lora.target_modules) if OmegaConf.is_list(cfg.lora.target_modules) \
+        else cfg.lora.target_modules
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_2_SEQ_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=targets,
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise FlantuneError(f"LoRA could not wrap the model: {exc}. Check lora.target_modules.") from exc
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def base_model_of(model):
+    """The transformers model inside a peft model (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

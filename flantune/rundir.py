@@ -1,0 +1,114 @@
+"""The run directory: what a run writes, and the rule that nothing is overwritten silently.
+
+    config.yaml            the resolved config
+    metrics.json           task -> metric -> value on the final evaluation split, plus throughput
+    predictions/<task>.jsonl
+    log_history.json       the trainer's log history (losses, validation metrics)
+    model/                 save_pretrained output (full model, or the LoRA adapter) with the tokenizer
+    merged/                LoRA merged into the base model (merge=true)
+    base_model/            the random-init base of a LoRA run (only when it can't be downloaded again)
+    checkpoints/           the trainer's checkpoints (resume=true continues from the last complete one)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from flantune.errors import FlantuneError
+
+CONFIG, METRICS, LOG_HISTORY = "config.yaml", "metrics.json", "log_history.json"
+PREDICTIONS, MODEL, MERGED, BASE_MODEL, CHECKPOINTS = "predictions", "model", "merged", "base_model", "checkpoints"
+# Keys that may differ between a run and its resumption.
+RESUME_FREE = ("resume", "overwrite", "output_dir", "compare", "report_to", "data_dir", "tasks_dir", "eval")
+
+
+def default_output_dir(cfg: DictConfig, label: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{label}-{_slug(cfg.model.name)}-{stamp}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_")[:60] or "model"
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG).is_file()
+
+
+def check(cfg: DictConfig, label: str) -> Path:
+    """The run directory, checked but not touched: an existing one is an error unless resume=true or
+    overwrite=true (and overwrite only replaces a flantune run directory)."""
+    out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, label)
+    if cfg.resume:
+        if not is_run_dir(out):
+            raise FlantuneError(
+                f"resume=true, but {out} is not a flantune run directory (no {CONFIG}). Point output_dir at the run "
+                "to continue."
+            )
+        saved = OmegaConf.load(out / CONFIG)
+        differ = _differences(OmegaConf.to_container(saved), OmegaConf.to_container(cfg))
+        if differ:
+            raise FlantuneError(
+                f"resume=true continues {out} with the config it started with, but these keys differ now: "
+                f"{', '.join(differ)}. Resume with the same settings, or start a new run (another output_dir)."
+            )
+        return out
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise FlantuneError(
+                f"The output directory {out} already exists and is not empty. Use resume=true to continue that run, "
+                "overwrite=true to replace it, or another output_dir."
+            )
+        if not is_run_dir(out):
+            raise FlantuneError(
+                f"overwrite=true would delete {out}, which is not a flantune run directory (no {CONFIG}); refusing. "
+                "Choose another output_dir."
+            )
+    return out
+
+
+def create(out: Path, cfg: DictConfig) -> None:
+    if cfg.overwrite and not cfg.resume and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        if path.split(".")[0] in RESUME_FREE:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys.extend(_differences(va, vb, path + "."))
+        elif va != vb:
+            keys.append(path)
+    return keys
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint: trainer_state.json is written last, so a run killed while saving
+    leaves a folder without it, which is passed over."""
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=float) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))

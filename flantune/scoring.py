@@ -1,0 +1,106 @@
+"""What a model says about examples: rank scoring of answer choices, free generation, and the
+teacher-forced loss of the gold targets. Batches are formed longest-first so padding stays small;
+results come back in the input order."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+
+@dataclass
+class Scored:
+    scores: np.ndarray  # (n, choices): log-likelihood of each choice's tokens given the input
+    gold_nll: float  # summed negative log-likelihood of the gold choices' tokens
+    gold_tokens: int
+
+
+@dataclass
+class Generated:
+    texts: list[str]
+    nll: float  # summed teacher-forced negative log-likelihood of the targets
+    target_tokens: int
+    new_tokens: int  # tokens generated
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _labels(seqs: Sequence[Sequence[int]], device) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        labels[i, : len(s)] = torch.as_tensor(s)
+    return labels.to(device)
+
+
+def _token_logprobs(model, encoder_out, mask, labels) -> torch.Tensor:
+    """Summed log-probability of each row's label tokens (labels padded with -100)."""
+    logits = model(encoder_outputs=encoder_out, attention_mask=mask, labels=labels).logits.float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * (labels != -100)).sum(-1)
+
+
+def _encoder(model):
+    return model.get_encoder()
+
+
+@torch.no_grad()
+def rank_choices(model, input_ids: Sequence[Sequence[int]], choice_ids: Sequence[Sequence[int]],
+                 gold: Sequence[int], *, batch_size: int, pad_id: int, device,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Scored:
+    """Score every answer choice of every example: log p(choice tokens | input), eos included."""
+    model.eval()
+    scores = np.zeros((len(input_ids), len(choice_ids)), dtype=np.float64)
+    for idx in _batches([len(x) for x in input_ids], batch_size):
+        ids, mask = _pad([input_ids[i] for i in idx], pad_id, device)
+        with autocast():
+            enc = BaseModelOutput(last_hidden_state=_encoder(model)(input_ids=ids, attention_mask=mask)[0])
+            for c, choice in enumerate(choice_ids):
+                labels = _labels([choice] * len(idx), device)
+                scores[idx, c] = _token_logprobs(model, enc, mask, labels).double().cpu().numpy()
+    gold = np.asarray(gold)
+    gold_nll = float(-scores[np.arange(len(gold)), gold].sum()) if len(gold) else 0.0
+    return Scored(scores=scores, gold_nll=gold_nll, gold_tokens=int(sum(len(choice_ids[g]) for g in gold)))
+
+
+@torch.no_grad()
+def generate(model, tokenizer, input_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]], *,
+             batch_size: int, max_new_tokens: int, num_beams: int, device,
+             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Generated:
+    """Greedy (or beam) generation, plus the teacher-forced loss of the targets on the same encoding."""
+    model.eval()
+    texts: list[str] = [""] * len(input_ids)
+    nll, new_tokens = 0.0, 0
+    for idx in _batches([len(x) for x in input_ids], batch_size):
+        ids, mask = _pad([input_ids[i] for i in idx], tokenizer.pad_token_id, device)
+        with autocast():
+            enc = BaseModelOutput(last_hidden_state=_encoder(model)(input_ids=ids, attention_mask=mask)[0])
+            labels = _labels([target_ids[i] for i in idx], device)
+            nll -= float(_token_logprobs(model, enc, mask, labels).sum())
+            out = model.generate(
+                encoder_outputs=enc, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                do_sample=False,
+            )
+        new_tokens += int((out[:, 1:] != tokenizer.pad_token_id).sum())
+        for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
+            texts[i] = text.strip()
+    return Generated(texts=texts, nll=nll, target_tokens=int(sum(len(t) for t in target_ids)), new_tokens=new_tokens)

@@ -1,0 +1,158 @@
+"""The Seq2SeqTrainer of a run: length-grouped (or mixture) batches, evaluation by flantune's
+evaluator on the validation split, the best checkpoint kept by the aggregate score, resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+from flantune import rundir
+from flantune.evaluation import SCORE, Evaluator
+from flantune.modeling import base_model_of
+
+TRAIN_COLUMNS = ["input_ids", "attention_mask", "labels"]
+
+
+@dataclass
+class Trained:
+    model: Any
+    throughput: dict[str, float]
+    log_history: list[dict]
+    best_checkpoint: str | None
+    mixture: dict | None
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluate (and save) after the last step too, so the final weights compete for 'best'."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
+class FlantuneTrainer(Seq2SeqTrainer):
+    def __init__(self, *args, evaluator: Evaluator, sampler_factory, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.evaluator = evaluator
+        self.sampler_factory = sampler_factory
+        self.useful_tokens = 0  # non-pad input tokens + label tokens actually trained on
+        self.train_examples = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.sampler_factory()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # Counted on the host from the batch the collator built: no device sync.
+        self.useful_tokens += int(inputs["attention_mask"].sum()) + int((inputs["labels"] != -100).sum())
+        self.train_examples += int(inputs["input_ids"].shape[0])
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # Tied weights (the embeddings, a tied lm_head) are saved once and missing by design.
+        tied = set(getattr(base_model_of(self.model), "all_tied_weights_keys", None) or {})
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        result = self.evaluator.run(self.model)
+        metrics = result.flat(prefix=f"{metric_key_prefix}_")
+        metrics[f"{metric_key_prefix}_runtime"] = result.throughput()["seconds"]
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def training_arguments(p, out: Path) -> Seq2SeqTrainingArguments:
+    import torch
+
+    cfg = p.cfg
+    t = cfg.train
+    report_to = cfg.report_to if isinstance(cfg.report_to, str) else list(cfg.report_to)
+    return Seq2SeqTrainingArguments(
+        output_dir=str(out / rundir.CHECKPOINTS),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the training steps
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler,
+        optim=t.optim,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps or t.eval_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=SCORE,
+        greater_is_better=True,
+        bf16=p.precision == "bf16",
+        fp16=p.precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        **_checkpointing(cfg.gradient_checkpointing),
+        report_to=report_to,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=t.num_workers,
+        remove_unused_columns=False,  # the train set holds exactly the model's columns
+        disable_tqdm=False,
+    )
+
+
+def _checkpointing(on: bool) -> dict[str, bool]:
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing; older 5.x lack the new name.
+    fields = Seq2SeqTrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
+
+
+def train(p, out: Path, model, tokenizer) -> Trained:
+    from flantune.engine import make_evaluator
+    from flantune.mixture import build_train_set
+
+    cfg = p.cfg
+    train_set = build_train_set(p, tokenizer)
+    evaluator = make_evaluator(p, tokenizer, "validation")
+    trainer = FlantuneTrainer(
+        model=model,
+        args=training_arguments(p, out),
+        train_dataset=train_set.dataset.select_columns(TRAIN_COLUMNS),
+        eval_dataset=evaluator.sets[0].data,  # only to satisfy the trainer's checks: `evaluate` uses the evaluator
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        evaluator=evaluator,
+        sampler_factory=lambda: train_set.sampler(cfg.train.batch_size),
+        callbacks=[EvaluateAtEnd()],
+    )
+    resume_from = None
+    if cfg.resume:
+        last = rundir.last_checkpoint(out)
+        resume_from = str(last) if last else None
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - start
+    args = trainer.args
+    train_set.consumed = trainer.state.global_step * args.per_device_train_batch_size * \
+        args.gradient_accumulation_steps * args.world_size
+    throughput = {
+        "seconds": seconds,
+        "steps": trainer.state.global_step,
+        "examples": trainer.train_examples,
+        "useful_tokens": trainer.useful_tokens,
+        "examples_per_s": trainer.train_examples / seconds if seconds else 0.0,
+        "tokens_per_s": trainer.useful_tokens / seconds if seconds else 0.0,
+        "resumed_from": resume_from,
+    }
+    return Trained(model=trainer.model, throughput=throughput, log_history=trainer.state.log_history,
+                   best_checkpoint=trainer.state.best_model_checkpoint,
+                   mixture=train_set.report(cfg.train.batch_size) if len(p.tasks) > 1 else None)

@@ -1,0 +1,210 @@
+"""`flantune run` end to end on the tiny model and real data: the run directory, learning, rank scoring
+against generation, reloading full and LoRA models, generation and QA tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from flantune.config import load_config
+from flantune.engine import make_evaluator, plan
+from flantune.evaluation import EvalResult, read_predictions
+
+# A small real subset: 4,000 training reviews cut to 128 tokens, 200 steps, 300 test reviews.
+LEARN = ["task=imdb", "model=tiny", "train.max_steps=200", "train.eval_steps=100", "data.max_train_examples=4000",
+         "data.max_eval_examples=300", "tasks.imdb.max_input_length=128", "seed=7"]
+
+
+def _run(cli, tmp: Path, *options: str) -> Path:
+    out = tmp / "run"
+    code, stdout, err = cli("run", *options, f"output_dir={out}")
+    assert code == 0, err
+    assert f"run directory: {out}" in stdout
+    return out
+
+
+def _predictions(out: Path, task: str) -> list[dict]:
+    return read_predictions(out / "predictions" / f"{task}.jsonl")
+
+
+def _reevaluate(out: Path, model, classify: str = "rank") -> EvalResult:
+    cfg = OmegaConf.load(out / "config.yaml")
+    cfg.eval.classify = classify
+    p = plan(cfg, train=False)
+    from flantune.modeling import load_tokenizer
+
+    return make_evaluator(p, load_tokenizer(cfg), cfg.eval.split).run(model)
+
+
+@pytest.fixture(scope="module")
+def imdb_run(tmp_path_factory, shared_data):
+    from flantune.cli import main
+
+    out = tmp_path_factory.mktemp("imdb") / "run"
+    assert main(["run", *LEARN, f"data_dir={shared_data}", f"output_dir={out}"]) == 0
+    return out
+
+
+def test_run_directory_holds_everything(imdb_run):
+    out = imdb_run
+    cfg = OmegaConf.load(out / "config.yaml")
+    assert cfg.task == "imdb" and cfg.model.name == "tiny" and cfg.train.max_steps == 200
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["model"]["label"] == "tiny (random init)"
+    imdb = metrics["tasks"]["imdb"]
+    for key in ("accuracy", "macro_f1", "precision/negative", "recall/positive", "f1/positive", "support/negative",
+                "loss"):
+        assert key in imdb
+    assert imdb["support/negative"] + imdb["support/positive"] == 300
+    assert metrics["trainable_parameters"] == metrics["total_parameters"] > 0
+    for part in ("train", "eval"):
+        assert metrics[part]["examples_per_s"] > 0 and metrics[part]["tokens_per_s"] > 0
+    assert metrics["train"]["steps"] == 200 and metrics["wall_time_s"] > 0
+    preds = _predictions(out, "imdb")
+    assert len(preds) == 300
+    assert set(preds[0]) >= {"id", "input", "target", "prediction", "scores"}
+    assert set(preds[0]["scores"]) == {"negative", "positive"}
+    history = json.loads((out / "log_history.json").read_text())
+    assert any("loss" in h for h in history) and any("eval_imdb/accuracy" in h for h in history)
+    assert (out / "model" / "config.json").exists() and (out / "model" / "tokenizer.json").exists()
+
+
+def test_tiny_model_learns_imdb(imdb_run):
+    # Chance is 50% (the 300 test reviews are 50/50 within a few points); 60% is > 3 standard errors above.
+    metrics = json.loads((imdb_run / "metrics.json").read_text())["tasks"]["imdb"]
+    assert metrics["accuracy"] >= 60.0, metrics
+    assert metrics["macro_f1"] >= 58.0, metrics
+
+
+def test_rank_scoring_never_invalid_and_agrees_with_generation_on_easy_cases(imdb_run):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(imdb_run / "model")
+    rank = _predictions(imdb_run, "imdb")
+    assert all(p["prediction"] in ("negative", "positive") for p in rank)
+    generated = _reevaluate(imdb_run, model, classify="generate").tasks["imdb"]
+    assert "invalid" in generated.metrics
+    margin = [abs(p["scores"]["positive"] - p["scores"]["negative"]) for p in rank]
+    easy = [i for i, m in enumerate(margin) if m > 1.0]  # one nat or more between the choices
+    assert len(easy) >= 30
+    agree = sum(rank[i]["prediction"] == generated.predictions[i]["prediction"] for i in easy)
+    assert agree / len(easy) >= 0.95, (agree, len(easy))
+
+
+def test_saved_full_model_reloads_with_the_same_predictions(imdb_run):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(imdb_run / "model")
+    again = _reevaluate(imdb_run, model).tasks["imdb"].predictions
+    saved = _predictions(imdb_run, "imdb")
+    assert [p["prediction"] for p in again] == [p["prediction"] for p in saved]
+    assert max(abs(a["scores"][c] - b["scores"][c]) for a, b in zip(again, saved) for c in a["scores"]) < 1e-4
+
+
+def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data):
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    out = _run(cli, tmp_path, "task=imdb", "model=tiny", "method=lora", "merge=true", "train.max_steps=20",
+               "train.eval_steps=10", "data.max_train_examples=320", "data.max_eval_examples=40",
+               "tasks.imdb.max_input_length=64", f"data_dir={shared_data}")
+    adapter = json.loads((out / "model" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA" and adapter["r"] == 16
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"] / 10
+    base = AutoModelForSeq2SeqLM.from_pretrained(adapter["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, out / "model")
+    saved = _predictions(out, "imdb")
+    again = _reevaluate(out, model).tasks["imdb"].predictions
+    assert max(abs(a["scores"][c] - b["scores"][c]) for a, b in zip(again, saved) for c in a["scores"]) < 1e-4
+    merged = AutoModelForSeq2SeqLM.from_pretrained(out / "merged")
+    again = _reevaluate(out, merged).tasks["imdb"].predictions
+    assert max(abs(a["scores"][c] - b["scores"][c]) for a, b in zip(again, saved) for c in a["scores"]) < 1e-4
+
+
+def test_generation_task_samsum(cli, tmp_path, shared_data):
+    out = _run(cli, tmp_path, "task=samsum", "model=tiny", "train.max_steps=10", "train.eval_steps=10",
+               "data.max_train_examples=160", "data.max_eval_examples=12", "tasks.samsum.max_input_length=96",
+               "tasks.samsum.max_new_tokens=12", f"data_dir={shared_data}")
+    scores = json.loads((out / "metrics.json").read_text())["tasks"]["samsum"]
+    assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "loss"}
+    preds = _predictions(out, "samsum")
+    assert len(preds) == 12 and all(isinstance(p["prediction"], str) for p in preds)
+    assert all("scores" not in p for p in preds)
+
+
+def test_extractive_qa_task_squad(cli, tmp_path, shared_data):
+    # The mirror has no SQuAD train split: carve train / validation / test out of the official dev set.
+    out = _run(cli, tmp_path, "task=squad", "model=tiny", "train.max_steps=10", "train.eval_steps=10",
+               "tasks.squad.splits.train=validation[:80%]", "tasks.squad.splits.validation=validation[80%:90%]",
+               "tasks.squad.splits.test=validation[90%:]", "data.max_train_examples=160",
+               "data.max_eval_examples=12", "tasks.squad.max_input_length=128", f"data_dir={shared_data}")
+    scores = json.loads((out / "metrics.json").read_text())["tasks"]["squad"]
+    assert set(scores) == {"exact_match", "f1", "loss"}
+    preds = _predictions(out, "squad")
+    assert len(preds) == 12 and all(p["references"] for p in preds)  # every gold answer is kept
+
+
+def test_same_config_and_seed_give_the_same_metrics(cli, tmp_path, shared_data):
+    opts = ["task=emotion", "model=tiny", "train.max_steps=12", "train.eval_steps=6", "data.max_train_examples=200",
+            "data.max_eval_examples=40", f"data_dir={shared_data}"]
+    a = json.loads((_run(cli, tmp_path / "a", *opts) / "metrics.json").read_text())
+    b = json.loads((_run(cli, tmp_path / "b", *opts) / "metrics.json").read_text())
+    assert a["tasks"] == b["tasks"]
+
+
+def test_config_command_prints_the_resolved_config(cli):
+    code, out, _ = cli("config", "task=imdb", "method=lora")
+    cfg = OmegaConf.create(out)
+    assert cfg.method == "lora" and cfg.train.lr == 1e-3 and cfg.model.path == "google/flan-t5-base"
+    code, out, _ = cli("config", "task=imdb", "method=full")
+    assert OmegaConf.create(out).train.lr == 1e-4  # LoRA's default learning rate is higher than full's
+
+
+def test_config_file_then_overrides(cli, tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("task: samsum\nmethod: lora\nmodel: flan-t5-large\ntrain:\n  lr: 5.0e-4\n  batch_size: 4\n")
+    code, out, err = cli("config", "--config", str(path), "train.batch_size=2")
+    assert code == 0, err
+    cfg = OmegaConf.create(out)
+    assert (cfg.task, cfg.method, cfg.model.path, cfg.train.lr, cfg.train.batch_size) == \
+        ("samsum", "lora", "google/flan-t5-large", 5e-4, 2)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["train.lrr=3e-4"], "Unknown config key 'train.lrr' (command line train.lrr=3e-4). Did you mean 'train.lr'"),
+    (["method=lorra"], "Unknown method 'lorra' (command line method=lorra). Did you mean 'lora'?"),
+    (["model=flan-t5-lage"], "Did you mean 'flan-t5-large'"),
+    (["model=./no/such/model"], "Model path './no/such/model' (command line model=./no/such/model) does not exist"),
+    (["model=tiny", "precision=fp16"], "precision=fp16 is refused for T5-family models"),
+    (["train.lr=abc"], "Bad value for config key 'train.lr' (command line train.lr=abc)"),
+    (["task=imbd", "model=tiny"], "Unknown task 'imbd'. Did you mean 'imdb'?"),
+    (["task=imdb", "model=tiny", "eval.classify=vote"], "Config key 'eval.classify' is 'vote'"),
+])
+def test_bad_run_input_is_a_clear_error_before_training(cli, tmp_path, options, message):
+    out = tmp_path / "run"
+    code, stdout, err = cli("run", *options, f"output_dir={out}", "data_dir=@sample")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (out / "checkpoints").exists()
+
+
+def test_existing_output_dir_is_never_overwritten_silently(cli, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    code, _, err = cli("run", "task=imdb", "model=tiny", "data_dir=@sample", f"output_dir={out}")
+    assert code == 2 and "already exists" in err and "resume=true" in err and "overwrite=true" in err
+    code, _, err = cli("run", "task=imdb", "model=tiny", "data_dir=@sample", f"output_dir={out}", "overwrite=true")
+    assert code == 2 and "not a flantune run directory" in err
+    assert (out / "notes.txt").read_text() == "my notes"
+
+
+def test_cpu_precision_is_fp32_and_torch_threads_unchanged():
+    cfg = load_config(["model=tiny"])
+    from flantune.modeling import resolve_precision
+
+    assert resolve_precision(cfg, "t5") == ("bf16" if torch.cuda.is_available() else "fp32")
