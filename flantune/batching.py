@@ -64,3 +64,15 @@ class LengthGroupedSampler(StreamSampler):
     def __iter__(self) -> Iterator[int]:
         for batch in self.batches():
             yield from batch.tolist()
+
+
+def pad_fraction(lengths: np.ndarray, rows: np.ndarray, batch_size: int) -> float:
+    """Share of the tokens of padded batches that are padding, for `rows` cut every batch_size (inputs
+    and labels are each padded to the longest in the batch, as DataCollatorForSeq2Seq does)."""
+    lengths = np.asarray(lengths).reshape(len(lengths), -1)
+    useful = padded = 0
+    for start in range(0, len(rows), batch_size):
+        batch = lengths[rows[start:start + batch_size]]
+        useful += int(batch.sum())
+        padded += int(batch.max(axis=0).sum()) * len(batch)
+    return 1.0 - useful / padded if padded else 0.0

@@ -26,6 +26,7 @@ from flantune.console import console
 from flantune.data import load_rows
 from flantune.errors import FlantuneError, did_you_mean
 from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_predictions
+from flantune.mixture import check_mixing, mixing_settings
 from flantune.modeling import (
     ModelInfo, apply_method, check_model_source, config_model_type, count_parameters, load_model,
     load_tokenizer, model_label, resolve_precision,
@@ -72,6 +73,8 @@ def run_label(cfg: DictConfig, tasks: list[Task]) -> str:
 def check(cfg: DictConfig) -> Plan:
     """The checks that need no data: tasks exist, the model source exists, the precision is allowed."""
     tasks = resolve_tasks(cfg)
+    if len(tasks) > 1:
+        check_mixing([t.name for t in tasks], **mixing_settings(cfg))
     data_dir = resolve_data_dir(cfg.data_dir)
     check_model_source(cfg)
     model_type = config_model_type(cfg)
@@ -180,6 +183,7 @@ def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInf
     }
     if trained.mixture is not None:
         metrics["mixture"] = trained.mixture
+        rundir.write_json(out / rundir.MIXTURE, trained.mixture)
     rundir.write_json(out / rundir.METRICS, metrics)
     rundir.write_json(out / rundir.LOG_HISTORY, trained.log_history)
     model = trained.model

@@ -18,8 +18,19 @@ import numpy as np
 from flantune.data import ID, render_row
 from flantune.task import Task, task_to_dict
 
-FEATURES_VERSION = 1  # bump when the columns written here change
-TEXT_COLUMNS = ("id", "input", "target", "references", "label")
+FEATURES_VERSION = 2  # bump when the columns written here change
+
+
+def _features():
+    # Declared, not inferred: every task gets the same column types, so tasks' sets concatenate.
+    from datasets import Features, Sequence, Value
+
+    return Features({
+        "id": Value("string"), "input": Value("string"), "target": Value("string"),
+        "references": Sequence(Value("string")), "label": Value("int64"), "template": Value("string"),
+        "input_ids": Sequence(Value("int32")), "attention_mask": Sequence(Value("int8")),
+        "labels": Sequence(Value("int64")), "input_length": Value("int64"), "label_length": Value("int64"),
+    })
 
 
 def _digest(*parts: Any) -> str:
@@ -81,6 +92,7 @@ def tokenize(task: Task, rows, tokenizer, *, role: str, template_seed: int | Non
         with_indices=True,
         fn_kwargs={"task": task, "template_ids": template_ids, "tokenizer": tokenizer},
         remove_columns=rows.column_names,
+        features=_features(),
         new_fingerprint=fingerprint,
         desc=f"{task.name}: tokenize {role}",
     )

@@ -32,13 +32,19 @@ MIXING_KEYS = ("scheme", "cap", "temperature", "weights")
 
 
 def _mixture_file(name: str) -> Path:
+    """A built-in mixture by name (configs/mixture/NAME.yaml), or a mixture file by path."""
     from flantune.config import MIXTURES_DIR, configs_root, group_options
 
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise FlantuneError(f"Mixture file '{name}' does not exist.")
+        return path.resolve()
     options = group_options(MIXTURES_DIR)
     if name not in options:
         raise FlantuneError(
             f"Unknown mixture '{name}'.{did_you_mean(name, options)} Mixtures: {', '.join(options) or 'none'} "
-            "(configs/mixture/). For an ad-hoc mixture use task=[a,b,c]."
+            "(configs/mixture/), or a path to your own mixture file. For an ad-hoc mixture use task=[a,b,c]."
         )
     return configs_root() / MIXTURES_DIR / f"{name}.yaml"
 
@@ -47,6 +53,8 @@ def _read_mixture(name: str) -> dict:
     from flantune.config import read_yaml
 
     path = _mixture_file(name)
+    if not isinstance(read_yaml(path, "Mixture file").get("tasks", []), (list, dict)):
+        raise FlantuneError(f"Mixture file {path}: 'tasks' must be a list of task names or a mapping task -> weight.")
     data = read_yaml(path, "Mixture file")
     for key in data:
         if key not in MIXTURE_KEYS:
@@ -64,16 +72,24 @@ def _read_mixture(name: str) -> dict:
 
 
 def expand_mixture(name: str, chain: tuple[str, ...] = ()) -> tuple[list[str], dict[str, float]]:
-    """The tasks of a mixture, included mixtures flattened in order, and any per-task weights."""
-    if name in chain:
+    """The tasks of a mixture, included mixtures flattened in order, and any per-task weights.
+
+    Only the outermost mixture's `mixing` settings apply; an included mixture gives its tasks (and
+    its weights, where it lists tasks with weights)."""
+    key = str(_mixture_file(name))
+    if key in chain:
+        names = [Path(c).stem for c in (*chain, key)]
         raise FlantuneError(
-            f"Mixture '{name}' includes itself: {' -> '.join((*chain, name))}. Remove the cycle from the include lists."
+            f"Mixture '{Path(key).stem}' includes itself: {' -> '.join(names)}. Remove the cycle from the include lists."
         )
     data = _read_mixture(name)
     tasks: list[str] = []
     weights: dict[str, float] = {}
     for included in data.get("include") or []:
-        more, w = expand_mixture(str(included), (*chain, name))
+        included = str(included)
+        if included.endswith((".yaml", ".yml")) and not Path(included).is_absolute():
+            included = str(Path(key).parent / included)  # relative to the including file
+        more, w = expand_mixture(included, (*chain, key))
         tasks.extend(more)
         weights.update(w)
     raw = data.get("tasks") or []
@@ -82,7 +98,7 @@ def expand_mixture(name: str, chain: tuple[str, ...] = ()) -> tuple[list[str], d
         raw = list(raw)
     tasks.extend(str(t) for t in raw)
     if not tasks:
-        raise FlantuneError(f"Mixture '{name}' ({_mixture_file(name)}) names no tasks: give it tasks or include.")
+        raise FlantuneError(f"Mixture '{name}' ({key}) names no tasks: give it tasks or include.")
     return list(dict.fromkeys(tasks)), weights
 
 
@@ -92,46 +108,55 @@ def mixture_patch(name: str, where: str) -> dict:
     mixing = dict(_read_mixture(name).get("mixing") or {})
     if weights and "weights" not in mixing:
         mixing["weights"] = weights
-    return {"task": tasks, "mixture": name, "mixing": mixing}
+    return {"task": tasks, "mixture": Path(name).stem if name.endswith((".yaml", ".yml")) else name,
+            "mixing": mixing}
 
 
 # ---- rates ----------------------------------------------------------------------------------------------
 
 
-def mixing_rates(sizes: dict[str, int], scheme: str, cap: int | None = None, temperature: float = 1.0,
-                 weights: dict[str, float] | None = None) -> dict[str, float]:
-    """Each task's share of the training stream (summing to 1)."""
+def check_mixing(tasks: list[str], scheme: str, cap: int | None = None, temperature: float = 1.0,
+                 weights: dict[str, float] | None = None) -> None:
+    """Mixing settings that can't work, caught before any data is read."""
     if scheme not in SCHEMES:
         raise FlantuneError(f"mixing.scheme is {scheme!r}; choose one of {', '.join(SCHEMES)}.{did_you_mean(scheme, SCHEMES)}")
     if cap is not None and cap < 1:
         raise FlantuneError(f"mixing.cap is {cap}; it must be a positive number of examples (or null for no cap).")
+    if scheme == "temperature" and not temperature > 0:
+        raise FlantuneError(f"mixing.temperature is {temperature}; it must be > 0 (1 = proportional).")
+    if scheme != "weights":
+        return
+    weights = dict(weights or {})
+    unknown = [t for t in weights if t not in tasks]
+    if unknown:
+        raise FlantuneError(
+            f"mixing.weights names task '{unknown[0]}', which is not in this run ({', '.join(tasks)})."
+            f"{did_you_mean(unknown[0], tasks)}"
+        )
+    missing = [t for t in tasks if t not in weights]
+    if missing:
+        raise FlantuneError(f"mixing.scheme=weights needs a weight for every task; missing: {', '.join(missing)}.")
+    bad = {t: w for t, w in weights.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0}
+    if bad:
+        raise FlantuneError(f"mixing.weights must be numbers >= 0; got {bad}.")
+    if not sum(weights.values()) > 0:
+        raise FlantuneError(f"The mixing weights are all zero ({weights}): give at least one task a positive weight.")
+
+
+def mixing_rates(sizes: dict[str, int], scheme: str, cap: int | None = None, temperature: float = 1.0,
+                 weights: dict[str, float] | None = None) -> dict[str, float]:
+    """Each task's share of the training stream (summing to 1)."""
+    check_mixing(list(sizes), scheme, cap, temperature, weights)
     capped = {t: float(min(n, cap) if cap else n) for t, n in sizes.items()}
     if scheme == "proportional":
         raw = capped
     elif scheme == "temperature":
-        if not temperature > 0:
-            raise FlantuneError(f"mixing.temperature is {temperature}; it must be > 0 (1 = proportional).")
         raw = {t: n ** (1.0 / temperature) for t, n in capped.items()}
     elif scheme == "equal":
         raw = {t: 1.0 for t in sizes}
     else:
-        weights = dict(weights or {})
-        unknown = [t for t in weights if t not in sizes]
-        if unknown:
-            raise FlantuneError(
-                f"mixing.weights names task '{unknown[0]}', which is not in this run ({', '.join(sizes)})."
-                f"{did_you_mean(unknown[0], sizes)}"
-            )
-        missing = [t for t in sizes if t not in weights]
-        if missing:
-            raise FlantuneError(f"mixing.scheme=weights needs a weight for every task; missing: {', '.join(missing)}.")
-        bad = {t: w for t, w in weights.items() if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0}
-        if bad:
-            raise FlantuneError(f"mixing.weights must be numbers >= 0; got {bad}.")
         raw = {t: float(weights[t]) for t in sizes}
     total = sum(raw.values())
-    if not total > 0:
-        raise FlantuneError(f"The mixing weights are all zero ({raw}): give at least one task a positive weight.")
     return {t: v / total for t, v in raw.items()}
 
 
@@ -208,6 +233,14 @@ class TrainSet:
             epoch += 1
         return dict(zip(names, seen.tolist()))
 
+    def padding(self, batch_size: int) -> dict[str, float]:
+        """Pad fraction of the first epoch's batches, as trained and under plain random batching."""
+        from flantune.batching import pad_fraction
+
+        ours = np.fromiter(iter(self.sampler(batch_size)), dtype=np.int64)
+        return {"pad_fraction": pad_fraction(self.lengths, ours, batch_size),
+                "pad_fraction_random_batching": pad_fraction(self.lengths, self.epoch_stream(0), batch_size)}
+
     def report(self, batch_size: int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"mixing": self.mixing, "train_sizes": self.sizes, "requested_rates": self.rates,
                                "examples_per_epoch": self.counts}
@@ -233,7 +266,7 @@ def build_train_set(p, tokenizer) -> TrainSet:
         sizes[task.name] = len(ds)
         parts.append(ds)
     dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    mixing = {k: v for k, v in _mixing_settings(cfg).items()}
+    mixing = {k: v for k, v in mixing_settings(cfg).items()}
     rates = mixing_rates(sizes, **mixing) if len(sizes) > 1 else {p.tasks[0].name: 1.0}
     cap = mixing.get("cap")
     total = sum(min(n, cap) if cap else n for n in sizes.values())
@@ -243,7 +276,7 @@ def build_train_set(p, tokenizer) -> TrainSet:
                     mixing=mixing if len(sizes) > 1 else {})
 
 
-def _mixing_settings(cfg) -> dict[str, Any]:
+def mixing_settings(cfg) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     m = OmegaConf.to_container(cfg.mixing, resolve=True)

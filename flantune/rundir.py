@@ -4,6 +4,7 @@
     metrics.json           task -> metric -> value on the final evaluation split, plus throughput
     predictions/<task>.jsonl
     log_history.json       the trainer's log history (losses, validation metrics)
+    mixture.json           a mixture's requested rates and the examples seen per task
     model/                 save_pretrained output (full model, or the LoRA adapter) with the tokenizer
     merged/                LoRA merged into the base model (merge=true)
     base_model/            the random-init base of a LoRA run (only when it can't be downloaded again)
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flantune.errors import FlantuneError
 
-CONFIG, METRICS, LOG_HISTORY = "config.yaml", "metrics.json", "log_history.json"
+CONFIG, METRICS, LOG_HISTORY, MIXTURE = "config.yaml", "metrics.json", "log_history.json", "mixture.json"
 PREDICTIONS, MODEL, MERGED, BASE_MODEL, CHECKPOINTS = "predictions", "model", "merged", "base_model", "checkpoints"
 # Keys that may differ between a run and its resumption.
 RESUME_FREE = ("resume", "overwrite", "output_dir", "compare", "report_to", "data_dir", "tasks_dir", "eval")

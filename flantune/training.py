@@ -42,6 +42,7 @@ class FlantuneTrainer(Seq2SeqTrainer):
         self.evaluator = evaluator
         self.sampler_factory = sampler_factory
         self.useful_tokens = 0  # non-pad input tokens + label tokens actually trained on
+        self.padded_tokens = 0  # the same, padding included
         self.train_examples = 0
 
     def _get_train_sampler(self, train_dataset=None):
@@ -50,6 +51,7 @@ class FlantuneTrainer(Seq2SeqTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         # Counted on the host from the batch the collator built: no device sync.
         self.useful_tokens += int(inputs["attention_mask"].sum()) + int((inputs["labels"] != -100).sum())
+        self.padded_tokens += inputs["input_ids"].numel() + inputs["labels"].numel()
         self.train_examples += int(inputs["input_ids"].shape[0])
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -151,6 +153,8 @@ def train(p, out: Path, model, tokenizer) -> Trained:
         "useful_tokens": trainer.useful_tokens,
         "examples_per_s": trainer.train_examples / seconds if seconds else 0.0,
         "tokens_per_s": trainer.useful_tokens / seconds if seconds else 0.0,
+        "pad_fraction": 1 - trainer.useful_tokens / trainer.padded_tokens if trainer.padded_tokens else 0.0,
+        "pad_fraction_random_batching": train_set.padding(cfg.train.batch_size)["pad_fraction_random_batching"],
         "resumed_from": resume_from,
     }
     return Trained(model=trainer.model, throughput=throughput, log_history=trainer.state.log_history,

@@ -18,6 +18,12 @@ import pytest
 OPTIONS = ["task=imdb", "model=tiny", "train.max_steps=40", "train.eval_steps=10", "train.logging_steps=5",
            "data.max_train_examples=320", "data.max_eval_examples=48", "tasks.imdb.max_input_length=64",
            "seed=3"]
+# The same for a mixture of three tasks of different kinds: 3 x 110 examples, 20 steps an epoch.
+MIXTURE = ["task=[imdb,squad,samsum]", "mixing.scheme=equal", "model=tiny", "train.max_steps=40",
+           "train.eval_steps=10", "train.logging_steps=5", "data.max_train_examples=110", "data.max_eval_examples=8",
+           "seed=3", "tasks.squad.splits.train=validation[:80%]", "tasks.squad.splits.validation=validation[80%:90%]",
+           "tasks.squad.splits.test=validation[90%:]", "tasks.squad.max_new_tokens=6", "tasks.samsum.max_new_tokens=6",
+           *[f"tasks.{t}.max_input_length=64" for t in ("imdb", "squad", "samsum")]]
 
 
 def _flantune(*args: str, wait: bool = True):
@@ -29,20 +35,20 @@ def _flantune(*args: str, wait: bool = True):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def _log(out: Path) -> dict[int, float]:
-    """step -> training loss, and the validation loss at each evaluation."""
+def _log(out: Path) -> dict[tuple, float]:
+    """(step, name) -> the training loss and every validation loss logged."""
     history = json.loads((out / "log_history.json").read_text())
-    return {(h["step"], "eval" if "eval_imdb/loss" in h else "train"): h.get("loss", h.get("eval_imdb/loss"))
-            for h in history if "loss" in h or "eval_imdb/loss" in h}
+    return {(h["step"], k): v for h in history for k, v in h.items() if k == "loss" or k.endswith("/loss")}
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, shared_data):
+@pytest.mark.parametrize("options", [OPTIONS, MIXTURE], ids=["single-task", "mixture"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, shared_data, options):
     data = f"data_dir={shared_data}"
     straight = tmp_path / "straight"
-    _flantune(*OPTIONS, data, f"output_dir={straight}")
+    _flantune(*options, data, f"output_dir={straight}")
 
     killed = tmp_path / "killed"
-    proc = _flantune(*OPTIONS, data, f"output_dir={killed}", wait=False)
+    proc = _flantune(*options, data, f"output_dir={killed}", wait=False)
     marker = killed / "checkpoints" / "checkpoint-30" / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -52,14 +58,16 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, shared_da
     proc.wait()
     assert not (killed / "metrics.json").exists()  # it really died before finishing
 
-    resumed = _flantune(*OPTIONS, data, f"output_dir={killed}", "resume=true")
+    resumed = _flantune(*options, data, f"output_dir={killed}", "resume=true")
     assert "checkpoint-30" in json.loads((killed / "metrics.json").read_text())["train"]["resumed_from"]
 
-    a = json.loads((straight / "metrics.json").read_text())["tasks"]["imdb"]
-    b = json.loads((killed / "metrics.json").read_text())["tasks"]["imdb"]
+    a = json.loads((straight / "metrics.json").read_text())["tasks"]
+    b = json.loads((killed / "metrics.json").read_text())["tasks"]
     assert a.keys() == b.keys()
-    for key in a:
-        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    for task in a:
+        assert a[task].keys() == b[task].keys()
+        for key in a[task]:
+            assert b[task][key] == pytest.approx(a[task][key], abs=1e-6), (task, key)
     # The steps after the kill trained on the same batches: same losses, step by step.
     la, lb = _log(straight), _log(killed)
     after = [k for k in la if k[0] > 30]

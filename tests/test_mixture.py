@@ -1,0 +1,180 @@
+"""Task mixtures: T5-style mixing rates, realised proportions on real data, a three-task run, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flantune.data import load_rows
+from flantune.errors import FlantuneError
+from flantune.mixture import TrainSet, epoch_counts, expand_mixture, mixing_rates
+from flantune.registry import discover
+
+SCHEMES = [
+    {"scheme": "proportional"},
+    {"scheme": "proportional", "cap": 3000},
+    {"scheme": "temperature", "temperature": 2.0},
+    {"scheme": "temperature", "temperature": 2.0, "cap": 10000},
+    {"scheme": "equal"},
+    {"scheme": "weights", "weights": {"imdb": 1.0, "emotion": 0.0, "samsum": 3.0, "squad": 2.0, "mlqa_hi_en": 1.0}},
+]
+
+
+@pytest.fixture(scope="module")
+def real_sizes(shared_data) -> dict[str, int]:
+    """Train sizes of five real tasks in the mirror (squad's train carved from its validation split)."""
+    reg = discover()
+    tasks = {n: reg.get(n) for n in ("imdb", "emotion", "samsum", "mlqa_hi_en")}
+    tasks["squad"] = reg.get("squad").with_overrides({"splits": {"train": "validation[:80%]"}})
+    return {n: len(load_rows(t, "train", shared_data)) for n, t in tasks.items()}
+
+
+def _train_set(sizes: dict[str, int], mixing: dict, seed: int = 0, sampling: str = "random") -> TrainSet:
+    rates = mixing_rates(sizes, **mixing)
+    cap = mixing.get("cap")
+    total = sum(min(n, cap) if cap else n for n in sizes.values())
+    offsets = dict(zip(sizes, np.cumsum([0, *sizes.values()])[:-1].tolist()))
+    rng = np.random.default_rng(1)  # lengths only matter to the grouped sampler's order
+    lengths = np.stack([rng.integers(5, 500, sum(sizes.values())), rng.integers(1, 60, sum(sizes.values()))], 1)
+    return TrainSet(dataset=None, offsets=offsets, sizes=sizes, rates=rates, counts=epoch_counts(rates, total),
+                    seed=seed, sampling=sampling, lengths=lengths, mixing=mixing)
+
+
+def test_rates_follow_the_t5_definitions(real_sizes):
+    n = real_sizes
+    assert n == {"imdb": 24000, "emotion": 16000, "samsum": 14732, "mlqa_hi_en": 407, "squad": 8456}
+    prop = mixing_rates(n, "proportional")
+    assert prop["imdb"] == pytest.approx(24000 / sum(n.values()))
+    capped = mixing_rates(n, "proportional", cap=3000)  # 3000 * 4 + 407
+    assert capped["imdb"] == pytest.approx(3000 / 12407) and capped["mlqa_hi_en"] == pytest.approx(407 / 12407)
+    temp = mixing_rates(n, "temperature", temperature=2.0)
+    z = sum(v ** 0.5 for v in n.values())
+    assert temp["emotion"] == pytest.approx(16000 ** 0.5 / z)
+    assert mixing_rates(n, "temperature", temperature=1.0) == pytest.approx(prop)
+    assert all(r == pytest.approx(0.2) for r in mixing_rates(n, "equal").values())
+
+
+@pytest.mark.parametrize("mixing", SCHEMES, ids=[str(m) for m in SCHEMES])
+@pytest.mark.parametrize("sampling", ["random", "length_grouped"])
+def test_realised_proportions_match_the_requested_rates(real_sizes, mixing, sampling):
+    ts = _train_set(real_sizes, mixing, sampling=sampling)
+    names = list(real_sizes)
+    batch = 16
+    sampler = ts.sampler(batch)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        rows = np.fromiter(iter(sampler), dtype=np.int64)
+        assert len(rows) == ts.epoch_size
+        realised = np.bincount(ts.task_of(rows), minlength=len(names)) / len(rows)
+        # A whole epoch: the rates up to rounding to whole examples (largest remainder: < 1 example).
+        for t, r in zip(names, realised):
+            assert abs(r - ts.rates[t]) <= 1.0 / len(rows) + 1e-12, (t, r, ts.rates[t])
+        # Any prefix of 4,000 examples (250 batches): within 4 standard errors of a random draw; batches,
+        # not examples, are the units of a length-grouped stream, so its error is counted per batch.
+        prefix = rows[:4000]
+        part = np.bincount(ts.task_of(prefix), minlength=len(names)) / len(prefix)
+        units = len(prefix) / (batch if sampling == "length_grouped" else 1)
+        for t, r in zip(names, part):
+            tol = 4 * np.sqrt(ts.rates[t] * (1 - ts.rates[t]) / units) + 1e-9
+            assert abs(r - ts.rates[t]) <= tol, (t, r, ts.rates[t], tol)
+
+
+def test_a_small_task_repeats_as_rarely_as_possible_and_a_large_one_shows_new_rows(real_sizes):
+    ts = _train_set(real_sizes, {"scheme": "equal"})
+    e0, e1 = ts.epoch_stream(0), ts.epoch_stream(1)
+    mlqa = lambda rows: rows[ts.task_of(rows) == list(real_sizes).index("mlqa_hi_en")]  # noqa: E731
+    imdb = lambda rows: rows[ts.task_of(rows) == 0]  # noqa: E731
+    counts = np.bincount(mlqa(e0) - ts.offsets["mlqa_hi_en"])
+    assert counts.max() - counts.min() <= 1  # 407 rows drawn ~ts.counts times: each equally often
+    # imdb is down-sampled (12,719 of 24,000 rows an epoch): the second epoch continues through rows the
+    # first did not show, and only wraps around for the 2 * 12,719 - 24,000 = 1,438 rows beyond them.
+    assert ts.counts["imdb"] == 12719
+    assert len(set(imdb(e0)) & set(imdb(e1))) <= 2 * 12719 - 24000
+
+
+def test_sampling_is_seeded(real_sizes):
+    a = _train_set(real_sizes, {"scheme": "proportional", "cap": 3000}, seed=5)
+    b = _train_set(real_sizes, {"scheme": "proportional", "cap": 3000}, seed=5)
+    c = _train_set(real_sizes, {"scheme": "proportional", "cap": 3000}, seed=6)
+    assert np.array_equal(a.epoch_stream(3), b.epoch_stream(3))
+    assert not np.array_equal(a.epoch_stream(3), c.epoch_stream(3))
+
+
+def test_named_mixtures_and_includes():
+    tasks, _ = expand_mixture("flan8")
+    assert tasks == ["imdb", "emotion", "paws", "squad", "squad_qg", "paws_paraphrase", "samsum", "mlqa_hi_en"]
+    assert expand_mixture("three_kinds")[0] == ["imdb", "squad", "samsum"]
+
+
+THREE = ["mixture=three_kinds", "model=tiny", "train.max_steps=24", "train.eval_steps=12",
+         "data.max_train_examples=200", "data.max_eval_examples=16", "tasks.imdb.max_input_length=96",
+         "tasks.squad.max_input_length=96", "tasks.samsum.max_input_length=96", "tasks.samsum.max_new_tokens=8",
+         "tasks.squad.max_new_tokens=8", "tasks.squad.splits.train=validation[:80%]",
+         "tasks.squad.splits.validation=validation[80%:90%]", "tasks.squad.splits.test=validation[90%:]"]
+
+
+def test_three_task_mixture_run_writes_per_task_results(cli, tmp_path, shared_data):
+    out = tmp_path / "run"
+    code, stdout, err = cli("run", *THREE, f"data_dir={shared_data}", f"output_dir={out}")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"imdb", "squad", "samsum"}
+    assert "accuracy" in metrics["tasks"]["imdb"] and "f1" in metrics["tasks"]["squad"]
+    assert "rougeL" in metrics["tasks"]["samsum"]
+    primaries = [metrics["tasks"]["imdb"]["accuracy"], metrics["tasks"]["squad"]["f1"],
+                 metrics["tasks"]["samsum"]["rougeL"]]
+    assert metrics["score"] == pytest.approx(np.mean(primaries))
+    for task in ("imdb", "squad", "samsum"):
+        assert len((out / "predictions" / f"{task}.jsonl").read_text().strip().split("\n")) == 16
+    mixture = json.loads((out / "mixture.json").read_text())
+    assert mixture["mixing"]["scheme"] == "temperature"
+    assert sum(mixture["examples_seen"].values()) == 24 * 16
+    assert set(mixture["requested_rates"]) == {"imdb", "squad", "samsum"}
+    assert "realised mixture" in stdout and "examples seen" in stdout
+    # The validation metrics of every task are logged, and the best checkpoint is chosen by their mean.
+    history = json.loads((out / "log_history.json").read_text())
+    evals = [h for h in history if "eval_score" in h]
+    assert evals and all({"eval_imdb/accuracy", "eval_squad/f1", "eval_samsum/rougeL"} <= set(h) for h in evals)
+    train = metrics["train"]
+    assert train["pad_fraction"] < train["pad_fraction_random_batching"]
+
+
+def _mixture_file(tmp_path, text: str) -> str:
+    path = tmp_path / "mix.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["task=[imdb,imbd]"], "Unknown task 'imbd'. Did you mean 'imdb'?"),
+    (["task=[imdb,samsum]", "mixing.scheme=weights", "mixing.weights.imdb=-1", "mixing.weights.samsum=1"],
+     "mixing.weights must be numbers >= 0"),
+    (["task=[imdb,samsum]", "mixing.scheme=weights", "mixing.weights.imdb=0", "mixing.weights.samsum=0"],
+     "The mixing weights are all zero"),
+    (["task=[imdb,samsum]", "mixing.scheme=temperature", "mixing.temperature=0"], "mixing.temperature is 0.0"),
+    (["task=[imdb,samsum]", "mixing.scheme=temprature"], "Did you mean 'temperature'?"),
+    (["task=[imdb,samsum]", "mixing.scheme=weights", "mixing.weights.imdb=1"], "missing: samsum"),
+])
+def test_bad_mixture_input(cli, tmp_path, options, message):
+    code, _, err = cli("run", "model=tiny", "data_dir=@sample", f"output_dir={tmp_path / 'run'}", *options)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_mixture_files(cli, tmp_path):
+    bad_key = _mixture_file(tmp_path, "tasks: [imdb, samsum]\nmixng: {scheme: equal}\n")
+    code, _, err = cli("config", f"mixture={bad_key}")
+    assert code == 2 and "unknown key 'mixng'" in err and "Did you mean 'mixing'?" in err
+    unknown_task = _mixture_file(tmp_path, "tasks: [imdb, samsom]\n")
+    code, _, err = cli("run", f"mixture={unknown_task}", "model=tiny", "data_dir=@sample")
+    assert code == 2 and "Unknown task 'samsom'. Did you mean 'samsum'?" in err
+    (tmp_path / "a.yaml").write_text("tasks: [imdb]\ninclude: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("tasks: [samsum]\ninclude: [a.yaml]\n")
+    code, _, err = cli("config", f"mixture={tmp_path / 'a.yaml'}")
+    assert code == 2 and "Mixture 'a' includes itself: a -> b -> a" in err
+    code, _, err = cli("config", "mixture=flan9")
+    assert code == 2 and "Did you mean 'flan8'?" in err
+    with pytest.raises(FlantuneError, match="must be > 0"):
+        mixing_rates({"a": 1, "b": 2}, "temperature", temperature=-1.0)
