@@ -1,0 +1,260 @@
+"""Build a comparative report from saved predictions: every number is recomputed from the prediction
+rows, then written three ways from one dict: report.json (the numbers), report.md (+ images/*.png)
+and report.html (one self-contained file).
+
+systems[0] is the reference (the base model). Every other system, a fine-tuned model (kind "model")
+or a baseline (kind "baseline"), is compared with it on the same examples: a paired bootstrap
+interval for every score, and for classification the exact McNemar test. For fine-tuned models the
+report also lists the examples the fine-tuning fixed and those it broke: an example counts when its
+per-example score (0-1: 1/0 correctness for classification, the primary metric's own per-example
+value such as SQuAD F1 or a ROUGE F-measure otherwise) moved by at least FIX_THRESHOLD.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flantune.errors import FlantuneError
+from flantune.metrics import aggregate_stats, compute_stats, get_metric
+from flantune.report import System
+from flantune.report import plots, render
+from flantune.report.stats import align_rows, gold_texts, mcnemar_exact, paired_bootstrap, per_example_scores
+from flantune.task import Task
+
+FIX_THRESHOLD = 0.5  # on the 0-1 per-example scale: half of the whole range, so noise does not count
+INPUT_CHARS = 300  # inputs are truncated to this many characters in example lists
+CONSISTENCY_TOLERANCE = 1e-6  # recomputed vs metrics.json
+
+
+def build_report(tasks: dict[str, Task], systems: list[System], out_dir: Path, *, n_resamples: int = 1000,
+                 seed: int = 0, examples_per_list: int = 5, confidence: float = 0.95) -> Path:
+    """Write report.json, report.md, report.html and images/ under out_dir; returns report.html's path."""
+    report, images = assemble(tasks, systems, n_resamples=n_resamples, seed=seed,
+                              examples_per_list=examples_per_list, confidence=confidence)
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    for rel, png in images.items():
+        (out_dir / rel).write_bytes(png)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False) + "\n",
+                                         encoding="utf-8")
+    (out_dir / "report.md").write_text(render.render_markdown(report), encoding="utf-8")
+    html = out_dir / "report.html"
+    html.write_text(render.render_html(report, images), encoding="utf-8")
+    return html
+
+
+def assemble(tasks: dict[str, Task], systems: list[System], *, n_resamples: int = 1000, seed: int = 0,
+             examples_per_list: int = 5, confidence: float = 0.95) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The report as a JSON-ready dict, and its images (relative path -> PNG bytes)."""
+    if not systems:
+        raise FlantuneError("A report needs at least one system (the reference).")
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise FlantuneError(f"Every system in a report needs its own name; got {names}.")
+    images: dict[str, bytes] = {}
+    file_ids = {s.name: f"{i}-{_slug(s.name)}" for i, s in enumerate(systems)}  # unique even if slugs collide
+    report: dict[str, Any] = {
+        "reference": systems[0].name,
+        "settings": {"n_resamples": n_resamples, "seed": seed, "confidence": confidence,
+                     "fix_threshold": FIX_THRESHOLD, "examples_per_list": examples_per_list},
+        "systems": [_system_info(s, i) for i, s in enumerate(systems)],
+        "tasks": {},
+        "skipped_tasks": {},
+    }
+    for name, task in tasks.items():
+        if name not in systems[0].predictions:
+            report["skipped_tasks"][name] = f"no predictions from the reference system '{systems[0].name}'"
+            continue
+        # A baseline often fits some tasks only (majority class: classification; lead-3: summaries),
+        # so a system without predictions for a task is left out of that task alone, with a note.
+        present = [s for s in systems if name in s.predictions]
+        section = _task_section(task, present, images, file_ids, n_resamples=n_resamples, seed=seed,
+                                examples_per_list=examples_per_list, confidence=confidence)
+        absent = [s.name for s in systems if name not in s.predictions]
+        if absent:
+            section["notes"].insert(0, f"No predictions for this task from: {', '.join(absent)}.")
+        report["tasks"][name] = section
+    for s in systems:
+        for name in s.predictions:
+            if name not in tasks and name not in report["skipped_tasks"]:
+                report["skipped_tasks"][name] = "no task definition was given for it"
+    report["speed"] = _speed(systems)
+    report["training"] = _training(tasks, systems, images)
+    return _json_ready(report), images
+
+
+def _system_info(s: System, i: int) -> dict[str, Any]:
+    model = s.metrics.get("model") or {}
+    role = "reference" if i == 0 else ("fine-tuned" if s.kind == "model" else s.kind)
+    return {"name": s.name, "kind": s.kind, "role": role, "source": s.source, "model": model.get("label"),
+            "method": model.get("method"), "random_init": model.get("random_init")}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40] or "system"
+
+
+# ---- one task -------------------------------------------------------------------------------------
+
+def _task_section(task: Task, systems: list[System], images: dict[str, bytes], file_ids: dict[str, str], *,
+                  n_resamples: int, seed: int,
+                  examples_per_list: int, confidence: float) -> dict[str, Any]:
+    ref = systems[0]
+    ref_rows = ref.predictions[task.name]
+    rows = {ref.name: list(ref_rows)}
+    for s in systems[1:]:
+        rows[s.name] = align_rows(task.name, ref.name, ref_rows, s.name, s.predictions[task.name])
+    choices = task.choice_texts or None
+    golds = [gold_texts(r) for r in ref_rows]
+    stats, scores = {}, {}
+    for s in systems:
+        stats[s.name] = compute_stats(task.metrics, [r["prediction"] for r in rows[s.name]], golds, choices)
+        if task.is_classification:  # pred/gold indices for McNemar, per-class tables and confusion matrices
+            stats[s.name]["_classification"] = get_metric("accuracy").stats(
+                [r["prediction"] for r in rows[s.name]], golds, choices=choices)
+        scores[s.name] = aggregate_stats(task.metrics, stats[s.name], choices)
+
+    section: dict[str, Any] = {
+        "kind": task.kind, "primary_metric": task.primary_metric, "n": len(ref_rows),
+        "metric_names": [k for k in scores[ref.name] if "/" not in k],
+        "systems": {s.name: {"metrics": scores[s.name]} for s in systems},
+        "differences": {}, "notes": [],
+    }
+    for s in systems:
+        section["notes"] += _consistency(task, s, scores[s.name])
+    for s in systems[1:]:
+        diffs = paired_bootstrap(task, stats[ref.name], stats[s.name], n_resamples=n_resamples, seed=seed,
+                                 confidence=confidence)
+        section["differences"][s.name] = {k: d.to_dict() for k, d in diffs.items()}
+    if task.is_classification:
+        _classification_parts(task, systems, stats, section, images, file_ids)
+    section["examples"] = {
+        s.name: _fixed_and_broke(task, stats[ref.name], stats[s.name], rows[ref.name], rows[s.name],
+                                 examples_per_list)
+        for s in systems[1:] if s.kind == "model"
+    }
+    return section
+
+
+def _consistency(task: Task, s: System, recomputed: dict[str, float]) -> list[str]:
+    """Flag a metrics.json that disagrees with its own predictions (edited files, another split)."""
+    saved = (s.metrics.get("tasks") or {}).get(task.name) or {}
+    out = []
+    for k, v in recomputed.items():
+        if isinstance(saved.get(k), (int, float)) and not math.isclose(saved[k], v, abs_tol=CONSISTENCY_TOLERANCE):
+            out.append(f"{s.name}: its metrics.json gives {k} = {saved[k]:.4f}, but its predictions give {v:.4f} "
+                       "(the report uses the predictions).")
+    return out
+
+
+def _classification_parts(task: Task, systems: list[System], stats, section: dict[str, Any],
+                          images: dict[str, bytes], file_ids: dict[str, str]) -> None:
+    choices = task.choice_texts
+    ref = systems[0]
+    per_class = get_metric("per_class")
+    section["per_class"], section["confusion"], section["mcnemar"], section["invalid"] = {}, {}, {}, {}
+    correct = {}
+    for s in systems:
+        cls = stats[s.name]["_classification"]
+        correct[s.name] = cls["pred"] == cls["gold"]
+        section["invalid"][s.name] = 100.0 * float(np.mean(cls["pred"] == plots.INVALID)) if len(cls["pred"]) else 0.0
+        numbers = per_class.aggregate(cls, choices=choices)
+        section["per_class"][s.name] = {
+            c: {m: numbers[f"{m}/{c}"] for m in ("precision", "recall", "f1", "support")} for c in choices}
+        counts, has_invalid = plots.confusion_counts(cls["gold"], cls["pred"], len(choices))
+        rel = f"images/{_slug(task.name)}-confusion-{file_ids[s.name]}.png"
+        images[rel] = plots.confusion_matrix_png(cls["gold"], cls["pred"], choices, f"{task.name}: {s.name}")
+        section["confusion"][s.name] = {"labels": choices, "columns": choices + (["invalid"] if has_invalid else []),
+                                        "counts": counts.tolist(), "image": rel}
+    for s in systems[1:]:
+        section["mcnemar"][s.name] = mcnemar_exact(correct[ref.name], correct[s.name]).to_dict()
+
+
+def _fixed_and_broke(task: Task, ref_stats, sys_stats, ref_rows, sys_rows, limit: int) -> dict[str, Any]:
+    ref_scored = per_example_scores(task, ref_stats)
+    sys_scored = per_example_scores(task, sys_stats)
+    if ref_scored is None or sys_scored is None:
+        return {"score": None, "note": f"not available: the primary metric {task.primary_metric} is corpus-level "
+                                       "and the task has no per-example score (such as ROUGE) to use instead"}
+    score_name, ref_score = ref_scored
+    delta = sys_scored[1] - ref_score
+    note = ("an example is fixed when the reference's prediction is wrong and this system's right, broken when "
+            "the reverse" if score_name == "correct" else
+            f"an example is fixed when its per-example {score_name} (0-1) rose by at least {FIX_THRESHOLD}, "
+            f"broken when it fell by at least {FIX_THRESHOLD}")
+    if score_name != task.primary_metric and score_name != "correct":
+        note += f" ({task.primary_metric} has no per-example value, so {score_name} stands in for it)"
+    fixed = np.flatnonzero(delta >= FIX_THRESHOLD)
+    broke = np.flatnonzero(delta <= -FIX_THRESHOLD)
+    # Largest changes first; ties keep the data order (a stable sort), so the lists are deterministic.
+    fixed = fixed[np.argsort(-delta[fixed], kind="stable")]
+    broke = broke[np.argsort(delta[broke], kind="stable")]
+
+    def example(i: int) -> dict[str, Any]:
+        r = ref_rows[i]
+        text = r["input"]
+        return {"id": r["id"], "input": text if len(text) <= INPUT_CHARS else text[:INPUT_CHARS - 1] + "…",
+                "target": r["target"], "references": gold_texts(r), "reference_prediction": r["prediction"],
+                "system_prediction": sys_rows[i]["prediction"], "reference_score": float(ref_score[i]),
+                "system_score": float(sys_scored[1][i])}
+
+    return {"score": score_name, "note": note, "threshold": FIX_THRESHOLD, "n_fixed": int(len(fixed)),
+            "n_broke": int(len(broke)), "fixed": [example(i) for i in fixed[:limit]],
+            "broke": [example(i) for i in broke[:limit]]}
+
+
+# ---- whole runs ---------------------------------------------------------------------------------
+
+def _speed(systems: list[System]) -> dict[str, Any]:
+    timed = [s for s in systems if s.kind == "model" and s.metrics.get("eval")]
+    together = bool(timed) and all(s.metrics.get("measured_together") for s in timed)
+    note = ("measured on the same machine in the same run: the numbers compare directly." if together else
+            "measured in separate runs, possibly on other machines, loads or batch sizes: compare with care.")
+    keys = ("examples_per_s", "ms_per_example", "tokens_per_s", "seconds")
+    return {"measured_together": together, "note": note,
+            "systems": {s.name: {k: s.metrics["eval"].get(k) for k in keys} for s in timed}}
+
+
+def _training(tasks: dict[str, Task], systems: list[System], images: dict[str, bytes]) -> dict[str, Any]:
+    out = {}
+    for i, s in enumerate(systems):
+        if s.log_history is None:
+            continue
+        ran = [t for t in (s.metrics.get("tasks") or s.predictions) if t in tasks]
+        # One task: its own primary metric; several (or a log without it): the mean of primary metrics.
+        key = f"eval_{ran[0]}/{tasks[ran[0]].primary_metric}" if len(ran) == 1 else "eval_score"
+        if not any(key in entry for entry in s.log_history):
+            key = "eval_score"
+        png = plots.training_curves_png(s.log_history, key, f"{s.name}: training")
+        rel = f"images/training-{i}-{_slug(s.name)}.png" if png else None
+        if png:
+            images[rel] = png
+        train = s.metrics.get("train") or {}
+        trainable, total = s.metrics.get("trainable_parameters"), s.metrics.get("total_parameters")
+        out[s.name] = {
+            "curves": rel, "validation_metric": key.removeprefix("eval_"),
+            "trainable_parameters": trainable, "total_parameters": total,
+            "trainable_share": 100.0 * trainable / total if trainable and total else None,
+            "wall_time_s": s.metrics.get("wall_time_s"),
+            "train": {k: train.get(k) for k in ("seconds", "steps", "examples_per_s", "tokens_per_s")},
+        }
+    return out
+
+
+def _json_ready(value: Any) -> Any:
+    """Plain JSON: numpy scalars become Python numbers, nan and inf become null."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
