@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from flantune.errors import FlantuneError, did_you_mean
 from flantune.overrides import parse_overrides
 
-PRECISIONS = ("auto", "bf16", "fp32", "fp16")
+PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
 CLASSIFY = ("rank", "generate")
 SAMPLING = ("length_grouped", "random")
 METHODS_DIR, MODELS_DIR, MIXTURES_DIR = "method", "model", "mixture"
@@ -56,6 +56,7 @@ class TrainCfg:
     save_total_limit: Optional[int] = MISSING
     sampling: str = MISSING
     num_workers: int = MISSING
+    compile: bool = MISSING
 
 
 @dataclass

@@ -29,7 +29,7 @@ from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_pre
 from flantune.mixture import check_mixing, mixing_settings
 from flantune.modeling import (
     ModelInfo, apply_method, check_model_source, config_model_type, count_parameters, load_model,
-    load_tokenizer, model_label, resolve_precision,
+    load_tokenizer, model_label, prepare_for_training, resolve_precision,
 )
 from flantune.registry import discover
 from flantune.sources import resolve_data_dir
@@ -79,6 +79,11 @@ def check(cfg: DictConfig) -> Plan:
     check_model_source(cfg)
     model_type = config_model_type(cfg)
     precision = resolve_precision(cfg, model_type)
+    if precision == "bf16" and cfg.train.optim not in ("adamw_torch", "adamw_torch_fused"):
+        raise FlantuneError(
+            f"precision=bf16 trains bf16 weights with flantune's fp32-master AdamW, so train.optim={cfg.train.optim} "
+            "can't apply. Use precision=bf16-mixed for the trainer's optimizers, or train.optim=adamw_torch."
+        )
     return Plan(cfg=cfg, tasks=tasks, label=run_label(cfg, tasks), data_dir=data_dir, precision=precision,
                 model_type=model_type)
 
@@ -101,7 +106,7 @@ def plan(cfg: DictConfig, *, train: bool = True) -> Plan:
 def autocast_for(precision: str):
     import torch
 
-    if precision == "bf16" and torch.cuda.is_available():
+    if precision == "bf16-mixed" and torch.cuda.is_available():
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -144,7 +149,7 @@ def run(cfg: DictConfig) -> Path:
         # A random base can't be downloaded again: keep it beside the adapter so PeftModel can load both.
         model.save_pretrained(out / rundir.BASE_MODEL)
         tokenizer.save_pretrained(out / rundir.BASE_MODEL)
-    model = apply_method(model, cfg)
+    model = prepare_for_training(apply_method(model, cfg), p.precision, cfg.train.compile)
     if cfg.method == "lora" and cfg.model.random_init:
         model.peft_config["default"].base_model_name_or_path = str((out / rundir.BASE_MODEL).resolve())
     trainable, total = count_parameters(model)

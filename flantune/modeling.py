@@ -74,10 +74,15 @@ def _from_config(cfg: DictConfig, seed: int):
     else:
         config = AutoConfig.from_pretrained(str(m.path), **arch)
     torch.manual_seed(seed)
-    model = AutoModelForSeq2SeqLM.from_config(config)
-    # transformers 5 ties lm_head to the embedding when building from a config; FLAN-T5 checkpoints keep a
-    # separate head (their config says so: scale_decoder_outputs=False). Untie it for the real shapes.
-    if getattr(config, "scale_decoder_outputs", True) is False and hasattr(model, "lm_head"):
+    return _untie_like_checkpoint(AutoModelForSeq2SeqLM.from_config(config))
+
+
+def _untie_like_checkpoint(model):
+    """transformers 5 ties lm_head to the embedding when building from a config; FLAN-T5 checkpoints keep a
+    separate head (their config says so: scale_decoder_outputs=False). Untie it for the real shapes."""
+    import torch
+
+    if getattr(model.config, "scale_decoder_outputs", True) is False and hasattr(model, "lm_head"):
         model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
         getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
     return model
@@ -121,9 +126,25 @@ def resolve_precision(cfg: DictConfig, model_type: str | None = None) -> str:
             )
         if not cuda:
             raise FlantuneError("precision=fp16 needs a CUDA GPU; on CPU use precision=fp32 (or auto).")
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise FlantuneError("precision=bf16: this GPU does not support bfloat16. Use precision=fp32.")
+    if precision.startswith("bf16") and cuda and not torch.cuda.is_bf16_supported():
+        raise FlantuneError(f"precision={precision}: this GPU does not support bfloat16. Use precision=fp32.")
     return precision
+
+
+def prepare_for_training(model, precision: str, compile_blocks_: bool):
+    """The speed-ups of flantune's training path (flantune/kernels.py): T5's position bias on SDPA's fused
+    kernel, no key/value cache while training, bf16 weights for precision=bf16, optional regional compile."""
+    import torch
+
+    from flantune import kernels
+
+    kernels.use_fast_attention(model)
+    kernels.disable_kv_cache(model)
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    if compile_blocks_:
+        kernels.compile_blocks(model)
+    return model
 
 
 def config_model_type(cfg: DictConfig) -> str:

@@ -55,6 +55,25 @@ class FlantuneTrainer(Seq2SeqTrainer):
         self.train_examples += int(inputs["input_ids"].shape[0])
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def create_optimizer(self, model=None):
+        """A bf16 model gets AdamW over fp32 master weights (flantune.kernels.MasterWeightAdamW), with the
+        trainer's usual weight-decay groups; other models get the trainer's own optimizer."""
+        import torch
+
+        from flantune.kernels import MasterWeightAdamW
+
+        model = model or self.model
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if self.optimizer is not None or not any(p.dtype == torch.bfloat16 for _, p in trainable):
+            return super().create_optimizer(model)
+        decay = set(self.get_decay_parameter_names(model))
+        groups = [{"params": [p for n, p in trainable if n in decay], "weight_decay": self.args.weight_decay},
+                  {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0}]
+        self.optimizer = MasterWeightAdamW([g for g in groups if g["params"]], lr=self.args.learning_rate,
+                                           betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                           eps=self.args.adam_epsilon)
+        return self.optimizer
+
     def _issue_warnings_after_load(self, load_result) -> None:
         # Tied weights (the embeddings, a tied lm_head) are saved once and missing by design.
         tied = set(getattr(base_model_of(self.model), "all_tied_weights_keys", None) or {})
@@ -99,7 +118,7 @@ def training_arguments(p, out: Path) -> Seq2SeqTrainingArguments:
         load_best_model_at_end=True,
         metric_for_best_model=SCORE,
         greater_is_better=True,
-        bf16=p.precision == "bf16",
+        bf16=p.precision == "bf16-mixed",  # precision=bf16 trains a bf16 model instead (no autocast)
         fp16=p.precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
         **_checkpointing(cfg.gradient_checkpointing),
@@ -136,6 +155,10 @@ def train(p, out: Path, model, tokenizer) -> Trained:
         sampler_factory=lambda: train_set.sampler(cfg.train.batch_size),
         callbacks=[EvaluateAtEnd()],
     )
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     resume_from = None
     if cfg.resume:
         last = rundir.last_checkpoint(out)
@@ -157,6 +180,8 @@ def train(p, out: Path, model, tokenizer) -> Trained:
         "pad_fraction_random_batching": train_set.padding(cfg.train.batch_size)["pad_fraction_random_batching"],
         "resumed_from": resume_from,
     }
+    if torch.cuda.is_available():
+        throughput["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return Trained(model=trainer.model, throughput=throughput, log_history=trainer.state.log_history,
                    best_checkpoint=trainer.state.best_model_checkpoint,
                    mixture=train_set.report(cfg.train.batch_size) if len(p.tasks) > 1 else None)

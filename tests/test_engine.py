@@ -14,9 +14,9 @@ from flantune.config import load_config
 from flantune.engine import make_evaluator, plan
 from flantune.evaluation import EvalResult, read_predictions
 
-# A small real subset: 4,000 training reviews cut to 128 tokens, 200 steps, 300 test reviews.
+# A small real subset: 4,000 training reviews cut to 256 tokens, 200 steps of 16, 500 test reviews.
 LEARN = ["task=imdb", "model=tiny", "train.max_steps=200", "train.eval_steps=100", "data.max_train_examples=4000",
-         "data.max_eval_examples=300", "tasks.imdb.max_input_length=128", "seed=7"]
+         "data.max_eval_examples=500", "tasks.imdb.max_input_length=256", "seed=7"]
 
 
 def _run(cli, tmp: Path, *options: str) -> Path:
@@ -59,13 +59,13 @@ def test_run_directory_holds_everything(imdb_run):
     for key in ("accuracy", "macro_f1", "precision/negative", "recall/positive", "f1/positive", "support/negative",
                 "loss"):
         assert key in imdb
-    assert imdb["support/negative"] + imdb["support/positive"] == 300
+    assert imdb["support/negative"] + imdb["support/positive"] == 500
     assert metrics["trainable_parameters"] == metrics["total_parameters"] > 0
     for part in ("train", "eval"):
         assert metrics[part]["examples_per_s"] > 0 and metrics[part]["tokens_per_s"] > 0
     assert metrics["train"]["steps"] == 200 and metrics["wall_time_s"] > 0
     preds = _predictions(out, "imdb")
-    assert len(preds) == 300
+    assert len(preds) == 500
     assert set(preds[0]) >= {"id", "input", "target", "prediction", "scores"}
     assert set(preds[0]["scores"]) == {"negative", "positive"}
     history = json.loads((out / "log_history.json").read_text())
@@ -74,7 +74,8 @@ def test_run_directory_holds_everything(imdb_run):
 
 
 def test_tiny_model_learns_imdb(imdb_run):
-    # Chance is 50% (the 300 test reviews are 50/50 within a few points); 60% is > 3 standard errors above.
+    # Chance is 50% (the 500 test reviews are about half positive); with 500 examples one standard error
+    # is 2.2 points, so 60% is 4.5 standard errors above chance. (This run lands at about 65%.)
     metrics = json.loads((imdb_run / "metrics.json").read_text())["tasks"]["imdb"]
     assert metrics["accuracy"] >= 60.0, metrics
     assert metrics["macro_f1"] >= 58.0, metrics

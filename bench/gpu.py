@@ -1,0 +1,271 @@
+"""GPU training throughput, model FLOPs utilisation and peak memory of FLAN-T5 architectures (random
+weights: speed and memory don't depend on them) on real IMDB reviews, for the transformers
+example-script recipe and for flantune's training path, variant by variant.
+
+    python bench/gpu.py --arch .device/flan-t5-configs/flan-t5-large --data .device/data/imdb/train.parquet \
+        --batch 16 --steps 30 --variants recipe,grouped,fast_attention,bf16_weights --out gpu.json
+    python bench/gpu.py --memory-table --configs .device/flan-t5-configs --out memory.json
+
+Variants are cumulative, left to right as listed in VARIANTS; each builds the model afresh from the
+same seed and trains on the same examples with Seq2SeqTrainer. FLOPs are counted from the useful
+(non-pad) tokens of each batch (see `train_flops`), so padding is never credited as work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+H100_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s of an H100 SXM (NVIDIA's datasheet), the MFU denominator
+CUDA = torch.cuda.is_available()  # on CPU the script only checks itself (tiny configs), it measures nothing
+
+
+def _sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+# name -> the flantune features it switches on (each variant adds to the one before it)
+VARIANTS = {
+    "recipe": {},  # fp32 weights, bf16 autocast, random batches, dynamic padding (run_summarization.py)
+    "grouped": {"grouped": True},  # + flantune's length-grouped (k-d) batches
+    "fast_attention": {"grouped": True, "fast_attention": True},  # + shared-bias SDPA (memory-efficient kernel)
+    "bf16_weights": {"grouped": True, "fast_attention": True, "bf16_weights": True},  # + bf16 model, fp32 master AdamW
+    "compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "compile": True},  # + torch.compile
+    "lora": {"grouped": True, "fast_attention": True, "bf16_weights": True, "lora": True},
+    "recipe_lora": {"lora": True},
+}
+
+
+def examples(parquet: str, n: int, seed: int = 0) -> list[dict]:
+    """n real IMDB reviews rendered with flantune's imdb evaluation template and tokenised."""
+    import pyarrow.parquet as pq
+
+    from flantune.data import render_row
+    from flantune.registry import discover
+    from flantune.show import load_tokenizer
+
+    task = discover().get("imdb")
+    table = pq.read_table(parquet)
+    rows = table.take(np.random.default_rng(seed).permutation(table.num_rows)[:n]).to_pylist()
+    tok = load_tokenizer(None)
+    rendered = [render_row(task, r, task.evaluation_template) for r in rows]
+    inputs = tok([r["input"] for r in rendered], max_length=task.max_input_length, truncation=True).input_ids
+    labels = tok(text_target=[r["target"] for r in rendered], max_length=task.max_target_length,
+                 truncation=True).input_ids
+    return [{"input_ids": i, "attention_mask": [1] * len(i), "labels": l} for i, l in zip(inputs, labels)]
+
+
+def build_model(arch: str, seed: int):
+    from transformers import AutoConfig
+
+    from flantune.modeling import _untie_like_checkpoint
+
+    torch.manual_seed(seed)
+    config = AutoConfig.from_pretrained(arch)
+    from transformers import AutoModelForSeq2SeqLM
+
+    with torch.device("cuda" if CUDA else "cpu"):
+        model = AutoModelForSeq2SeqLM.from_config(config)
+    return _untie_like_checkpoint(model)
+
+
+def train_flops(config, batch_lengths: list[tuple[int, int]]) -> float:
+    """Training FLOPs (3 x forward) of T5 on examples of (input, target) useful lengths.
+
+    Forward, per encoder token: 2 * layers * (4 d inner + 3 d d_ff) for the projections and gated FFN,
+    plus 2 * 2 * L_in * inner for QK^T and AV, plus the decoder's cross-attention K and V projections,
+    2 * dec_layers * 2 d inner. Per decoder token: 2 * dec_layers * (6 d inner + 3 d d_ff), plus
+    attention over L_out (self) and L_in (cross), plus the LM head 2 d vocab.
+    """
+    d, inner, ff = config.d_model, config.num_heads * config.d_kv, config.d_ff
+    gated = 3 if "gated" in config.feed_forward_proj else 2
+    enc, dec, vocab = config.num_layers, config.num_decoder_layers, config.vocab_size
+    total = 0.0
+    for li, lo in batch_lengths:
+        fwd = li * (2 * enc * (4 * d * inner + gated * d * ff) + 4 * enc * li * inner + 4 * dec * d * inner)
+        fwd += lo * (2 * dec * (6 * d * inner + gated * d * ff) + 4 * dec * (lo + li) * inner + 2 * d * vocab)
+        total += 3 * fwd
+    return total
+
+
+def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: int, warmup: int, seed: int,
+                gradient_checkpointing: bool = False, profile: bool = False) -> dict:
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+    from flantune.batching import LengthGroupedSampler
+    from flantune.kernels import MasterWeightAdamW, use_fast_attention
+    from flantune.show import load_tokenizer
+
+    opts = VARIANTS[name]
+    if CUDA:
+        torch.cuda.empty_cache()
+    model = build_model(arch, seed)
+    if opts.get("fast_attention"):
+        use_fast_attention(model)
+    if opts.get("bf16_weights"):
+        model.to(torch.bfloat16)
+    if opts.get("lora"):
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=16, lora_alpha=32,
+                                                 lora_dropout=0.05, target_modules=["q", "v"]))
+    if opts.get("compile"):
+        for block in [*model.encoder.block, *model.decoder.block]:
+            block.compile(dynamic=True)
+    tok = load_tokenizer(None)
+    lengths = np.array([[len(x["input_ids"]), len(x["labels"])] for x in data])
+    times: list[float] = []
+    counted: list[tuple[int, int]] = []
+
+    class Clock(TrainerCallback):
+        prof = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if profile and state.global_step == warmup:
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                               torch.profiler.ProfilerActivity.CUDA])
+                self.prof.__enter__()
+            _sync()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            _sync()
+            times.append(time.perf_counter() - self.t0)
+            if self.prof is not None and state.global_step == warmup + 3:
+                self.prof.__exit__(None, None, None)
+                print(self.prof.key_averages().table(sort_by="cuda_time_total" if CUDA else "cpu_time_total",
+                                                     row_limit=25, max_name_column_width=60), flush=True)
+                self.prof = None
+
+    class BenchTrainer(Seq2SeqTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            if opts.get("grouped"):
+                return LengthGroupedSampler(lengths, batch, seed)
+            return super()._get_train_sampler(train_dataset)
+
+        def create_optimizer(self, model=None):
+            if opts.get("bf16_weights") and self.optimizer is None:
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                self.optimizer = MasterWeightAdamW(params, lr=self.args.learning_rate)
+                return self.optimizer
+            return super().create_optimizer(model)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            mask, labels = inputs["attention_mask"], inputs["labels"]
+            counted.extend(zip(mask.sum(1).tolist(), (labels != -100).sum(1).tolist()))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    args = Seq2SeqTrainingArguments(
+        output_dir=f"/tmp/bench-{name}", per_device_train_batch_size=batch, max_steps=warmup + steps,
+        learning_rate=1e-4, bf16=CUDA and not opts.get("bf16_weights"), logging_steps=1, save_strategy="no",
+        eval_strategy="no", report_to="none", seed=seed, data_seed=seed, disable_tqdm=True,
+        gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=2 if CUDA else 0, use_cpu=not CUDA,
+    )
+    trainer = BenchTrainer(model=model, args=args, train_dataset=data, callbacks=[Clock()],
+                           data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=-100))
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
+    timed = times[warmup:]
+    per_step = [counted[i * batch:(i + 1) * batch] for i in range(len(times))][warmup:]
+    seconds = sum(timed)
+    useful = sum(li + lo for step in per_step for li, lo in step)
+    flops = train_flops(model.config if not opts.get("lora") else model.get_base_model().config,
+                        [x for step in per_step for x in step])
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = {
+        "variant": name, "arch": Path(arch).name, "batch": batch, "steps": len(timed),
+        "examples_per_s": batch * len(timed) / seconds, "useful_tokens_per_s": useful / seconds,
+        "s_per_step": seconds / len(timed), "mfu": flops / seconds / H100_BF16_PEAK,
+        "peak_memory_gib": peak, "losses": losses, "gradient_checkpointing": gradient_checkpointing,
+    }
+    del trainer, model
+    if CUDA:
+        torch.cuda.empty_cache()
+    return result
+
+
+def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, seed: int) -> list[dict]:
+    """Peak memory of 3 training steps at one fixed batch shape, full and LoRA, with and without
+    gradient checkpointing, on flantune's GPU path; an out-of-memory error is recorded as such."""
+    rows = []
+    g = torch.Generator().manual_seed(seed)
+    data = [{"input_ids": torch.randint(3, 32000, (input_len,), generator=g).tolist(),
+             "attention_mask": [1] * input_len,
+             "labels": torch.randint(3, 32000, (target_len,), generator=g).tolist()} for _ in range(batch * 3)]
+    for size in ("flan-t5-small", "flan-t5-base", "flan-t5-large", "flan-t5-xl"):
+        for method in ("bf16_weights", "lora"):
+            for gc in (False, True):
+                entry = {"model": size, "method": "full" if method == "bf16_weights" else "lora",
+                         "gradient_checkpointing": gc, "batch": batch, "input_len": input_len,
+                         "target_len": target_len}
+                try:
+                    r = run_variant(method, str(Path(configs) / size), data, batch=batch, steps=2, warmup=1,
+                                    seed=seed, gradient_checkpointing=gc)
+                    entry["peak_memory_gib"] = r["peak_memory_gib"]
+                except torch.OutOfMemoryError:
+                    entry["peak_memory_gib"] = None
+                    entry["note"] = "out of memory (80 GB)"
+                torch.cuda.empty_cache()
+                print(json.dumps(entry), flush=True)
+                rows.append(entry)
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", action="append", default=[], help="folder with a FLAN-T5 config.json (repeatable)")
+    ap.add_argument("--data", help="IMDB parquet (text, label)")
+    ap.add_argument("--examples", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default="recipe,grouped,fast_attention,bf16_weights")
+    ap.add_argument("--profile", default="", help="comma-separated variants to profile (3 steps after warmup)")
+    ap.add_argument("--memory-table", action="store_true")
+    ap.add_argument("--configs", help="folder of flan-t5-* config folders (memory table)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    out: dict = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__,
+                 "argv": sys.argv[1:]}
+    import transformers
+
+    out["transformers"] = transformers.__version__
+    if args.memory_table:
+        out["memory"] = memory_table(args.configs, batch=8, input_len=512, target_len=64, seed=args.seed)
+    else:
+        data = examples(args.data, args.examples, args.seed)
+        out["results"] = []
+        for arch in args.arch:
+            for name in args.variants.split(","):
+                try:
+                    r = run_variant(name, arch, data, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                                    seed=args.seed, profile=name in args.profile.split(","))
+                except Exception as exc:  # a variant that fails here is reported, the others still run
+                    r = {"variant": name, "arch": Path(arch).name, "error": f"{type(exc).__name__}: {exc}"[:500]}
+                out["results"].append(r)
+                print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
+                Path(args.out).write_text(json.dumps(out, indent=1))  # kept if a later variant hangs
+        print(f"{'arch':15s} {'variant':15s} {'ex/s':>7s} {'tok/s':>9s} {'MFU':>6s} {'GiB':>6s} {'s/step':>7s}")
+        for r in out["results"]:
+            if "error" in r:
+                print(f"{r['arch']:15s} {r['variant']:15s} ERROR {r['error'][:80]}")
+                continue
+            print(f"{r['arch']:15s} {r['variant']:15s} {r['examples_per_s']:7.1f} {r['useful_tokens_per_s']:9.0f} "
+                  f"{r['mfu']:6.1%} {r['peak_memory_gib']:6.1f} {r['s_per_step']:7.3f}")
+    Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,154 @@
+"""Faster T5 training on GPUs: an attention path that keeps T5's position bias on SDPA's fused
+memory-efficient kernel, an AdamW that keeps fp32 master weights for a bf16 model, and regional
+torch.compile of the transformer blocks.
+
+T5 adds a learned relative-position bias to every attention score. transformers' "sdpa" path
+rebuilds the (batch, heads, q, k) bias-plus-mask tensor in every layer and lets SDPA pick a kernel,
+which on CUDA often means the unfused math kernel. Here the combined tensor is built once per
+forward and shared by every layer of the stack (it is the same bias and mask in each), in the model's
+dtype, and SDPA is asked for the memory-efficient kernel, which takes an additive bias and returns its
+gradient. Results equal the eager attention's (tests/test_kernels.py).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION = "flantune_sdpa"
+_CACHE: list[tuple] = []  # (weakref(bias), weakref(mask) or None, causal, lengths, combined); a few, recent first
+
+
+def _combined(position_bias, attention_mask, is_causal: bool, query, key) -> torch.Tensor:
+    lengths = (query.shape[2], key.shape[2], query.dtype)
+    for entry in _CACHE:
+        bias_ref, mask_ref, causal, lens, combined = entry
+        if bias_ref() is position_bias and (mask_ref() if mask_ref else None) is attention_mask \
+                and causal == is_causal and lens == lengths:
+            return combined
+    from transformers.integrations.sdpa_attention import create_position_bias_mask
+
+    combined = create_position_bias_mask(position_bias.to(query.dtype), attention_mask, is_causal, query, key)
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        combined = combined.to(query.dtype)
+    if not torch.compiler.is_compiling():
+        _CACHE.insert(0, (weakref.ref(position_bias), weakref.ref(attention_mask) if attention_mask is not None
+                          else None, is_causal, lengths, combined))
+        del _CACHE[4:]  # encoder self, decoder self, decoder cross: a few entries per forward
+    return combined
+
+
+def t5_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                      is_causal=None, position_bias=None, **kwargs):
+    """transformers attention interface: (module, q, k, v, mask, ...) -> (output (b, q, h, d), None)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q_length = query.shape[2]
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    is_causal = bool(q_length > 1 and attention_mask is None and is_causal)
+    if position_bias is not None:
+        if is_causal and key.shape[2] > q_length:
+            key, value = key[:, :, :q_length], value[:, :, :q_length]
+            position_bias = position_bias[..., :q_length]
+        attention_mask = _combined(position_bias, attention_mask, is_causal, query, key)
+        is_causal = False
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                             scale=scaling, is_causal=is_causal)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_fast_attention(model) -> bool:
+    """Switch a T5-family model to the shared-bias SDPA attention; False if the model has no such path."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "model_type", None) not in ("t5", "mt5", "umt5"):
+        return False
+    AttentionInterface.register(ATTENTION, t5_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # masks in SDPA's form (boolean, or None)
+    base.set_attn_implementation(ATTENTION)
+    return True
+
+
+class MasterWeightAdamW(torch.optim.Optimizer):
+    """AdamW for a bf16 model: fp32 master copies of the trainable weights hold the exact values and the
+    optimizer state; each step updates them from the bf16 gradients and copies them back to the model.
+
+    The model then runs in bf16 without autocast's per-op casts, while updates smaller than bf16's
+    resolution still accumulate in the masters. The copies are multi-tensor (foreach) kernels: a few
+    launches a step, not three per parameter.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        params = list(params)
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(groups, defaults)
+        self.masters = [[p.detach().float().clone() for p in g["params"]] for g in self.param_groups]
+        for masters in self.masters:
+            for m in masters:
+                m.grad = torch.zeros_like(m)  # kept allocated: the bf16 gradients are copied in each step
+        fused = all(p.is_cuda for g in self.param_groups for p in g["params"])
+        self.inner = torch.optim.AdamW(
+            [{**{k: v for k, v in g.items() if k != "params"}, "params": m}
+             for g, m in zip(self.param_groups, self.masters)],
+            fused=fused or None,
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group, inner_group, masters in zip(self.param_groups, self.inner.param_groups, self.masters):
+            for key in ("lr", "betas", "eps", "weight_decay"):  # the scheduler changes lr on self.param_groups
+                inner_group[key] = group[key]
+            live = [(p, m) for p, m in zip(group["params"], masters) if p.grad is not None]
+            # A parameter without a gradient this step is left alone, as plain AdamW would.
+            inner_group["params"] = [m for _, m in live]
+            if live:
+                torch._foreach_copy_([m.grad for _, m in live], [p.grad for p, _ in live])
+        self.inner.step()
+        for group, masters in zip(self.inner.param_groups, self.masters):
+            group["params"] = masters
+        for group, masters in zip(self.param_groups, self.masters):
+            live = [(p, m) for p, m in zip(group["params"], masters) if p.grad is not None]
+            if live:
+                torch._foreach_copy_([p for p, _ in live], [m for _, m in live])
+        return loss
+
+    def state_dict(self):
+        return {"inner": self.inner.state_dict(), "masters": [[m.detach().clone() for m in ms] for ms in self.masters],
+                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]}
+
+    def load_state_dict(self, state_dict):
+        self.inner.load_state_dict(state_dict["inner"])
+        with torch.no_grad():
+            for masters, saved, group in zip(self.masters, state_dict["masters"], self.param_groups):
+                for m, s, p in zip(masters, saved, group["params"]):
+                    m.copy_(s)
+                    p.copy_(s)
+        for group, inner_group, saved in zip(self.param_groups, self.inner.param_groups, state_dict["param_groups"]):
+            group.update(saved)
+            inner_group.update(saved)
+
+
+def disable_kv_cache(model) -> None:
+    """Training needs no key/value cache: without this T5's decoder builds one every step (and each
+    layer's cache state becomes a torch.compile guard). generate() still asks for the cache itself."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "use_cache"):
+            config.use_cache = False
+
+
+def compile_blocks(model) -> int:
+    """Regional compilation: each transformer block is compiled once per call pattern (first layer, others;
+    encoder, decoder) with dynamic shapes, so variable-length batches don't recompile. Returns the count."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    blocks = [*getattr(base.encoder, "block", []), *getattr(getattr(base, "decoder", None), "block", [])]
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)

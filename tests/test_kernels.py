@@ -1,0 +1,105 @@
+"""The GPU speed-ups compute the same function: the shared-bias SDPA attention against T5's eager
+attention, and the fp32-master AdamW against plain AdamW."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from flantune.kernels import MasterWeightAdamW, use_fast_attention
+
+
+def _tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=300, d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=3, num_decoder_layers=3,
+                   feed_forward_proj="gated-gelu", dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
+                   eos_token_id=1, attn_implementation="eager", **kw)
+    return T5ForConditionalGeneration(cfg)
+
+
+def _batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 300, (4, 23), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0  # padded rows
+    mask[3, 5:] = 0
+    labels = torch.randint(2, 300, (4, 7), generator=g)
+    labels[2, 4:] = -100
+    return ids, mask, labels
+
+
+def test_fast_attention_matches_eager_forward_and_backward():
+    eager = _tiny()
+    fast = copy.deepcopy(eager)
+    assert use_fast_attention(fast)
+    ids, mask, labels = _batch()
+    losses = []
+    for model in (eager, fast):
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        losses.append(out.loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for (name, a), (_, b) in zip(eager.named_parameters(), fast.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+    # the position-bias tables get their gradient through the shared bias
+    bias = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    assert dict(fast.named_parameters())[bias].grad.abs().sum() > 0
+
+
+def test_fast_attention_generates_the_same_text():
+    eager = _tiny(seed=3)
+    fast = copy.deepcopy(eager)
+    use_fast_attention(fast)
+    ids, mask, _ = _batch(seed=4)
+    a = eager.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    b = fast.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    assert torch.equal(a, b)
+
+
+def test_master_weight_adamw_is_fp32_adamw_on_the_masters_and_resumes_exactly():
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)).to(torch.bfloat16)
+    opt = MasterWeightAdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    ref = [m.clone() for m in opt.masters[0]]  # fp32 AdamW, fed the same (bf16) gradients
+    opt_ref = torch.optim.AdamW(ref, lr=1e-3, weight_decay=0.01)
+    x = torch.randn(64, 16).to(torch.bfloat16)
+    y = torch.randn(64, 4).to(torch.bfloat16)
+
+    def step(m, o):
+        o.zero_grad()
+        loss = ((m(x) - y).float() ** 2).mean()
+        loss.backward()
+        grads = [p.grad.float() for p in m.parameters()]
+        o.step()
+        return loss.item(), grads
+
+    losses = []
+    for _ in range(30):
+        loss, grads = step(model, opt)
+        losses.append(loss)
+        for r, g in zip(ref, grads):
+            r.grad = g
+        opt_ref.step()
+    assert losses[-1] < losses[0]
+    for master, r, p in zip(opt.masters[0], ref, model.parameters()):
+        assert torch.equal(master, r)  # exactly AdamW on the fp32 masters
+        assert torch.equal(p.data, master.to(torch.bfloat16))  # and the model holds them in bf16
+    # Steps far below bf16's resolution still accumulate in the masters.
+    before = [m.clone() for m in opt.masters[0]]
+    for g in opt.param_groups:
+        g["lr"] = 1e-7
+    step(model, opt)
+    assert any(not torch.equal(a, b) for a, b in zip(before, opt.masters[0]))
+
+    state = copy.deepcopy(opt.state_dict())
+    twin = copy.deepcopy(model)
+    opt_twin = MasterWeightAdamW(twin.parameters(), lr=1e-7, weight_decay=0.01)
+    opt_twin.load_state_dict(state)
+    for _ in range(3):
+        step(model, opt)
+        step(twin, opt_twin)
+    for a, b in zip(opt.masters[0], opt_twin.masters[0]):
+        assert torch.equal(a, b)
