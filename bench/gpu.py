@@ -39,7 +39,11 @@ VARIANTS = {
     "fast_attention": {"grouped": True, "fast_attention": True},  # + shared-bias SDPA (memory-efficient kernel)
     "bf16_weights": {"grouped": True, "fast_attention": True, "bf16_weights": True},  # + bf16 model, fp32 master AdamW
     "compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "compile": True},  # + torch.compile
+    # + CUDA graphs (compile mode reduce-overhead), lengths padded to multiples of 32 so few shapes recur
+    "cudagraphs": {"grouped": True, "fast_attention": True, "bf16_weights": True, "compile": "reduce-overhead",
+                   "pad_to": 32},
     "lora": {"grouped": True, "fast_attention": True, "bf16_weights": True, "lora": True},
+    "lora_compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "lora": True, "compile": True},
     "recipe_lora": {"lora": True},
 }
 
@@ -101,15 +105,16 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
     from flantune.batching import LengthGroupedSampler
-    from flantune.kernels import MasterWeightAdamW, use_fast_attention
+    from flantune.kernels import MasterWeightAdamW, compile_blocks, disable_kv_cache, use_fast_attention
     from flantune.show import load_tokenizer
 
     opts = VARIANTS[name]
     if CUDA:
         torch.cuda.empty_cache()
     model = build_model(arch, seed)
-    if opts.get("fast_attention"):
+    if opts.get("fast_attention"):  # flantune's attention path, and no key/value cache while training
         use_fast_attention(model)
+        disable_kv_cache(model)
     if opts.get("bf16_weights"):
         model.to(torch.bfloat16)
     if opts.get("lora"):
@@ -118,32 +123,36 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=16, lora_alpha=32,
                                                  lora_dropout=0.05, target_modules=["q", "v"]))
     if opts.get("compile"):
-        for block in [*model.encoder.block, *model.decoder.block]:
-            block.compile(dynamic=True)
+        compile_blocks(model, mode=opts["compile"] if isinstance(opts["compile"], str) else None)
     tok = load_tokenizer(None)
     lengths = np.array([[len(x["input_ids"]), len(x["labels"])] for x in data])
-    times: list[float] = []
-    counted: list[tuple[int, int]] = []
+    window: dict[str, float] = {}
+    counted: list[torch.Tensor] = []  # per step: (batch, 2) useful input / label lengths, kept on the device
+    losses: list[torch.Tensor] = []
 
     class Clock(TrainerCallback):
+        """Times the steps after warm-up as one window: no per-step synchronisation, so the host queues
+        work ahead of the device as it does in a real run."""
         prof = None
 
         def on_step_begin(self, args, state, control, **kw):
-            if profile and state.global_step == warmup:
-                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                               torch.profiler.ProfilerActivity.CUDA])
-                self.prof.__enter__()
-            _sync()
-            self.t0 = time.perf_counter()
+            if state.global_step == warmup:
+                _sync()
+                window["start"] = time.perf_counter()
+                if profile:
+                    self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                                   torch.profiler.ProfilerActivity.CUDA])
+                    self.prof.__enter__()
 
         def on_step_end(self, args, state, control, **kw):
-            _sync()
-            times.append(time.perf_counter() - self.t0)
             if self.prof is not None and state.global_step == warmup + 3:
                 self.prof.__exit__(None, None, None)
                 print(self.prof.key_averages().table(sort_by="cuda_time_total" if CUDA else "cpu_time_total",
                                                      row_limit=25, max_name_column_width=60), flush=True)
                 self.prof = None
+            if state.global_step == warmup + steps:
+                _sync()
+                window["end"] = time.perf_counter()
 
     class BenchTrainer(Seq2SeqTrainer):
         def _get_train_sampler(self, train_dataset=None):
@@ -159,34 +168,34 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
             return super().create_optimizer(model)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            mask, labels = inputs["attention_mask"], inputs["labels"]
-            counted.extend(zip(mask.sum(1).tolist(), (labels != -100).sum(1).tolist()))
-            return super().training_step(model, inputs, num_items_in_batch)
+            counted.append(torch.stack([inputs["attention_mask"].sum(1), (inputs["labels"] != -100).sum(1)], 1))
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            losses.append(loss.detach())
+            return loss
 
     args = Seq2SeqTrainingArguments(
         output_dir=f"/tmp/bench-{name}", per_device_train_batch_size=batch, max_steps=warmup + steps,
-        learning_rate=1e-4, bf16=CUDA and not opts.get("bf16_weights"), logging_steps=1, save_strategy="no",
+        learning_rate=1e-4, bf16=CUDA and not opts.get("bf16_weights"), logging_steps=10**6, save_strategy="no",
         eval_strategy="no", report_to="none", seed=seed, data_seed=seed, disable_tqdm=True,
         gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=2 if CUDA else 0, use_cpu=not CUDA,
     )
-    trainer = BenchTrainer(model=model, args=args, train_dataset=data, callbacks=[Clock()],
-                           data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=-100))
+    collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, pad_to_multiple_of=opts.get("pad_to"))
+    trainer = BenchTrainer(model=model, args=args, train_dataset=data, callbacks=[Clock()], data_collator=collator)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
-    timed = times[warmup:]
-    per_step = [counted[i * batch:(i + 1) * batch] for i in range(len(times))][warmup:]
-    seconds = sum(timed)
-    useful = sum(li + lo for step in per_step for li, lo in step)
-    flops = train_flops(model.config if not opts.get("lora") else model.get_base_model().config,
-                        [x for step in per_step for x in step])
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    seconds = window["end"] - window["start"]
+    timed = [x.tolist() for x in counted[warmup:warmup + steps]]
+    lengths_seen = [tuple(x) for step in timed for x in step]
+    useful = sum(li + lo for li, lo in lengths_seen)
+    config = model.get_base_model().config if opts.get("lora") else model.config
+    flops = train_flops(config, lengths_seen)
     result = {
-        "variant": name, "arch": Path(arch).name, "batch": batch, "steps": len(timed),
-        "examples_per_s": batch * len(timed) / seconds, "useful_tokens_per_s": useful / seconds,
-        "s_per_step": seconds / len(timed), "mfu": flops / seconds / H100_BF16_PEAK,
-        "peak_memory_gib": peak, "losses": losses, "gradient_checkpointing": gradient_checkpointing,
+        "variant": name, "arch": Path(arch).name, "batch": batch, "steps": steps,
+        "examples_per_s": len(lengths_seen) / seconds, "useful_tokens_per_s": useful / seconds,
+        "s_per_step": seconds / steps, "mfu": flops / seconds / H100_BF16_PEAK,
+        "peak_memory_gib": peak, "losses": [float(x) for x in losses], "gradient_checkpointing": gradient_checkpointing,
     }
     del trainer, model
     if CUDA:
@@ -194,7 +203,8 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     return result
 
 
-def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, seed: int) -> list[dict]:
+def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, seed: int,
+                 out_path: str | None = None) -> list[dict]:
     """Peak memory of 3 training steps at one fixed batch shape, full and LoRA, with and without
     gradient checkpointing, on flantune's GPU path; an out-of-memory error is recorded as such."""
     rows = []
@@ -209,7 +219,7 @@ def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, s
                          "gradient_checkpointing": gc, "batch": batch, "input_len": input_len,
                          "target_len": target_len}
                 try:
-                    r = run_variant(method, str(Path(configs) / size), data, batch=batch, steps=2, warmup=1,
+                    r = run_variant(method, str(Path(configs) / size), data, batch=batch, steps=1, warmup=1,
                                     seed=seed, gradient_checkpointing=gc)
                     entry["peak_memory_gib"] = r["peak_memory_gib"]
                 except torch.OutOfMemoryError:
@@ -218,6 +228,8 @@ def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, s
                 torch.cuda.empty_cache()
                 print(json.dumps(entry), flush=True)
                 rows.append(entry)
+                if out_path:
+                    Path(out_path).write_text(json.dumps(rows, indent=1))  # kept if a later size hangs
     return rows
 
 
@@ -242,7 +254,8 @@ def main(argv=None) -> None:
 
     out["transformers"] = transformers.__version__
     if args.memory_table:
-        out["memory"] = memory_table(args.configs, batch=8, input_len=512, target_len=64, seed=args.seed)
+        out["memory"] = memory_table(args.configs, batch=8, input_len=512, target_len=64, seed=args.seed,
+                                     out_path=args.out + ".partial")
     else:
         data = examples(args.data, args.examples, args.seed)
         out["results"] = []

@@ -79,60 +79,67 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     optimizer state; each step updates them from the bf16 gradients and copies them back to the model.
 
     The model then runs in bf16 without autocast's per-op casts, while updates smaller than bf16's
-    resolution still accumulate in the masters. The copies are multi-tensor (foreach) kernels: a few
-    launches a step, not three per parameter.
+    resolution still accumulate in the masters. Gradients are upcast a chunk of parameters at a time
+    (`chunk_numel` elements), so the fp32 gradient buffer stays small; the copies and the update are
+    multi-tensor (foreach / fused) kernels, a few launches per chunk.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 chunk_numel: int = 1 << 26):
         params = list(params)
         groups = params if params and isinstance(params[0], dict) else [{"params": params}]
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(groups, defaults)
         self.masters = [[p.detach().float().clone() for p in g["params"]] for g in self.param_groups]
-        for masters in self.masters:
-            for m in masters:
-                m.grad = torch.zeros_like(m)  # kept allocated: the bf16 gradients are copied in each step
-        fused = all(p.is_cuda for g in self.param_groups for p in g["params"])
-        self.inner = torch.optim.AdamW(
-            [{**{k: v for k, v in g.items() if k != "params"}, "params": m}
-             for g, m in zip(self.param_groups, self.masters)],
-            fused=fused or None,
-        )
+        fused = all(p.is_cuda for g in self.param_groups for p in g["params"]) or None
+        # One inner AdamW per chunk of a group: a chunk's fp32 gradients exist only during its update.
+        self.chunks: list[tuple[int, list[int], torch.optim.AdamW]] = []
+        for gi, (group, masters) in enumerate(zip(self.param_groups, self.masters)):
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            start, size = 0, 0
+            for i, m in enumerate(masters):
+                size += m.numel()
+                if size >= chunk_numel or i == len(masters) - 1:
+                    idx = list(range(start, i + 1))
+                    self.chunks.append((gi, idx, torch.optim.AdamW([masters[j] for j in idx], fused=fused, **hyper)))
+                    start, size = i + 1, 0
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for group, inner_group, masters in zip(self.param_groups, self.inner.param_groups, self.masters):
+        for gi, idx, inner in self.chunks:
+            group, masters = self.param_groups[gi], self.masters[gi]
             for key in ("lr", "betas", "eps", "weight_decay"):  # the scheduler changes lr on self.param_groups
-                inner_group[key] = group[key]
-            live = [(p, m) for p, m in zip(group["params"], masters) if p.grad is not None]
+                inner.param_groups[0][key] = group[key]
             # A parameter without a gradient this step is left alone, as plain AdamW would.
-            inner_group["params"] = [m for _, m in live]
-            if live:
-                torch._foreach_copy_([m.grad for _, m in live], [p.grad for p, _ in live])
-        self.inner.step()
-        for group, masters in zip(self.inner.param_groups, self.masters):
-            group["params"] = masters
-        for group, masters in zip(self.param_groups, self.masters):
-            live = [(p, m) for p, m in zip(group["params"], masters) if p.grad is not None]
-            if live:
-                torch._foreach_copy_([p for p, _ in live], [m for _, m in live])
+            live = [j for j in idx if group["params"][j].grad is not None]
+            if not live:
+                continue
+            params = [group["params"][j] for j in live]
+            chunk_masters = [masters[j] for j in live]
+            for m, p in zip(chunk_masters, params):
+                m.grad = p.grad.float()
+            inner.step()
+            for m in chunk_masters:
+                m.grad = None
+            torch._foreach_copy_(params, chunk_masters)
         return loss
 
     def state_dict(self):
-        return {"inner": self.inner.state_dict(), "masters": [[m.detach().clone() for m in ms] for ms in self.masters],
+        return {"inner": [inner.state_dict() for _, _, inner in self.chunks],
+                "masters": [[m.detach().clone() for m in ms] for ms in self.masters],
                 "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]}
 
     def load_state_dict(self, state_dict):
-        self.inner.load_state_dict(state_dict["inner"])
+        for (_, _, inner), saved in zip(self.chunks, state_dict["inner"]):
+            inner.load_state_dict(saved)
         with torch.no_grad():
             for masters, saved, group in zip(self.masters, state_dict["masters"], self.param_groups):
                 for m, s, p in zip(masters, saved, group["params"]):
                     m.copy_(s)
                     p.copy_(s)
-        for group, inner_group, saved in zip(self.param_groups, self.inner.param_groups, state_dict["param_groups"]):
+        for group, saved in zip(self.param_groups, state_dict["param_groups"]):
             group.update(saved)
-            inner_group.update(saved)
 
 
 def disable_kv_cache(model) -> None:
@@ -144,11 +151,11 @@ def disable_kv_cache(model) -> None:
             config.use_cache = False
 
 
-def compile_blocks(model) -> int:
+def compile_blocks(model, mode: str | None = None) -> int:
     """Regional compilation: each transformer block is compiled once per call pattern (first layer, others;
     encoder, decoder) with dynamic shapes, so variable-length batches don't recompile. Returns the count."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     blocks = [*getattr(base.encoder, "block", []), *getattr(getattr(base, "decoder", None), "block", [])]
     for block in blocks:
-        block.compile(dynamic=True)
+        block.compile(dynamic=True, mode=mode)
     return len(blocks)

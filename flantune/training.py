@@ -49,8 +49,9 @@ class FlantuneTrainer(Seq2SeqTrainer):
         return self.sampler_factory()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        # Counted on the host from the batch the collator built: no device sync.
-        self.useful_tokens += int(inputs["attention_mask"].sum()) + int((inputs["labels"] != -100).sum())
+        # Summed where the batch lives (often the GPU) and read once at the end: a per-step .item()
+        # would make the host wait for the device every step.
+        self.useful_tokens = self.useful_tokens + inputs["attention_mask"].sum() + (inputs["labels"] != -100).sum()
         self.padded_tokens += inputs["input_ids"].numel() + inputs["labels"].numel()
         self.train_examples += int(inputs["input_ids"].shape[0])
         return super().training_step(model, inputs, num_items_in_batch)
@@ -166,6 +167,7 @@ def train(p, out: Path, model, tokenizer) -> Trained:
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
+    trainer.useful_tokens = int(trainer.useful_tokens)
     args = trainer.args
     train_set.consumed = trainer.state.global_step * args.per_device_train_batch_size * \
         args.gradient_accumulation_steps * args.world_size

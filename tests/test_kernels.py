@@ -59,10 +59,11 @@ def test_fast_attention_generates_the_same_text():
     assert torch.equal(a, b)
 
 
-def test_master_weight_adamw_is_fp32_adamw_on_the_masters_and_resumes_exactly():
+@pytest.mark.parametrize("chunk", [1 << 26, 100])  # one chunk, or a chunk per parameter or two
+def test_master_weight_adamw_is_fp32_adamw_on_the_masters_and_resumes_exactly(chunk):
     torch.manual_seed(5)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)).to(torch.bfloat16)
-    opt = MasterWeightAdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    opt = MasterWeightAdamW(model.parameters(), lr=1e-3, weight_decay=0.01, chunk_numel=chunk)
     ref = [m.clone() for m in opt.masters[0]]  # fp32 AdamW, fed the same (bf16) gradients
     opt_ref = torch.optim.AdamW(ref, lr=1e-3, weight_decay=0.01)
     x = torch.randn(64, 16).to(torch.bfloat16)
@@ -96,7 +97,7 @@ def test_master_weight_adamw_is_fp32_adamw_on_the_masters_and_resumes_exactly():
 
     state = copy.deepcopy(opt.state_dict())
     twin = copy.deepcopy(model)
-    opt_twin = MasterWeightAdamW(twin.parameters(), lr=1e-7, weight_decay=0.01)
+    opt_twin = MasterWeightAdamW(twin.parameters(), lr=1e-7, weight_decay=0.01, chunk_numel=chunk)
     opt_twin.load_state_dict(state)
     for _ in range(3):
         step(model, opt)
