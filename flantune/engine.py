@@ -24,6 +24,7 @@ from flantune import rundir
 from flantune.config import task_names, to_yaml
 from flantune.console import console
 from flantune.data import load_rows
+from flantune.distributed import is_main, main_first, on_main_then_share, sharded_parameters
 from flantune.errors import FlantuneError, did_you_mean
 from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_predictions
 from flantune.mixture import check_mixing, mixing_settings
@@ -79,6 +80,17 @@ def check(cfg: DictConfig) -> Plan:
     check_model_source(cfg)
     model_type = config_model_type(cfg)
     precision = resolve_precision(cfg, model_type)
+    if sharded_parameters():
+        if precision == "bf16":
+            if cfg.precision == "bf16":
+                raise FlantuneError(
+                    "precision=bf16 (bf16 weights with flantune's fp32-master AdamW) can't shard its master weights "
+                    "under FSDP or DeepSpeed: use precision=bf16-mixed, which they support."
+                )
+            precision = "bf16-mixed"  # auto under FSDP / DeepSpeed
+        if cfg.merge:
+            raise FlantuneError("merge=true isn't supported under FSDP or DeepSpeed: merge the saved adapter "
+                                "afterwards (PeftModel.from_pretrained(...).merge_and_unload()).")
     if precision == "bf16" and cfg.train.optim not in ("adamw_torch", "adamw_torch_fused"):
         raise FlantuneError(
             f"precision=bf16 trains bf16 weights with flantune's fp32-master AdamW, so train.optim={cfg.train.optim} "
@@ -124,28 +136,33 @@ def make_evaluator(p: Plan, tokenizer, role: str) -> Evaluator:
                      batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams, autocast=autocast_for(p.precision))
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run(cfg: DictConfig) -> Path:
     """Train, evaluate and write the run directory; returns its path."""
     p = check(cfg)
-    out = rundir.check(cfg, p.label)
-    load_data(p, train=True)
-    if _is_main_process():
-        rundir.create(out, cfg)
-        (out / rundir.CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
+    # One process decides the run directory (a default one is time-stamped) and the others use it.
+    out = on_main_then_share(lambda: rundir.check(cfg, p.label))
+    prep_started = time.perf_counter()
+    with main_first():  # the first process fills the datasets cache, the others read it
+        load_data(p, train=True)
+    prep_seconds = time.perf_counter() - prep_started
+    on_main_then_share(lambda: _create_run_dir(out, cfg))
     started = time.perf_counter()
 
     from transformers import set_seed
 
     from flantune import training
+    from flantune.mixture import build_train_set
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg)
+    prep_started = time.perf_counter()
+    with main_first():
+        train_set = build_train_set(p, tokenizer)
+        validation = make_evaluator(p, tokenizer, "validation")
+        final_evaluator = make_evaluator(p, tokenizer, cfg.eval.split)
+    prep_seconds += time.perf_counter() - prep_started  # reading, checking and tokenising every split
     model = load_model(cfg, cfg.seed)
-    if cfg.method == "lora" and cfg.model.random_init and _is_main_process():
+    if cfg.method == "lora" and cfg.model.random_init and is_main():
         # A random base can't be downloaded again: keep it beside the adapter so PeftModel can load both.
         model.save_pretrained(out / rundir.BASE_MODEL)
         tokenizer.save_pretrained(out / rundir.BASE_MODEL)
@@ -158,18 +175,25 @@ def run(cfg: DictConfig) -> Path:
     say.print(f"model: {info.label} ({p.model_type}), method {cfg.method}: {trainable:,} trainable of {total:,} "
               f"parameters ({100 * trainable / total:.2f}%), precision {p.precision}", highlight=False)
 
-    trained = training.train(p, out, model, tokenizer)
-    final = make_evaluator(p, tokenizer, cfg.eval.split).run(trained.model)
+    trained = training.train(p, out, model, tokenizer, train_set, validation)
+    final = final_evaluator.run(trained.model)
     wall = time.perf_counter() - started
-    if _is_main_process():
-        write_outputs(p, out, trained, final, info, tokenizer, wall)
+    trained.trainer.save_model(str(out / rundir.MODEL))  # every process: FSDP gathers the shards here
+    if is_main():
+        write_outputs(p, out, trained, final, info, tokenizer, wall, prep_seconds)
         from flantune.summary import print_summary
 
         print_summary(p, out, final, trained, info, wall)
     return out
 
 
-def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInfo, tokenizer, wall: float) -> None:
+def _create_run_dir(out: Path, cfg: DictConfig) -> None:
+    rundir.create(out, cfg)
+    (out / rundir.CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
+
+
+def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInfo, tokenizer, wall: float,
+                  prep_seconds: float) -> None:
     cfg = p.cfg
     write_predictions(final, out / rundir.PREDICTIONS)
     metrics = {
@@ -181,6 +205,7 @@ def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInf
         "trainable_parameters": info.trainable_parameters,
         "total_parameters": info.total_parameters,
         "wall_time_s": wall,
+        "data_prep_seconds": prep_seconds,
         "train": trained.throughput,
         "eval": final.throughput(),
         "best_checkpoint": trained.best_checkpoint,
@@ -191,10 +216,8 @@ def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInf
         rundir.write_json(out / rundir.MIXTURE, trained.mixture)
     rundir.write_json(out / rundir.METRICS, metrics)
     rundir.write_json(out / rundir.LOG_HISTORY, trained.log_history)
-    model = trained.model
-    model.save_pretrained(out / rundir.MODEL)
     tokenizer.save_pretrained(out / rundir.MODEL)
     if cfg.method == "lora" and cfg.merge:
-        merged = model.merge_and_unload()
+        merged = trained.model.merge_and_unload()
         merged.save_pretrained(out / rundir.MERGED)
         tokenizer.save_pretrained(out / rundir.MERGED)

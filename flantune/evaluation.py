@@ -110,42 +110,52 @@ class Evaluator:
     def _run_task(self, model, s: EvalSet) -> TaskResult:
         from flantune import scoring
 
+        from flantune.distributed import sharded_parameters
+
         task, data = s.task, s.data
         rank, world = _dist()
         mine = list(range(rank, len(data), world))
+        synced = world > 1 and sharded_parameters()
+        if synced and mine:
+            # With FSDP / ZeRO-3 every forward pass is collective: give each process as many examples
+            # (repeating its last one; the repeat is dropped after gathering) and keep generation in step.
+            mine += [mine[-1]] * (-(-len(data) // world) - len(mine))
         part = data.select(mine) if world > 1 else data
         input_ids = part["input_ids"]
         device = next(model.parameters()).device
         start = time.perf_counter()
         rows: list[dict[str, Any]]
+        labels = part["labels"]
         if task.is_classification and self.classify == "rank":
             choice_ids = self.tokenizer(text_target=task.choice_texts).input_ids
-            gold = [list(task.choices).index(label) for label in part["label"]]
-            scored = scoring.rank_choices(model, input_ids, choice_ids, gold, batch_size=self.batch_size,
+            scored = scoring.rank_choices(model, input_ids, choice_ids, batch_size=self.batch_size,
                                           pad_id=self.tokenizer.pad_token_id, device=device, autocast=self.autocast)
-            best = scored.scores.argmax(axis=1)
-            rows = [{"prediction": task.choice_texts[b],
+            gold = [list(task.choices).index(label) for label in part["label"]]
+            nll = -scored.scores[np.arange(len(gold)), gold] if gold else np.zeros(0)
+            rows = [{"prediction": task.choice_texts[int(np.argmax(sc))],
                      "scores": {c: round(float(v), 5) for c, v in zip(task.choice_texts, sc)}}
-                    for b, sc in zip(best, scored.scores)]
-            nll, target_tokens = scored.gold_nll, scored.gold_tokens
+                    for sc in scored.scores]
             out_tokens = sum(len(c) for c in choice_ids) * len(input_ids)
         else:
-            gen = scoring.generate(model, self.tokenizer, input_ids, part["labels"], batch_size=self.batch_size,
+            gen = scoring.generate(model, self.tokenizer, input_ids, labels, batch_size=self.batch_size,
                                    max_new_tokens=task.max_new_tokens, num_beams=self.num_beams, device=device,
-                                   autocast=self.autocast)
+                                   autocast=self.autocast, synced_gpus=synced)
             rows = [{"prediction": t} for t in gen.texts]
-            nll, target_tokens, out_tokens = gen.nll, gen.target_tokens, gen.new_tokens
+            nll, out_tokens = gen.nll, gen.new_tokens
         seconds = time.perf_counter() - start
         local_tokens = sum(len(x) for x in input_ids) + out_tokens
-        for i, row in zip(mine, rows):
-            row["_index"] = i
-        gathered = _gather([(rows, nll, target_tokens, local_tokens, seconds)])
-        rows = sorted((r for part_rows, *_ in gathered for r in part_rows), key=lambda r: r.pop("_index"))
-        nll = sum(g[1] for g in gathered)
-        target_tokens = sum(g[2] for g in gathered)
-        tokens = sum(g[3] for g in gathered)
-        seconds = max(g[4] for g in gathered)
-        return self._finish(task, data, rows, nll, target_tokens, tokens, seconds)
+        for i, row, loss, target in zip(mine, rows, nll, labels):
+            row.update(_index=i, _nll=float(loss), _tokens=len(target))
+        gathered = _gather([(rows, local_tokens, seconds)])
+        by_index = {r["_index"]: r for part_rows, *_ in gathered for r in part_rows}  # drops the repeats
+        rows = [by_index[i] for i in sorted(by_index)]
+        nll_sum = sum(r.pop("_nll") for r in rows)
+        target_tokens = sum(r.pop("_tokens") for r in rows)
+        for r in rows:
+            del r["_index"]
+        tokens = sum(g[1] for g in gathered)
+        seconds = max(g[2] for g in gathered)
+        return self._finish(task, data, rows, nll_sum, target_tokens, tokens, seconds)
 
     def _finish(self, task: Task, data, rows, nll, target_tokens, tokens, seconds) -> TaskResult:
         texts = data.select_columns(["id", "input", "target", "references"]).to_list() if len(data) else []

@@ -16,15 +16,12 @@ from transformers.modeling_outputs import BaseModelOutput
 @dataclass
 class Scored:
     scores: np.ndarray  # (n, choices): log-likelihood of each choice's tokens given the input
-    gold_nll: float  # summed negative log-likelihood of the gold choices' tokens
-    gold_tokens: int
 
 
 @dataclass
 class Generated:
     texts: list[str]
-    nll: float  # summed teacher-forced negative log-likelihood of the targets
-    target_tokens: int
+    nll: np.ndarray  # (n,): teacher-forced negative log-likelihood of each target
     new_tokens: int  # tokens generated
 
 
@@ -65,7 +62,7 @@ def _encoder(model):
 
 @torch.no_grad()
 def rank_choices(model, input_ids: Sequence[Sequence[int]], choice_ids: Sequence[Sequence[int]],
-                 gold: Sequence[int], *, batch_size: int, pad_id: int, device,
+                 *, batch_size: int, pad_id: int, device,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Scored:
     """Score every answer choice of every example: log p(choice tokens | input), eos included."""
     model.eval()
@@ -77,30 +74,30 @@ def rank_choices(model, input_ids: Sequence[Sequence[int]], choice_ids: Sequence
             for c, choice in enumerate(choice_ids):
                 labels = _labels([choice] * len(idx), device)
                 scores[idx, c] = _token_logprobs(model, enc, mask, labels).double().cpu().numpy()
-    gold = np.asarray(gold)
-    gold_nll = float(-scores[np.arange(len(gold)), gold].sum()) if len(gold) else 0.0
-    return Scored(scores=scores, gold_nll=gold_nll, gold_tokens=int(sum(len(choice_ids[g]) for g in gold)))
+    return Scored(scores=scores)
 
 
 @torch.no_grad()
 def generate(model, tokenizer, input_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]], *,
              batch_size: int, max_new_tokens: int, num_beams: int, device,
-             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Generated:
+             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+             synced_gpus: bool = False) -> Generated:
     """Greedy (or beam) generation, plus the teacher-forced loss of the targets on the same encoding."""
     model.eval()
     texts: list[str] = [""] * len(input_ids)
-    nll, new_tokens = 0.0, 0
+    nll = np.zeros(len(input_ids), dtype=np.float64)
+    new_tokens = 0
     for idx in _batches([len(x) for x in input_ids], batch_size):
         ids, mask = _pad([input_ids[i] for i in idx], tokenizer.pad_token_id, device)
         with autocast():
             enc = BaseModelOutput(last_hidden_state=_encoder(model)(input_ids=ids, attention_mask=mask)[0])
             labels = _labels([target_ids[i] for i in idx], device)
-            nll -= float(_token_logprobs(model, enc, mask, labels).sum())
+            nll[idx] = -_token_logprobs(model, enc, mask, labels).double().cpu().numpy()
             out = model.generate(
                 encoder_outputs=enc, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                do_sample=False,
+                do_sample=False, synced_gpus=synced_gpus,
             )
         new_tokens += int((out[:, 1:] != tokenizer.pad_token_id).sum())
         for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
             texts[i] = text.strip()
-    return Generated(texts=texts, nll=nll, target_tokens=int(sum(len(t) for t in target_ids)), new_tokens=new_tokens)
+    return Generated(texts=texts, nll=nll, new_tokens=new_tokens)

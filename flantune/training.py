@@ -11,6 +11,7 @@ from typing import Any
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 from flantune import rundir
+from flantune.distributed import world_size
 from flantune.evaluation import SCORE, Evaluator
 from flantune.modeling import base_model_of
 
@@ -19,6 +20,7 @@ TRAIN_COLUMNS = ["input_ids", "attention_mask", "labels"]
 
 @dataclass
 class Trained:
+    trainer: Any
     model: Any
     throughput: dict[str, float]
     log_history: list[dict]
@@ -121,7 +123,9 @@ def training_arguments(p, out: Path) -> Seq2SeqTrainingArguments:
         greater_is_better=True,
         bf16=p.precision == "bf16-mixed",  # precision=bf16 trains a bf16 model instead (no autocast)
         fp16=p.precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # every weight of a T5 (or its LoRA adapter) takes part in each step
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU use gloo data parallel
         **_checkpointing(cfg.gradient_checkpointing),
         report_to=report_to,
         seed=cfg.seed,
@@ -138,13 +142,23 @@ def _checkpointing(on: bool) -> dict[str, bool]:
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
 
 
-def train(p, out: Path, model, tokenizer) -> Trained:
-    from flantune.engine import make_evaluator
-    from flantune.mixture import build_train_set
+def _sum_over_processes(trainer: FlantuneTrainer) -> None:
+    """The token and example counts of every process, so throughput covers the whole run."""
+    import torch
+    import torch.distributed as dist
 
+    counts = torch.tensor([float(trainer.useful_tokens), float(trainer.padded_tokens), float(trainer.train_examples)],
+                          device=trainer.args.device, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts)
+    trainer.useful_tokens, trainer.padded_tokens, trainer.train_examples = (int(v) for v in counts.tolist())
+
+
+def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Trained:
     cfg = p.cfg
-    train_set = build_train_set(p, tokenizer)
-    evaluator = make_evaluator(p, tokenizer, "validation")
+    # Batches are formed at the global size and cut into per-process batches by accelerate, so N processes
+    # of batch b train on exactly the batches one process of batch N*b would.
+    global_batch = cfg.train.batch_size * world_size()
     trainer = FlantuneTrainer(
         model=model,
         args=training_arguments(p, out),
@@ -153,7 +167,7 @@ def train(p, out: Path, model, tokenizer) -> Trained:
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
         processing_class=tokenizer,
         evaluator=evaluator,
-        sampler_factory=lambda: train_set.sampler(cfg.train.batch_size),
+        sampler_factory=lambda: train_set.sampler(global_batch),
         callbacks=[EvaluateAtEnd()],
     )
     import torch
@@ -167,7 +181,7 @@ def train(p, out: Path, model, tokenizer) -> Trained:
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
-    trainer.useful_tokens = int(trainer.useful_tokens)
+    _sum_over_processes(trainer)
     args = trainer.args
     train_set.consumed = trainer.state.global_step * args.per_device_train_batch_size * \
         args.gradient_accumulation_steps * args.world_size
@@ -179,11 +193,14 @@ def train(p, out: Path, model, tokenizer) -> Trained:
         "examples_per_s": trainer.train_examples / seconds if seconds else 0.0,
         "tokens_per_s": trainer.useful_tokens / seconds if seconds else 0.0,
         "pad_fraction": 1 - trainer.useful_tokens / trainer.padded_tokens if trainer.padded_tokens else 0.0,
-        "pad_fraction_random_batching": train_set.padding(cfg.train.batch_size)["pad_fraction_random_batching"],
+        "pad_fraction_random_batching": train_set.random_pad_fraction(cfg.train.batch_size),
         "resumed_from": resume_from,
+        "processes": args.world_size,
+        "parallelism": "fsdp" if trainer.is_fsdp_enabled else "deepspeed" if trainer.is_deepspeed_enabled
+        else "ddp" if args.world_size > 1 else "single",
     }
     if torch.cuda.is_available():
         throughput["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    return Trained(model=trainer.model, throughput=throughput, log_history=trainer.state.log_history,
+    return Trained(trainer=trainer, model=trainer.model, throughput=throughput, log_history=trainer.state.log_history,
                    best_checkpoint=trainer.state.best_model_checkpoint,
-                   mixture=train_set.report(cfg.train.batch_size) if len(p.tasks) > 1 else None)
+                   mixture=train_set.report(global_batch) if len(p.tasks) > 1 else None)

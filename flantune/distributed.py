@@ -1,0 +1,67 @@
+"""Running under torchrun / accelerate launch: which process does what.
+
+Every process reads the same config and data, so checks fail the same way everywhere. Things that
+must happen once (creating the run directory, the first tokenisation into the datasets cache) happen
+on the main process first, and the others follow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from flantune.errors import FlantuneError
+
+T = TypeVar("T")
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def sharded_parameters() -> bool:
+    """FSDP or DeepSpeed (accelerate launch sets these): every process must run the same forward passes."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def _state():
+    from accelerate import PartialState
+
+    return PartialState()  # initialises the process group once, as the trainer would
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """The main process runs the block first (e.g. writes the datasets cache), then the others."""
+    if world_size() == 1:
+        yield
+        return
+    with _state().main_process_first():
+        yield
+
+
+def on_main_then_share(fn: Callable[[], T]) -> T:
+    """Run fn on the main process only; every process gets its result, or raises its FlantuneError."""
+    if world_size() == 1:
+        return fn()
+    import torch.distributed as dist
+
+    _state()
+    payload: list = [None]
+    if is_main():
+        try:
+            payload = [("ok", fn())]
+        except FlantuneError as exc:
+            payload = [("error", str(exc))]
+    dist.broadcast_object_list(payload, src=0)
+    kind, value = payload[0]
+    if kind == "error":
+        raise FlantuneError(value)
+    return value
