@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from flantune.overrides import simple_options
 from flantune.registry import discover
@@ -47,4 +49,78 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flantune.engine import run
 
     run(load_config(args.options, args.config))
+    return 0
+
+
+def _split_list(value) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [v for v in str(value).split(",") if v]
+
+
+def _pop(options: list[str], key: str) -> tuple[str | None, list[str]]:
+    found, rest = None, []
+    for option in options:
+        k, sep, v = option.partition("=")
+        if sep and k.strip() == key:
+            found = v
+        else:
+            rest.append(option)
+    return found, rest
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from flantune.compare import config_for, evaluate
+    from flantune.console import console
+
+    model, _ = _pop(args.options, "model")
+    cfg = config_for(args.options, args.config, [model] if model else [])
+    out = evaluate(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    say = console()
+    for task, scores in metrics["tasks"].items():
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if "/" not in k)
+        say.print(f"{task}: {shown}", highlight=False)
+    say.print(f"evaluation directory: [bold]{out}[/]")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from flantune.compare import compare, config_for, default_report_dir
+    from flantune.errors import FlantuneError
+    from flantune.overrides import parse_value
+
+    base, options = _pop(args.options, "base")
+    tuned, options = _pop(options, "finetuned")
+    if not base or not tuned:
+        raise FlantuneError("`flantune compare` needs base=MODEL (a hub id, a local folder or a run directory) and "
+                            "finetuned=RUN_DIR (several: finetuned=[run1,run2]).")
+    runs = _split_list(parse_value(tuned))
+    for run in runs:
+        if not Path(run).is_dir():
+            raise FlantuneError(f"finetuned={run}: no such directory. Give flantune run directories.")
+    out_opt, options = _pop(options, "output_dir")
+    cfg = config_for(options, args.config, runs)
+    out = Path(out_opt) if out_opt else default_report_dir(f"{Path(runs[0]).name}-compare")
+    html = compare(cfg, base, runs, out)
+    from flantune.console import console
+
+    console().print(f"report: [bold]{html}[/] (and report.md, report.json)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flantune.compare import config_for, report
+    from flantune.console import console
+    from flantune.errors import FlantuneError
+
+    dirs = [o for o in args.options if "=" not in o]
+    options = [o for o in args.options if "=" in o]
+    if not dirs:
+        raise FlantuneError("`flantune report` needs directories: a report directory to rebuild, or run / evaluation "
+                            "directories to compare (the first is the reference).")
+    out_opt, options = _pop(options, "output_dir")
+    cfg = config_for(options, [], dirs)
+    html = report(dirs, cfg, Path(out_opt) if out_opt else None)
+    console().print(f"report: [bold]{html}[/] (and report.md, report.json)")
     return 0

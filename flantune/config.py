@@ -201,10 +201,13 @@ def _model_patch(value: Any, where: str) -> dict:
         if not path.is_dir():
             raise FlantuneError(
                 f"Model path '{name}' ({where}) does not exist. Give model= a folder holding config.json and the "
-                f"weights (save_pretrained output), a hub id like google/flan-t5-base, or one of: "
-                f"{', '.join(group_options(MODELS_DIR))}."
+                f"weights (save_pretrained output), a flantune run directory, a hub id like google/flan-t5-base, or "
+                f"one of: {', '.join(group_options(MODELS_DIR))}."
             )
-        return {"model": {"name": path.name, "path": str(path.resolve()), "tokenizer": None, "random_init": False,
+        label = path.resolve().name
+        if (path / "config.yaml").is_file() and (path / "model").is_dir():  # a flantune run directory
+            path = path / "model"
+        return {"model": {"name": label, "path": str(path.resolve()), "tokenizer": None, "random_init": False,
                           "architecture": {}}}
     if "/" not in name:
         raise FlantuneError(
@@ -212,6 +215,13 @@ def _model_patch(value: Any, where: str) -> dict:
             f"{', '.join(group_options(MODELS_DIR))}, a local folder, or a hub id ORG/NAME (e.g. google/mt5-base)."
         )
     return {"model": {"name": name, "path": name, "tokenizer": None, "random_init": False, "architecture": {}}}
+
+
+def set_model(cfg: DictConfig, value: str, where: str) -> None:
+    """Replace cfg.model by what model=VALUE names (a group, a local folder or run directory, a hub id)."""
+    replacement = _model_patch(value, where)["model"]
+    full = {"path": None, "tokenizer": None, "random_init": False, "architecture": {}, **replacement}
+    cfg.model = OmegaConf.merge(OmegaConf.structured(ModelCfg), full)
 
 
 def _group_patch(group: str, value: Any, where: str) -> dict:
@@ -284,7 +294,11 @@ def load_config(overrides: list[str] | None = None, config_files: list[str] | No
         cfg = _merge(cfg, data, f"--config {name}")
     for key, value in pairs:
         if key in ("model", "method", "mixture") and not isinstance(value, dict):
-            if key != "model":
+            if key == "model":
+                # model=X on the command line replaces a model mapping from a --config file too
+                # (its train.* defaults were applied with the groups above).
+                set_model(cfg, value, f"command line model={value}")
+            else:
                 _set(cfg, key, value, f"command line {key}={value}")
             continue
         _set(cfg, key, value, f"command line {key}={value}")

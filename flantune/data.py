@@ -93,6 +93,9 @@ def _names_read(task: Task) -> dict[str, set[str]]:
         places["label_column"] = {task.label_column}
     if task.id_column:
         places["id_column"] = {task.id_column}
+    for b in task.baselines:
+        if b.get("column"):
+            places[f"baseline '{b['name']}'"] = {b["column"]}
     return places
 
 

@@ -184,6 +184,12 @@ def run(cfg: DictConfig) -> Path:
         from flantune.summary import print_summary
 
         print_summary(p, out, final, trained, info, wall)
+        if cfg.compare:
+            from flantune.compare import compare_after_run
+
+            del trained, model  # the base model is loaded next
+            html = compare_after_run(cfg, out)
+            console().print(f"comparison report: [bold]{html}[/]")
     return out
 
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from flantune.errors import FlantuneError
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
+ADAPTER = "adapter_config.json"
 OFFLINE_HINT = (
     "To run offline, pass a local folder (model=/path/to/flan-t5-base, a save_pretrained output) and read data "
     "from a mirror with data_dir=DIR; model=tiny needs neither the hub nor a GPU."
@@ -36,6 +37,16 @@ def _is_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model of a saved LoRA adapter folder, or None if the folder holds a full model."""
+    import json
+
+    folder = Path(path).expanduser()
+    if _is_local(path) and (folder / ADAPTER).is_file():
+        return json.loads((folder / ADAPTER).read_text())["base_model_name_or_path"]
+    return None
+
+
 def check_model_source(cfg: DictConfig) -> None:
     """Before any heavy work: a local model folder must exist; random init needs an architecture."""
     m = cfg.model
@@ -45,10 +56,13 @@ def check_model_source(cfg: DictConfig) -> None:
         return
     if _is_local(str(m.path)):
         folder = Path(str(m.path)).expanduser()
-        if not (folder / "config.json").is_file():
+        if not folder.is_dir():
+            raise FlantuneError(f"Model folder '{m.path}' does not exist. Give model= a save_pretrained output folder, "
+                                "a flantune run directory, or a hub id.")
+        if not (folder / "config.json").is_file() and not (folder / ADAPTER).is_file():
             raise FlantuneError(
-                f"Model folder '{m.path}' has no config.json. Give model= a save_pretrained output folder, a hub id, "
-                "or a flantune run directory's model/ folder."
+                f"Model folder '{m.path}' has no config.json (nor a LoRA {ADAPTER}). Give model= a save_pretrained "
+                "output folder, a flantune run directory, or a hub id."
             )
 
 
@@ -95,6 +109,11 @@ def load_model(cfg: DictConfig, seed: int):
     try:
         if m.random_init:
             model = _from_config(cfg, seed)
+        elif adapter_base(str(m.path)):  # a LoRA run's model/: the base model plus the adapter
+            from peft import PeftModel
+
+            base = AutoModelForSeq2SeqLM.from_pretrained(adapter_base(str(m.path)))
+            model = PeftModel.from_pretrained(base, str(Path(str(m.path)).expanduser()))
         else:
             target = str(Path(str(m.path)).expanduser()) if _is_local(str(m.path)) else str(m.path)
             model = AutoModelForSeq2SeqLM.from_pretrained(target)
@@ -155,7 +174,8 @@ def config_model_type(cfg: DictConfig) -> str:
     from transformers import AutoConfig
 
     try:
-        target = str(Path(str(m.path)).expanduser()) if _is_local(str(m.path)) else str(m.path)
+        target = adapter_base(str(m.path)) or (str(Path(str(m.path)).expanduser()) if _is_local(str(m.path))
+                                               else str(m.path))
         return AutoConfig.from_pretrained(target).model_type
     except OSError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

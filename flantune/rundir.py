@@ -30,9 +30,9 @@ PREDICTIONS, MODEL, MERGED, BASE_MODEL, CHECKPOINTS = "predictions", "model", "m
 RESUME_FREE = ("resume", "overwrite", "output_dir", "compare", "report_to", "data_dir", "tasks_dir", "eval")
 
 
-def default_output_dir(cfg: DictConfig, label: str) -> Path:
+def default_output_dir(cfg: DictConfig, label: str, root: str = "runs") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{label}-{_slug(cfg.model.name)}-{stamp}"
+    return Path(root) / f"{label}-{_slug(cfg.model.name)}-{stamp}"
 
 
 def _slug(text: str) -> str:

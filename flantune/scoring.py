@@ -64,16 +64,23 @@ def _encoder(model):
 def rank_choices(model, input_ids: Sequence[Sequence[int]], choice_ids: Sequence[Sequence[int]],
                  *, batch_size: int, pad_id: int, device,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Scored:
-    """Score every answer choice of every example: log p(choice tokens | input), eos included."""
+    """Score every answer choice of every example: log p(choice tokens | input), eos included.
+
+    The encoder runs once per example; the decoder scores all of a batch's choices in one pass (the
+    encoder states repeated once per choice), so C choices cost one decoder call, not C.
+    """
     model.eval()
-    scores = np.zeros((len(input_ids), len(choice_ids)), dtype=np.float64)
+    n_choices = len(choice_ids)
+    scores = np.zeros((len(input_ids), n_choices), dtype=np.float64)
+    choice_labels = _labels(choice_ids, device)  # (C, longest choice)
     for idx in _batches([len(x) for x in input_ids], batch_size):
         ids, mask = _pad([input_ids[i] for i in idx], pad_id, device)
         with autocast():
-            enc = BaseModelOutput(last_hidden_state=_encoder(model)(input_ids=ids, attention_mask=mask)[0])
-            for c, choice in enumerate(choice_ids):
-                labels = _labels([choice] * len(idx), device)
-                scores[idx, c] = _token_logprobs(model, enc, mask, labels).double().cpu().numpy()
+            hidden = _encoder(model)(input_ids=ids, attention_mask=mask)[0]
+            enc = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(n_choices, dim=0))
+            labels = choice_labels.repeat(len(idx), 1)  # example 0's choices, then example 1's, ...
+            logp = _token_logprobs(model, enc, mask.repeat_interleave(n_choices, dim=0), labels)
+        scores[idx] = logp.double().cpu().numpy().reshape(len(idx), n_choices)
     return Scored(scores=scores)
 
 

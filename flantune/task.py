@@ -18,6 +18,7 @@ from flantune.errors import FlantuneError, did_you_mean
 from flantune.splits import check_split_syntax
 
 KINDS = ("classification", "generation", "extractive_qa")
+BASELINES = ("lead",)  # classification tasks always get the majority class and TF-IDF + logistic regression
 ROLES = ("train", "validation", "test")
 
 
@@ -79,6 +80,7 @@ class Task:
     max_input_length: int = 512
     max_target_length: int = 128
     max_new_tokens: int = 64
+    baselines: tuple[dict[str, Any], ...] = ()  # extra report baselines, e.g. {name: lead, column: dialogue, k: 3}
     origin: str = "?"  # where the task came from: "built-in", a file path or an entry point
 
     @property
@@ -293,6 +295,13 @@ def task_from_dict(data: Any, origin: str) -> Task:
             f"They compute: {', '.join(outputs)}.",
         )
 
+    baselines = data.get("baselines") or []
+    if not isinstance(baselines, list) or not all(isinstance(b, dict) and b.get("name") in BASELINES
+                                                  for b in baselines):
+        raise _fail(origin, "baselines", f"must be a list of {{name: {' | '.join(BASELINES)}, ...}} mappings.")
+    for b in baselines:
+        if b["name"] == "lead" and not isinstance(b.get("column"), str):
+            raise _fail(origin, "baselines", "a lead baseline needs the column holding the document (column: ...).")
     version = data.get("version", 1)
     return Task(
         name=name,
@@ -316,6 +325,7 @@ def task_from_dict(data: Any, origin: str) -> Task:
         max_input_length=_int(origin, "max_input_length", data.get("max_input_length", 512)),
         max_target_length=_int(origin, "max_target_length", data.get("max_target_length", 128)),
         max_new_tokens=_int(origin, "max_new_tokens", data.get("max_new_tokens", 64)),
+        baselines=tuple(dict(b) for b in baselines),
         origin=origin,
     )
 
@@ -353,6 +363,8 @@ def task_to_dict(task: Task) -> dict[str, Any]:
     if task.holdout:
         h = task.holdout
         data["holdout"] = {"from": h.from_, "to": h.to, "size": h.size, "seed": h.seed}
+    if task.baselines:
+        data["baselines"] = [dict(b) for b in task.baselines]
     for key in ("eval_template", "target", "references", "label_column", "choices", "id_column", "filter", "preprocess"):
         value = getattr(task, key)
         if value is not None:

@@ -185,6 +185,8 @@ def test_config_file_then_overrides(cli, tmp_path):
     (["train.lr=abc"], "Bad value for config key 'train.lr' (command line train.lr=abc)"),
     (["task=imbd", "model=tiny"], "Unknown task 'imbd'. Did you mean 'imdb'?"),
     (["task=imdb", "model=tiny", "eval.classify=vote"], "Config key 'eval.classify' is 'vote'"),
+    # the hub is unreachable here (and HF_HUB_OFFLINE=1 in the tests): the error says how to run offline
+    (["task=imdb", "model=google/flan-t5-base"], "To run offline, pass a local folder (model=/path/to/flan-t5-base"),
 ])
 def test_bad_run_input_is_a_clear_error_before_training(cli, tmp_path, options, message):
     out = tmp_path / "run"

@@ -1,0 +1,321 @@
+"""The CPU benchmark: flantune's training path against the two plain recipes people use, on real IMDB and
+SAMSum data with the same model, the same examples and the same steps; then evaluation, caching and
+start-up figures. One command, a table on stdout and the numbers in JSON:
+
+    python bench/run.py --data-dir ../shared/data --out bench/out/cpu.json
+
+Recipes (each trains the tiny T5 from the same seed on the same tokenised examples with Seq2SeqTrainer):
+  notebook        every input padded to max_length and every label to the target limit, random order
+                  (what most FLAN-T5 fine-tuning notebooks do);
+  example-script  dynamic padding with DataCollatorForSeq2Seq, random order (transformers'
+                  run_summarization.py);
+  flantune        flantune's training path: length-grouped (k-d) batches, T5's bias on fused SDPA,
+                  no key/value cache while training.
+Each recipe runs in its own process, so its peak memory (max RSS) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = ("notebook", "example-script", "flantune")
+# The example-script recipe again with another data order: the spread of validation losses between two
+# random orders is the noise a "same validation loss" comparison has to be read against.
+ORDER_CHECK = "example-script, 2nd order"
+DATASETS = ("imdb", "samsum")
+
+
+# ---- one recipe, in a child process -------------------------------------------------------------------------
+
+
+def _features(task_name: str, data_dir: str, n: int, role: str, seed: int, template_seed):
+    from flantune.data import load_rows
+    from flantune.features import tokenize
+    from flantune.registry import discover
+    from flantune.show import load_tokenizer
+
+    task = discover().get(task_name)
+    tok = load_tokenizer(None)
+    rows = load_rows(task, role, Path(data_dir), max_examples=n, seed=seed)
+    ds = tokenize(task, rows, tok, role=role, template_seed=template_seed)
+    return task, tok, ds
+
+
+def _tiny_model(seed: int):
+    from omegaconf import OmegaConf
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from flantune.config import configs_root
+
+    arch = OmegaConf.load(configs_root() / "model" / "tiny.yaml").model.architecture
+    torch.manual_seed(seed)
+    return T5ForConditionalGeneration(T5Config(**OmegaConf.to_container(arch)))
+
+
+@torch.no_grad()
+def validation_loss(model, ds, batch: int = 32) -> float:
+    """Mean token negative log-likelihood of the targets (teacher forced)."""
+    model.eval()
+    nll, tokens = 0.0, 0
+    for start in range(0, len(ds), batch):
+        part = ds[start:start + batch]
+        width = max(len(x) for x in part["input_ids"])
+        lwidth = max(len(x) for x in part["labels"])
+        ids = torch.tensor([x + [0] * (width - len(x)) for x in part["input_ids"]])
+        mask = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in part["input_ids"]])[:, None]).long()
+        labels = torch.tensor([x + [-100] * (lwidth - len(x)) for x in part["labels"]])
+        logits = model(input_ids=ids, attention_mask=mask, labels=labels).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                                 reduction="sum")
+        nll += float(loss)
+        tokens += int((labels != -100).sum())
+    return nll / tokens
+
+
+def child(args) -> None:
+    from transformers import (
+        DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, default_data_collator,
+    )
+
+    from flantune.batching import LengthGroupedSampler
+    from flantune.modeling import prepare_for_training
+
+    torch.set_num_threads(args.threads)
+    task, tok, train = _features(args.dataset, args.data_dir, args.examples, "train", args.seed, 0)
+    _, _, valid = _features(args.dataset, args.data_dir, args.valid_examples, "validation", args.seed, None)
+    lengths = np.stack([np.array(train["input_length"]), np.array(train["label_length"])], 1)
+    rows = [{"input_ids": i, "labels": lab} for i, lab in zip(train["input_ids"], train["labels"])]
+    if args.recipe == "notebook":  # pad everything to the limits, as the notebooks' tokenize(padding="max_length") do
+        L, T = task.max_input_length, task.max_target_length
+        rows = [{"input_ids": r["input_ids"] + [0] * (L - len(r["input_ids"])),
+                 "attention_mask": [1] * len(r["input_ids"]) + [0] * (L - len(r["input_ids"])),
+                 "labels": r["labels"] + [-100] * (T - len(r["labels"]))} for r in rows]
+        collator = default_data_collator
+    else:
+        rows = [{**r, "attention_mask": [1] * len(r["input_ids"])} for r in rows]
+        collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)
+    model = _tiny_model(args.seed)  # the same initial weights in every recipe
+    if args.recipe == "flantune":
+        prepare_for_training(model, "fp32", False)
+    counts = {"useful": 0, "padded": 0, "examples": 0}
+    window: dict[str, float] = {}
+    warmup, steps = args.warmup, len(rows) // args.batch
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            if state.global_step == warmup:
+                window["start"] = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            if state.global_step == steps:
+                window["end"] = time.perf_counter()
+
+    class Trainer(Seq2SeqTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            if args.recipe == "flantune":
+                return LengthGroupedSampler(lengths, args.batch, args.seed)
+            return super()._get_train_sampler(train_dataset)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.state.global_step >= warmup:
+                counts["useful"] += int(inputs["attention_mask"].sum()) + int((inputs["labels"] != -100).sum())
+                counts["padded"] += inputs["input_ids"].numel() + inputs["labels"].numel()
+                counts["examples"] += int(inputs["input_ids"].shape[0])
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    targs = Seq2SeqTrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, max_steps=steps, learning_rate=1e-3,
+        logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none", seed=args.seed,
+        data_seed=args.data_seed if args.data_seed is not None else args.seed, disable_tqdm=True, use_cpu=True,
+        dataloader_pin_memory=False,
+    )
+    trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[Clock()])
+    trainer.train()
+    seconds = window["end"] - window["start"]
+    result = {
+        "recipe": args.recipe, "dataset": args.dataset, "examples": len(rows), "batch": args.batch,
+        "timed_steps": steps - warmup, "seconds": seconds,
+        "useful_tokens_per_s": counts["useful"] / seconds, "examples_per_s": counts["examples"] / seconds,
+        "pad_fraction": 1 - counts["useful"] / counts["padded"],
+        "validation_loss": validation_loss(model, valid),
+    }
+    if args.save_model:
+        model.save_pretrained(args.save_model)
+        tok.save_pretrained(args.save_model)
+    Path(args.child_out).write_text(json.dumps(result))
+
+
+def run_child(recipe: str, dataset: str, args, save_model: str | None = None) -> dict:
+    out = Path(tempfile.mkdtemp()) / "result.json"
+    order = ["--data-seed", str(args.seed + 1)] if recipe == ORDER_CHECK else []
+    recipe_arg = "example-script" if recipe == ORDER_CHECK else recipe
+    cmd = [sys.executable, __file__, "--child", "--recipe", recipe_arg, "--dataset", dataset, "--data-dir", args.data_dir,
+           "--examples", str(args.examples), "--valid-examples", str(args.valid_examples), "--batch", str(args.batch),
+           "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads),
+           "--child-out", str(out)] + order + (["--save-model", save_model] if save_model else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{recipe}/{dataset} failed:\n{err[-3000:]}")
+    result = json.loads(out.read_text())
+    result["recipe"] = recipe
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    return result
+
+
+# ---- the other figures ----------------------------------------------------------------------------------------
+
+
+def padding_over_epochs(args) -> list[dict]:
+    """Pad fraction of one epoch of each full train split, and of a mixture of long and short tasks."""
+    from flantune.batching import LengthGroupedSampler, pad_fraction
+
+    def lengths(name: str) -> np.ndarray:
+        _, _, ds = _features(name, args.data_dir, None, "train", args.seed, 0)
+        return np.stack([np.array(ds["input_length"]), np.array(ds["label_length"])], 1)
+
+    sets = {name: lengths(name) for name in ("imdb", "samsum", "emotion")}
+    sets["mixture imdb+samsum+emotion"] = np.concatenate([sets["imdb"], sets["samsum"], sets["emotion"]])
+    rows = []
+    for name, lens in sets.items():
+        grouped = np.fromiter(iter(LengthGroupedSampler(lens, args.batch, args.seed)), dtype=np.int64)
+        shuffled = np.random.default_rng(args.seed).permutation(len(lens))
+        by_input = []  # sorting by input length alone, as a length-grouped sampler usually does
+        for start in range(0, len(shuffled), args.batch * 256):
+            chunk = shuffled[start:start + args.batch * 256]
+            by_input.append(chunk[np.argsort(lens[chunk, 0], kind="stable")])
+        rows.append({"set": name, "examples": int(len(lens)),
+                     "random": pad_fraction(lens, shuffled, args.batch),
+                     "sorted_by_input": pad_fraction(lens, np.concatenate(by_input), args.batch),
+                     "flantune_kd": pad_fraction(lens, grouped, args.batch)})
+    return rows
+
+
+def rank_vs_generate(model_dir: str, args) -> list[dict]:
+    from transformers import AutoModelForSeq2SeqLM
+
+    from flantune.evaluation import EvalSet, Evaluator
+
+    torch.set_num_threads(args.threads)
+    task, tok, test = _features("imdb", args.data_dir, args.valid_examples, "test", args.seed, None)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    best: dict[str, float] = {}
+    metrics: dict[str, dict] = {}
+    # Alternate the two modes and keep each one's faster pass, so neither pays for a cold start.
+    for mode in ("rank", "generate", "rank", "generate"):
+        start = time.perf_counter()
+        r = Evaluator([EvalSet(task, "test", test)], tok, classify=mode, batch_size=32, num_beams=1).run(model)
+        best[mode] = min(best.get(mode, float("inf")), time.perf_counter() - start)
+        metrics[mode] = r.tasks["imdb"].metrics
+    return [{"mode": mode, "examples": len(test), "examples_per_s": len(test) / best[mode],
+             "accuracy": metrics[mode]["accuracy"], "invalid": metrics[mode].get("invalid", 0.0)}
+            for mode in ("rank", "generate")]
+
+
+def tokenisation_cache(args) -> dict:
+    """Two identical `flantune run`s over all of IMDB's train split with a fresh datasets cache."""
+    cache = tempfile.mkdtemp()
+    env = {**os.environ, "HF_DATASETS_CACHE": cache, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    prep = []
+    for i in range(2):
+        out = Path(tempfile.mkdtemp()) / "run"
+        subprocess.run([sys.executable, "-m", "flantune", "run", "task=imdb", "model=tiny", f"data_dir={args.data_dir}",
+                        "train.max_steps=1", "train.eval_steps=1", "data.max_eval_examples=50", f"output_dir={out}"],
+                       check=True, capture_output=True, env=env)
+        prep.append(json.loads((out / "metrics.json").read_text())["data_prep_seconds"])
+    return {"first_run_s": prep[0], "second_run_s": prep[1], "speedup": prep[0] / prep[1]}
+
+
+def tasks_command_seconds(args) -> float:
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "flantune", "tasks"], check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---- main ---------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--examples", type=int, default=1600, help="training examples per recipe and dataset")
+    ap.add_argument("--valid-examples", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default=str(REPO / "bench" / "out" / "cpu.json"))
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--recipe", help=argparse.SUPPRESS)
+    ap.add_argument("--dataset", help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    ap.add_argument("--save-model", help=argparse.SUPPRESS)
+    ap.add_argument("--data-seed", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args)
+        return
+
+    report: dict = {"machine": f"{os.cpu_count()} CPU cores", "torch": torch.__version__, "args": vars(args),
+                    "training": []}
+    model_dir = tempfile.mkdtemp()
+    for dataset in DATASETS:
+        for recipe in (*RECIPES, ORDER_CHECK):
+            save = model_dir if (dataset, recipe) == ("imdb", "flantune") else None
+            r = run_child(recipe, dataset, args, save_model=save)
+            report["training"].append(r)
+            print(f"  {dataset:7s} {recipe:15s} {r['useful_tokens_per_s']:9,.0f} tok/s", flush=True)
+    report["padding"] = padding_over_epochs(args)
+    report["evaluation"] = rank_vs_generate(model_dir, args)
+    report["cache"] = tokenisation_cache(args)
+    report["tasks_command_s"] = tasks_command_seconds(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print_report(report)
+
+
+def print_report(report: dict) -> None:
+    print(f"\ntraining, tiny T5, batch {report['args']['batch']}, {report['args']['examples']} examples per run "
+          f"({report['machine']})")
+    print(f"{'data':8s} {'recipe':26s} {'useful tok/s':>12s} {'ex/s':>7s} {'pad':>6s} {'RSS MiB':>8s} "
+          f"{'val loss':>9s} {'flantune x':>10s}")
+    by = {(r["dataset"], r["recipe"]): r for r in report["training"]}
+    for (dataset, recipe), r in by.items():
+        ours = by[(dataset, "flantune")]["useful_tokens_per_s"]
+        ratio = "" if recipe in ("flantune", ORDER_CHECK) else f"{ours / r['useful_tokens_per_s']:.2f}"
+        print(f"{dataset:8s} {recipe:26s} {r['useful_tokens_per_s']:12,.0f} {r['examples_per_s']:7.1f} "
+              f"{r['pad_fraction']:6.1%} {r['peak_rss_mib']:8.0f} {r['validation_loss']:9.4f} {ratio:>10s}")
+    print("\npad fraction over one epoch of the whole train split (batch 16)")
+    for p in report["padding"]:
+        print(f"  {p['set']:28s} {p['examples']:7,d} examples: random {p['random']:6.1%}  sorted by input "
+              f"{p['sorted_by_input']:6.1%}  flantune {p['flantune_kd']:6.1%}")
+    print("\nimdb classification, the flantune-trained model above")
+    for e in report["evaluation"]:
+        print(f"  {e['mode']:9s} {e['examples_per_s']:7.1f} examples/s  accuracy {e['accuracy']:5.1f}  "
+              f"invalid {e['invalid']:5.1f}%")
+    c = report["cache"]
+    print(f"\ndata preparation, all of IMDB train: first run {c['first_run_s']:.1f} s, second run "
+          f"{c['second_run_s']:.2f} s ({c['speedup']:.0f}x)")
+    print(f"`flantune tasks`: {report['tasks_command_s']:.2f} s (median of 5, Python start-up included)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,294 @@
+"""`flantune eval`, `flantune compare` and `flantune report`: evaluation directories, baselines, and the
+comparative report built from saved predictions (flantune/report/).
+
+An evaluation directory holds what a run directory holds about its final evaluation: config.yaml,
+metrics.json and predictions/<task>.jsonl. A report directory holds report.md / report.html /
+report.json and systems/<n>-<name>/, one evaluation directory per system, so `flantune report` can
+rebuild it without running any model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from flantune import rundir
+from flantune.config import load_config, set_model, to_yaml
+from flantune.errors import FlantuneError
+from flantune.evaluation import read_predictions, write_predictions
+from flantune.report import System
+from flantune.task import Task
+
+SYSTEMS = "systems"
+SYSTEM_FILE = "system.json"  # name and kind of a system in a report directory
+
+
+# ---- evaluation -------------------------------------------------------------------------------------------
+
+
+def evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False) -> Path:
+    """Evaluate cfg.model on cfg's tasks (their eval.split) and write an evaluation directory."""
+    from flantune.engine import check, load_data, make_evaluator
+    from flantune.modeling import count_parameters, load_model, load_tokenizer, model_label, prepare_for_training
+
+    p = check(cfg)
+    out = Path(out or cfg.output_dir or rundir.default_output_dir(cfg, p.label, root="evals"))
+    _refuse_existing(out, cfg)
+    load_data(p, train=False)
+    tokenizer = load_tokenizer(cfg)
+    evaluator = make_evaluator(p, tokenizer, cfg.eval.split)
+    model = load_model(cfg, cfg.seed)
+    model = prepare_for_training(model, p.precision, False).eval()  # the same attention path as training
+    result = evaluator.run(model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / rundir.CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
+    write_predictions(result, out / rundir.PREDICTIONS)
+    _, total = count_parameters(model)
+    rundir.write_json(out / rundir.METRICS, {
+        "split": cfg.eval.split, "tasks": result.metrics_by_task(), "score": result.score,
+        "model": {"name": str(cfg.model.name), "label": model_label(cfg), "path": cfg.model.path,
+                  "random_init": bool(cfg.model.random_init)},
+        "total_parameters": total, "eval": result.throughput(), "precision": p.precision,
+        "measured_together": measured_together,
+    })
+    return out
+
+
+def _refuse_existing(out: Path, cfg: DictConfig) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite or not (out / rundir.CONFIG).is_file():
+            raise FlantuneError(
+                f"The output directory {out} already exists and is not empty. Choose another output_dir"
+                + (", or overwrite=true to replace this flantune directory." if (out / rundir.CONFIG).is_file() else ".")
+            )
+        shutil.rmtree(out)
+
+
+# ---- systems ------------------------------------------------------------------------------------------------
+
+
+def system_from_dir(path: Path, name: str | None = None, kind: str | None = None) -> System:
+    """A run, evaluation or report-system directory as a System (predictions, metrics, log history)."""
+    path = Path(path)
+    preds = path / rundir.PREDICTIONS
+    if not (path / rundir.METRICS).is_file() or not preds.is_dir() or not any(preds.glob("*.jsonl")):
+        raise FlantuneError(
+            f"{path} holds no saved predictions (metrics.json and predictions/<task>.jsonl). Give a finished "
+            "`flantune run` or `flantune eval` directory, or a report directory."
+        )
+    meta = json.loads((path / SYSTEM_FILE).read_text()) if (path / SYSTEM_FILE).is_file() else {}
+    metrics = rundir.read_json(path / rundir.METRICS)
+    history = path / rundir.LOG_HISTORY
+    return System(
+        name=name or meta.get("name") or (metrics.get("model") or {}).get("label") or path.name,
+        kind=kind or meta.get("kind", "model"),
+        predictions={f.stem: read_predictions(f) for f in sorted(preds.glob("*.jsonl"))},
+        metrics=metrics,
+        log_history=rundir.read_json(history) if history.is_file() else None,
+        source=str(path),
+    )
+
+
+def save_system(system: System, folder: Path) -> None:
+    """A system's predictions and metrics, written as an evaluation directory inside a report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    preds = folder / rundir.PREDICTIONS
+    preds.mkdir(exist_ok=True)
+    for task, rows in system.predictions.items():
+        with open(preds / f"{task}.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rundir.write_json(folder / rundir.METRICS, system.metrics)
+    if system.log_history is not None:
+        rundir.write_json(folder / rundir.LOG_HISTORY, system.log_history)
+    rundir.write_json(folder / SYSTEM_FILE, {"name": system.name, "kind": system.kind, "source": system.source})
+
+
+def baselines(p, reference: System) -> list[System]:
+    """Majority class and TF-IDF + logistic regression (trained on each classification task's train split),
+    and the lead baselines a task declares, as prediction rows aligned with the reference's."""
+    from flantune.data import load_rows, render_row
+    from flantune.report.baselines import lead_sentences, majority_class, tfidf_logreg
+
+    cfg = p.cfg
+    majority: dict[str, list[dict]] = {}
+    tfidf: dict[str, list[dict]] = {}
+    lead: dict[str, list[dict]] = {}
+    for task in p.tasks:
+        ref_rows = reference.predictions.get(task.name)
+        if not ref_rows:
+            continue
+        eval_rows = p.rows[(task.name, cfg.eval.split)]
+        by_id = {r["_id"]: r for r in eval_rows}
+        raw = [by_id[row["id"]] for row in ref_rows]
+
+        def rows_with(predictions: list[str]) -> list[dict]:
+            return [{k: ref[k] for k in ("id", "input", "target", "references") if k in ref} | {"prediction": pred}
+                    for ref, pred in zip(ref_rows, predictions)]
+
+        if task.is_classification:
+            train = load_rows(task, "train", p.data_dir, max_examples=cfg.data.max_train_examples, seed=cfg.seed)
+            template = task.evaluation_template
+            rendered = [render_row(task, train[i], template) for i in range(len(train))]
+            labels = [r["target"] for r in rendered]
+            majority[task.name] = rows_with(majority_class(labels, len(ref_rows)))
+            tfidf[task.name] = rows_with(tfidf_logreg([r["input"] for r in rendered], labels,
+                                                      [row["input"] for row in ref_rows], seed=cfg.seed))
+        for b in task.baselines:
+            if b["name"] == "lead":
+                lead[task.name] = rows_with(lead_sentences([r[b["column"]] for r in raw], k=int(b.get("k", 3))))
+    out = []
+    for name, preds in (("majority class", majority), ("TF-IDF + logistic regression", tfidf),
+                        ("lead sentences", lead)):
+        if preds:
+            out.append(System(name=name, kind="baseline", predictions=preds, metrics={}, source="baseline"))
+    return out
+
+
+# ---- reports ------------------------------------------------------------------------------------------------
+
+
+def tasks_of(systems: list[System], cfg: DictConfig) -> dict[str, Task]:
+    """The task definitions of a report: the reference's tasks, with the config's per-task changes."""
+    from flantune.engine import resolve_tasks
+
+    names = list(systems[0].predictions)
+    for s in systems[1:]:
+        if s.kind == "model" and set(s.predictions) != set(names):
+            raise FlantuneError(
+                f"The systems were evaluated on different tasks: '{systems[0].name}' on {sorted(names)}, "
+                f"'{s.name}' on {sorted(s.predictions)}. Compare systems evaluated on the same tasks "
+                "(flantune eval ... task=...)."
+            )
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "task", names, merge=False)
+    OmegaConf.update(cfg, "mixture", None, merge=False)
+    return {t.name: t for t in resolve_tasks(cfg)}
+
+
+def write_report(systems: list[System], cfg: DictConfig, out: Path) -> Path:
+    from flantune.report.build import build_report
+
+    tasks = tasks_of(systems, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = out / SYSTEMS
+    if folder.exists():
+        shutil.rmtree(folder)
+    for i, s in enumerate(systems):
+        save_system(s, folder / f"{i}-{_slug(s.name)}")
+    return build_report(tasks, systems, out)
+
+
+def systems_in_report(report_dir: Path) -> list[System]:
+    folders = sorted((report_dir / SYSTEMS).iterdir(), key=lambda p: int(p.name.split("-", 1)[0]))
+    return [system_from_dir(f) for f in folders]
+
+
+def _with_model(cfg: DictConfig, model: str) -> DictConfig:
+    sub = cfg.copy()
+    set_model(sub, model, f"model={model}")
+    return sub
+
+
+def _training_record(system: System, run: Path) -> System:
+    """A fine-tuned run's training curves, trainable parameters and wall time, from its run directory."""
+    if (run / rundir.LOG_HISTORY).is_file():
+        system.log_history = rundir.read_json(run / rundir.LOG_HISTORY)
+    trained = rundir.read_json(run / rundir.METRICS) if (run / rundir.METRICS).is_file() else {}
+    for key in ("train", "trainable_parameters", "wall_time_s"):
+        if key in trained:
+            system.metrics[key] = trained[key]
+    return system
+
+
+def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path) -> Path:
+    """Evaluate the base model and every fine-tuned run on the same machine, one after the other, add the
+    baselines, and write the report."""
+    from flantune.engine import check, load_data
+
+    _refuse_existing(out, cfg)
+    systems = []
+    for i, model in enumerate([base, *finetuned]):
+        sub = _with_model(cfg, model)
+        path = evaluate(sub, out / "evaluations" / f"{i}-{_slug(str(model))}", measured_together=True)
+        name = ("base: " if i == 0 else "fine-tuned: ") + _label(model, sub)
+        system = system_from_dir(path, name=name)
+        if i > 0 and (Path(model) / rundir.CONFIG).is_file():
+            _training_record(system, Path(model))
+        systems.append(system)
+    p = load_data(check(cfg), train=False)
+    systems.extend(baselines(p, systems[0]))
+    return write_report(systems, cfg, out)
+
+
+def compare_after_run(cfg: DictConfig, run: Path) -> Path:
+    """`flantune run ... compare=true`: the run against its own base model, evaluated now on the same split
+    in the same process, plus the baselines; the report goes to <run>/report/."""
+    from flantune.engine import check, load_data
+    from flantune.modeling import model_label
+
+    base_cfg = cfg.copy()
+    for key, value in (("resume", False), ("overwrite", False), ("compare", False), ("output_dir", None)):
+        OmegaConf.update(base_cfg, key, value, merge=False)
+    out = run / "report"
+    base = evaluate(base_cfg, out / "evaluations" / "0-base", measured_together=True)
+    tuned = _training_record(system_from_dir(run, name=f"fine-tuned: {run.resolve().name}"), run)
+    tuned.metrics["measured_together"] = True  # its final evaluation ran in this process, just before
+    systems = [system_from_dir(base, name=f"base: {model_label(cfg)}"), tuned]
+    p = load_data(check(base_cfg), train=False)
+    systems.extend(baselines(p, systems[0]))
+    return write_report(systems, base_cfg, out)
+
+
+def _label(model: str, cfg: DictConfig) -> str:
+    from flantune.modeling import model_label
+
+    return model_label(cfg) if not Path(model).is_dir() else Path(model).resolve().name
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:50] or "system"
+
+
+def default_report_dir(label: str) -> Path:
+    return Path("reports") / f"{_slug(label)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def report(dirs: list[str], cfg: DictConfig, out: Path | None) -> Path:
+    """Rebuild a report from saved predictions: a report directory, or run / evaluation directories (the
+    first is the reference)."""
+    paths = [Path(d) for d in dirs]
+    for path in paths:
+        if not path.is_dir():
+            raise FlantuneError(f"{path} is not a directory: give run, evaluation or report directories.")
+    if len(paths) == 1 and (paths[0] / SYSTEMS).is_dir():
+        systems = systems_in_report(paths[0])
+        out = out or paths[0]
+    else:
+        systems = [system_from_dir(p) for p in paths]
+        out = out or default_report_dir("-vs-".join(p.name for p in paths[:3]))
+    return write_report(systems, cfg, Path(out))
+
+
+def config_for(options: list[str], config_files: list[str], runs: list[str]) -> DictConfig:
+    """The config of a comparison: the first fine-tuned run's own config (its tasks, splits, data), then
+    --config files and key=value options on top."""
+    files = list(config_files)
+    for run in runs:
+        if (Path(run) / rundir.CONFIG).is_file():
+            files.insert(0, str(Path(run) / rundir.CONFIG))
+            break
+    cfg = load_config(list(options), files)
+    # An evaluation never resumes or merges, whatever the run did, and doesn't write into the run's folder.
+    for key in ("resume", "merge", "compare"):
+        OmegaConf.update(cfg, key, False, merge=False)
+    if not any(o.split("=", 1)[0].strip() == "output_dir" for o in options):
+        OmegaConf.update(cfg, "output_dir", None, merge=False)
+    return cfg
+

@@ -1,0 +1,101 @@
+"""`flantune run ... compare=true`, `flantune compare`, `flantune eval` and `flantune report` on a tiny model
+trained on real IMDB and SAMSum data: every section of the report, rebuilt from saved predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flantune.evaluation import read_predictions
+
+TINY = ["model=tiny", "task=[imdb,samsum]", "mixing.scheme=equal", "train.max_steps=30", "train.eval_steps=15",
+        "data.max_train_examples=400", "data.max_eval_examples=40", "tasks.imdb.max_input_length=128",
+        "tasks.samsum.max_input_length=128", "tasks.samsum.max_new_tokens=16", "seed=11"]
+
+
+@pytest.fixture(scope="module")
+def compared_run(tmp_path_factory, shared_data) -> Path:
+    from flantune.cli import main
+
+    out = tmp_path_factory.mktemp("cmp") / "run"
+    assert main(["run", *TINY, "compare=true", f"data_dir={shared_data}", f"output_dir={out}"]) == 0
+    return out
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text())
+
+
+def test_report_after_a_run_holds_every_section(compared_run):
+    folder = compared_run / "report"
+    report = _report(folder)
+    names = [s["name"] for s in report["systems"]]
+    assert names[0] == "base: tiny (random init)" and names[1].startswith("fine-tuned: ")
+    assert {"majority class", "TF-IDF + logistic regression", "lead sentences"} <= set(names)
+    imdb, samsum = report["tasks"]["imdb"], report["tasks"]["samsum"]
+    text = json.dumps(report)
+    for key in ("accuracy", "macro_f1"):
+        assert key in text
+    # differences with a paired bootstrap interval, and McNemar for classification
+    assert "ci_low" in text and "ci_high" in text and "p_value" in text
+    # per-class report and confusion matrices, as images on disk and inside the HTML
+    assert "precision/negative" in text or "negative" in json.dumps(imdb)
+    images = list((folder / "images").glob("*.png"))
+    assert len(images) >= 3
+    html = (folder / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= len(images) - 1 and "http" not in html.replace("https&#58;", "")
+    # baselines where they fit: majority and TF-IDF on imdb, lead-3 on samsum
+    assert "lead sentences" in json.dumps(samsum) and "majority class" in json.dumps(imdb)
+    # fixed / broke examples, speed, training curves, parameters and wall time
+    md = (folder / "report.md").read_text()
+    for heading in ("fixed", "broke", "examples/s", "ms/example", "trainable", "wall"):
+        assert heading.lower() in md.lower(), heading
+    assert report["systems"][1].get("trainable_parameters") or "trainable" in md
+
+
+def test_the_report_rebuilds_from_saved_predictions(compared_run, cli, tmp_path):
+    before = _report(compared_run / "report")
+    code, out, err = cli("report", str(compared_run / "report"), f"output_dir={tmp_path / 'again'}")
+    assert code == 0, err
+    after = _report(tmp_path / "again")
+    assert after["tasks"] == before["tasks"]
+
+
+def test_eval_of_a_run_directory_gives_the_runs_predictions(compared_run, cli, tmp_path):
+    out = tmp_path / "eval"
+    code, stdout, err = cli("eval", f"model={compared_run}", f"output_dir={out}")
+    assert code == 0, err
+    run_preds = read_predictions(compared_run / "predictions" / "imdb.jsonl")
+    eval_preds = read_predictions(out / "predictions" / "imdb.jsonl")
+    assert [p["prediction"] for p in eval_preds] == [p["prediction"] for p in run_preds]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval"]["examples_per_s"] > 0 and metrics["eval"]["ms_per_example"] > 0
+
+
+def test_compare_command_base_against_a_run(compared_run, cli, tmp_path, shared_data):
+    out = tmp_path / "report"
+    code, stdout, err = cli("compare", "base=tiny", f"finetuned={compared_run}", f"output_dir={out}",
+                            f"data_dir={shared_data}")
+    assert code == 0, err
+    report = _report(out)
+    assert report["systems"][0]["name"] == "base: tiny (random init)"
+    assert set(report["tasks"]) == {"imdb", "samsum"}
+    assert (out / "systems").is_dir() and (out / "report.html").is_file()
+
+
+def test_report_bad_inputs(compared_run, cli, tmp_path):
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    code, _, err = cli("report", str(empty))
+    assert code == 2 and "holds no saved predictions" in err
+    other = tmp_path / "other"
+    (other / "predictions").mkdir(parents=True)
+    (other / "metrics.json").write_text(json.dumps({"tasks": {"emotion": {}}}))
+    (other / "predictions" / "emotion.jsonl").write_text(json.dumps(
+        {"id": "1", "input": "x", "target": "joy", "prediction": "joy"}) + "\n")
+    code, _, err = cli("report", str(compared_run), str(other))
+    assert code == 2 and "different tasks" in err
+    code, _, err = cli("eval", "model=./no/such/model", "task=imdb")
+    assert code == 2 and "does not exist" in err
