@@ -14,7 +14,6 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

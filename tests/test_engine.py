@@ -125,6 +125,11 @@ def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data):
     merged = AutoModelForSeq2SeqLM.from_pretrained(out / "merged")
     again = _reevaluate(out, merged).tasks["imdb"].predictions
     assert max(abs(a["scores"][c] - b["scores"][c]) for a, b in zip(again, saved) for c in a["scores"]) < 1e-4
+    # `flantune eval` of the LoRA run directory loads base + adapter itself
+    code, _, err = cli("eval", f"model={out}", f"output_dir={tmp_path / 'eval'}")
+    assert code == 0, err
+    evaluated = read_predictions(tmp_path / "eval" / "predictions" / "imdb.jsonl")
+    assert [p["prediction"] for p in evaluated] == [p["prediction"] for p in saved]
 
 
 def test_generation_task_samsum(cli, tmp_path, shared_data):

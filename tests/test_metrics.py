@@ -21,7 +21,7 @@ from flantune.metrics import get_metric, score
 from flantune.metrics.classification import classification_stats
 from flantune.metrics.passthrough import _load, evaluate_aggregate, evaluate_stats
 from flantune.metrics.qa import mlqa_stats, normalize_mlqa, normalize_squad, squad_stats
-from flantune.metrics.text import bleu_stats, rouge_stats
+from flantune.metrics.text import bleu_stats
 
 
 def subset(stats, idx):

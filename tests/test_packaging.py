@@ -44,6 +44,10 @@ from flantune.show import bundled_tokenizer_dir
 print('FILE', flantune.__file__)
 reg = discover()
 print('TASKS', sorted(reg.tasks), {t.origin for t in reg.tasks.values()}, reg.problems)
+print('CONFIGS', sorted(str(p.relative_to(r.files('flantune._builtin_configs'))) for p in
+      __import__('pathlib').Path(str(r.files('flantune._builtin_configs'))).rglob('*.yaml')))
+from flantune.config import load_config
+print('RESOLVED', load_config(['model=tiny', 'method=lora', 'mixture=flan8']).train.lr)
 print('SAMPLE', sorted(p.name for p in (sample_data_dir() / 'imdb').iterdir()))
 print('TOKENIZER', sorted(p.name for p in bundled_tokenizer_dir().iterdir()))
 """
@@ -54,6 +58,11 @@ print('TOKENIZER', sorted(p.name for p in bundled_tokenizer_dir().iterdir()))
     assert ("TASKS ['emotion', 'imdb', 'mlqa_hi_en', 'paws', 'paws_paraphrase', 'samsum', 'squad', 'squad_qg'] "
             "{'built-in'} []") in out
     assert "'test.parquet', 'train.parquet'" in out
+    configs = out.split("CONFIGS")[1].splitlines()[0]
+    for name in ("defaults.yaml", "model/tiny.yaml", "model/flan-t5-xxl.yaml", "method/lora.yaml",
+                 "mixture/flan8.yaml", "accelerate/fsdp.yaml"):
+        assert name in configs, name
+    assert "RESOLVED 0.001" in out  # groups resolve from the installed copy
     assert "tokenizer.json" in out
 
 
