@@ -125,7 +125,7 @@ def child(args) -> None:
     class Trainer(Seq2SeqTrainer):
         def _get_train_sampler(self, train_dataset=None):
             if args.recipe == "flantune":
-                return LengthGroupedSampler(lengths, args.batch, args.seed)
+                return LengthGroupedSampler(lengths, args.batch, args.seed if args.data_seed is None else args.data_seed)
             return super()._get_train_sampler(train_dataset)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -266,7 +266,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--save-model", help=argparse.SUPPRESS)
-    ap.add_argument("--data-seed", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--data-seed", type=int, help="with --child: the seed of the training order (default --seed)")
     args = ap.parse_args(argv)
     if args.child:
         child(args)

@@ -59,3 +59,30 @@ def test_accelerate_launch_two_processes_match_one(tmp_path, shared_data, single
     many = _run([_bin("accelerate"), "launch", "--config_file", str(config), "--main_process_port=29534"],
                 tmp_path / "run", 8, shared_data)
     _assert_same(single, many)
+
+
+def test_sharding_configs_load_and_fit_every_t5_family_model():
+    """FSDP and DeepSpeed need GPUs (accelerate runs neither on CPU), so what can be checked here is that
+    accelerate reads the shipped files as intended and that FSDP's wrap policy finds a block class in T5,
+    mT5 and umT5 models alike."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+    from accelerate.utils.dataclasses import get_module_class_from_name
+    from transformers import MT5Config, MT5ForConditionalGeneration, T5Config, T5ForConditionalGeneration, \
+        UMT5Config, UMT5ForConditionalGeneration
+
+    fsdp = load_config_from_file(str(REPO / "configs" / "accelerate" / "fsdp.yaml"))
+    assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_version"] == 2
+    assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    names = fsdp.fsdp_config.get("fsdp_transformer_layer_cls_to_wrap")
+    small = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    for config, model_class in ((T5Config, T5ForConditionalGeneration), (MT5Config, MT5ForConditionalGeneration),
+                                (UMT5Config, UMT5ForConditionalGeneration)):
+        model = model_class(config(**small))
+        for name in (names.split(",") if names else model._no_split_modules):
+            assert get_module_class_from_name(model, name) is not None, (model_class.__name__, name)
+
+    zero3 = load_config_from_file(str(REPO / "configs" / "accelerate" / "deepspeed_zero3.yaml"))
+    assert zero3.distributed_type == DistributedType.DEEPSPEED and zero3.deepspeed_config["zero_stage"] == 3
+    # a fixed value here would make the trainer refuse any train.grad_accum or max_grad_norm that differs
+    assert not {"gradient_accumulation_steps", "gradient_clipping"} & zero3.deepspeed_config.keys()
