@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from flantune import rundir
 from flantune.config import load_config, set_model, to_yaml
 from flantune.errors import FlantuneError
-from flantune.evaluation import read_predictions, write_predictions
+from flantune.evaluation import read_predictions, write_prediction_rows, write_predictions
 from flantune.report import System
 from flantune.task import Task
 
@@ -96,13 +96,7 @@ def system_from_dir(path: Path, name: str | None = None, kind: str | None = None
 
 def save_system(system: System, folder: Path) -> None:
     """A system's predictions and metrics, written as an evaluation directory inside a report."""
-    folder.mkdir(parents=True, exist_ok=True)
-    preds = folder / rundir.PREDICTIONS
-    preds.mkdir(exist_ok=True)
-    for task, rows in system.predictions.items():
-        with open(preds / f"{task}.jsonl", "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_prediction_rows(system.predictions, folder / rundir.PREDICTIONS)
     rundir.write_json(folder / rundir.METRICS, system.metrics)
     if system.log_history is not None:
         rundir.write_json(folder / rundir.LOG_HISTORY, system.log_history)

@@ -177,11 +177,16 @@ class Evaluator:
 
 
 def write_predictions(result: EvalResult, folder: Path) -> None:
+    write_prediction_rows({name: r.predictions for name, r in result.tasks.items()}, folder)
+
+
+def write_prediction_rows(rows_by_task: dict[str, list[dict[str, Any]]], folder: Path) -> None:
+    """`folder/<task>.jsonl`, one prediction row a line (what read_predictions reads back)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, r in result.tasks.items():
+    for name, rows in rows_by_task.items():
         with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for p in r.predictions:
-                f.write(json.dumps(p, ensure_ascii=False) + "\n")
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
