@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +45,19 @@ def _preprocess_fn(dotted: str) -> Callable[[dict], dict]:
             f"The preprocessing hook '{dotted}' can't be imported ({exc}). It must be 'package.module:function' "
             "importable from this Python environment."
         ) from exc
+
+
+def preprocess_digest(task: Task) -> str:
+    """The hook's part of a cache key: its dotted path and the source of its module, so that editing the
+    hook invalidates the filtered and tokenised rows cached from its old version."""
+    if task.preprocess is None:
+        return ""
+    fn = _preprocess_fn(task.preprocess)
+    try:
+        source = Path(inspect.getsourcefile(fn) or "").read_bytes()
+    except (OSError, TypeError):  # built-in or without a file: the dotted path is all there is
+        source = b""
+    return f"{task.preprocess}|{hashlib.sha256(source).hexdigest()}"
 
 
 def apply_preprocess(task: Task, row: dict[str, Any]) -> dict[str, Any]:
@@ -105,12 +119,16 @@ def check_columns(task: Task, columns: list[str], example: dict[str, Any] | None
     if example is not None and task.preprocess:
         available |= set(apply_preprocess(task, example))
     for place, names in _names_read(task).items():
-        missing = sorted(names - available)
+        # Templates, references and the filter see the hook's output; the label, id and baseline columns
+        # are read from the data itself.
+        rendered = place.startswith(("template", "references", "filter"))
+        missing = sorted(names - (available if rendered else set(columns)))
         if missing:
+            fix = ("Fix the task file, or add the column with a preprocessing hook (preprocess: "
+                   "'package.module:function')." if rendered else "Fix the task file: it must name a column of the data.")
             raise FlantuneError(
                 f"Task '{task.name}' ({task.origin}): {place} reads column '{missing[0]}', which the data does not "
-                f"have. Columns available: {', '.join(sorted(columns))}. Fix the task file, or add the column "
-                "with a preprocessing hook (preprocess: 'package.module:function')."
+                f"have. Columns available: {', '.join(sorted(columns))}. {fix}"
             )
     if example is None:
         return
@@ -186,7 +204,8 @@ def load_rows(task: Task, role: str, data_dir: Path | None, *, max_examples: int
         dataset = dataset.filter(
             _keep_row, fn_kwargs={"task": task}, desc=f"{task.name}: filter",
             # explicit, so that the filtered rows are cached across runs (a closure hashes differently each run)
-            new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}|{task.filter}".encode()).hexdigest()[:32],
+            new_fingerprint=hashlib.sha256(
+                f"{dataset._fingerprint}|{task.filter}|{preprocess_digest(task)}".encode()).hexdigest()[:32],
         )
     if len(dataset) == 0:
         raise _empty(task, role, spec, data_dir)
@@ -198,7 +217,8 @@ def load_rows(task: Task, role: str, data_dir: Path | None, *, max_examples: int
 
 
 def _keep_row(row: dict[str, Any], task: Task) -> bool:
-    return bool(templates.evaluate(task.filter, template_context(task, row)))
+    # The filter sees what the templates see: the row after the preprocessing hook.
+    return bool(templates.evaluate(task.filter, template_context(task, apply_preprocess(task, row))))
 
 
 def _empty(task: Task, role: str, spec: str, data_dir: Path | None) -> FlantuneError:

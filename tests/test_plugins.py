@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flantune.data import load_rows, render_row
+from flantune.data import load_rows, preprocess_digest, render_row
 from flantune.metrics import compute
 from flantune.registry import discover
 
@@ -66,7 +66,7 @@ def test_entry_point_plugin_is_listed_renders_and_evaluates(installed_plugin, sh
     assert proc.returncode == 0, proc.stderr
     assert "Did the reviewer like the movie?" in proc.stdout
     code = (
-        "from flantune.registry import discover; from flantune.data import load_rows, render_row;"
+        "from flantune.registry import discover; from flantune.data import load_rows, preprocess_digest, render_row;"
         "from flantune.metrics import compute; import sys;"
         "t = discover().get('rt_polarity'); rows = load_rows(t, 'validation', sys.argv[1]);"
         "refs = [render_row(t, r, t.evaluation_template)['references'] for r in rows];"
@@ -114,3 +114,52 @@ def test_two_tasks_with_one_name_is_an_error_naming_both_origins(tmp_path, cli):
     assert code == 2
     err = err.replace("\n", " ")
     assert "Two tasks are named 'imdb'" in err and "built-in" in err and "my_imdb.yaml" in err
+
+
+HOOK_TASK = """
+name: rt_short
+description: rotten_tomatoes snippets under 60 characters, shouted
+kind: classification
+source: {mirror: rotten_tomatoes}
+splits: {train: train, validation: validation, test: test}
+label_column: %s
+choices: {0: negative, 1: positive}
+preprocess: rt_hook:shout
+filter: short
+templates:
+  - name: shout
+    input: "{{ loud }} Positive or negative?"
+metrics: [accuracy]
+primary_metric: accuracy
+"""
+
+
+def test_preprocessing_hook_feeds_templates_and_the_filter_but_not_the_label(tmp_path, monkeypatch, cli,
+                                                                                shared_data):
+    (tmp_path / "rt_hook.py").write_text(  # the comment makes the hook, so its cache key, new in every run
+        f"# {tmp_path}\n" "def shout(row):\n    return {**row, 'loud': row['text'].upper(), 'short': len(row['text']) < 60}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "rt_short.yaml").write_text(HOOK_TASK % "label")
+    task = discover(tasks).get("rt_short")
+    rows = load_rows(task, "test", shared_data)
+    texts = rows["text"]
+    expected = sum(len(t) < 60 for t in load_rows(discover(FOLDER_PLUGIN).get("rotten_tomatoes"), "test",
+                                                   shared_data)["text"])
+    assert 0 < len(rows) == expected < 1066  # the filter read the hook's column
+    assert all(len(t) < 60 for t in texts)
+    rendered = render_row(task, rows[0], task.evaluation_template)
+    assert rendered["input"] == f"{texts[0].upper()} Positive or negative?"
+
+    # Cached filter and tokenisation results are keyed on the hook's source: editing it invalidates them.
+    before = preprocess_digest(task)
+    (tmp_path / "rt_hook.py").write_text((tmp_path / "rt_hook.py").read_text().replace("< 60", "< 70"))
+    assert preprocess_digest(task) != before
+
+    # The label is read from the data, so a column only the hook makes can't be the label column.
+    (tasks / "rt_short.yaml").write_text(HOOK_TASK % "short")
+    code, _, err = cli("show", "task=rt_short", f"tasks_dir={tasks}", f"data_dir={shared_data}")
+    assert code == 2
+    assert "label_column reads column 'short', which the data does not have" in err
+    assert "must name a column of the data" in err
