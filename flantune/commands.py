@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from flantune.overrides import simple_options
@@ -71,12 +70,13 @@ def _pop(options: list[str], key: str) -> tuple[str | None, list[str]]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from flantune.compare import config_for, evaluate
+    from flantune import rundir
     from flantune.console import console
 
     model, _ = _pop(args.options, "model")
     cfg = config_for(args.options, args.config, [model] if model else [])
     out = evaluate(cfg)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = rundir.read_json(out / rundir.METRICS)
     say = console()
     for task, scores in metrics["tasks"].items():
         shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if "/" not in k)

@@ -20,7 +20,9 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from flantune import rundir
 from flantune.errors import FlantuneError, did_you_mean
+from flantune.modeling import _is_local
 from flantune.overrides import parse_overrides
 
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
@@ -196,8 +198,7 @@ def _model_patch(value: Any, where: str) -> dict:
     if name in group_options(MODELS_DIR):
         return read_yaml(configs_root() / MODELS_DIR / f"{name}.yaml", "Model config")
     path = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or path.exists()
-    if looks_local:
+    if _is_local(name):
         if not path.is_dir():
             raise FlantuneError(
                 f"Model path '{name}' ({where}) does not exist. Give model= a folder holding config.json and the "
@@ -205,8 +206,8 @@ def _model_patch(value: Any, where: str) -> dict:
                 f"one of: {', '.join(group_options(MODELS_DIR))}."
             )
         label = path.resolve().name
-        if (path / "config.yaml").is_file() and (path / "model").is_dir():  # a flantune run directory
-            path = path / "model"
+        if rundir.is_run_dir(path) and (path / rundir.MODEL).is_dir():  # a flantune run directory
+            path = path / rundir.MODEL
         return {"model": {"name": label, "path": str(path.resolve()), "tokenizer": None, "random_init": False,
                           "architecture": {}}}
     if "/" not in name:
@@ -293,13 +294,10 @@ def load_config(overrides: list[str] | None = None, config_files: list[str] | No
             data.pop("model")  # applied above as a group
         cfg = _merge(cfg, data, f"--config {name}")
     for key, value in pairs:
-        if key in ("model", "method", "mixture") and not isinstance(value, dict):
-            if key == "model":
-                # model=X on the command line replaces a model mapping from a --config file too
-                # (its train.* defaults were applied with the groups above).
-                set_model(cfg, value, f"command line model={value}")
-            else:
-                _set(cfg, key, value, f"command line {key}={value}")
+        if key == "model" and not isinstance(value, dict):
+            # model=X on the command line replaces a model mapping from a --config file too
+            # (its train.* defaults were applied with the groups above).
+            set_model(cfg, value, f"command line model={value}")
             continue
         _set(cfg, key, value, f"command line {key}={value}")
 
@@ -333,8 +331,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "eval.classify", CLASSIFY)
     _choice(cfg, "eval.split", ROLES)
     _choice(cfg, "train.sampling", SAMPLING)
-    if cfg.method not in group_options(METHODS_DIR):
-        _choice(cfg, "method", tuple(group_options(METHODS_DIR)))
+    _choice(cfg, "method", tuple(group_options(METHODS_DIR)))
     for key, minimum in (("train.batch_size", 1), ("train.grad_accum", 1), ("eval.batch_size", 1),
                          ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1)):
         _at_least(cfg, key, minimum)

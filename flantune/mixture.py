@@ -53,9 +53,9 @@ def _read_mixture(name: str) -> dict:
     from flantune.config import read_yaml
 
     path = _mixture_file(name)
-    if not isinstance(read_yaml(path, "Mixture file").get("tasks", []), (list, dict)):
-        raise FlantuneError(f"Mixture file {path}: 'tasks' must be a list of task names or a mapping task -> weight.")
     data = read_yaml(path, "Mixture file")
+    if not isinstance(data.get("tasks", []), (list, dict)):
+        raise FlantuneError(f"Mixture file {path}: 'tasks' must be a list of task names or a mapping task -> weight.")
     for key in data:
         if key not in MIXTURE_KEYS:
             raise FlantuneError(
@@ -76,6 +76,12 @@ def expand_mixture(name: str, chain: tuple[str, ...] = ()) -> tuple[list[str], d
 
     Only the outermost mixture's `mixing` settings apply; an included mixture gives its tasks (and
     its weights, where it lists tasks with weights)."""
+    tasks, weights, _ = _expand(name, chain)
+    return tasks, weights
+
+
+def _expand(name: str, chain: tuple[str, ...]) -> tuple[list[str], dict[str, float], dict]:
+    """expand_mixture, plus the mixture file's own settings."""
     key = str(_mixture_file(name))
     if key in chain:
         names = [Path(c).stem for c in (*chain, key)]
@@ -99,13 +105,13 @@ def expand_mixture(name: str, chain: tuple[str, ...] = ()) -> tuple[list[str], d
     tasks.extend(str(t) for t in raw)
     if not tasks:
         raise FlantuneError(f"Mixture '{name}' ({key}) names no tasks: give it tasks or include.")
-    return list(dict.fromkeys(tasks)), weights
+    return list(dict.fromkeys(tasks)), weights, data
 
 
 def mixture_patch(name: str, where: str) -> dict:
     """The config patch of mixture=NAME: its tasks and its mixing settings."""
-    tasks, weights = expand_mixture(name)
-    mixing = dict(_read_mixture(name).get("mixing") or {})
+    tasks, weights, data = _expand(name, ())
+    mixing = dict(data.get("mixing") or {})
     if weights and "weights" not in mixing:
         mixing["weights"] = weights
     return {"task": tasks, "mixture": Path(name).stem if name.endswith((".yaml", ".yml")) else name,
@@ -184,7 +190,6 @@ class TrainSet:
     sampling: str
     lengths: np.ndarray  # (rows, 2): input and label length
     mixing: dict[str, Any] = field(default_factory=dict)
-    consumed: int = 0  # examples the trainer drew, set after training
 
     @property
     def epoch_size(self) -> int:
@@ -239,15 +244,13 @@ class TrainSet:
 
         return pad_fraction(self.lengths, self.epoch_stream(0), batch_size)
 
-    def report(self, batch_size: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"mixing": self.mixing, "train_sizes": self.sizes, "requested_rates": self.rates,
-                               "examples_per_epoch": self.counts}
-        if batch_size is not None:
-            seen = self.seen(self.consumed, batch_size)
-            total = sum(seen.values())
-            out["examples_seen"] = seen
-            out["realised_rates"] = {t: (v / total if total else 0.0) for t, v in seen.items()}
-        return out
+    def report(self, examples: int, batch_size: int) -> dict[str, Any]:
+        """The mixture's settings and rates, and what the trainer's first `examples` held per task."""
+        seen = self.seen(examples, batch_size)
+        total = sum(seen.values())
+        return {"mixing": self.mixing, "train_sizes": self.sizes, "requested_rates": self.rates,
+                "examples_per_epoch": self.counts, "examples_seen": seen,
+                "realised_rates": {t: (v / total if total else 0.0) for t, v in seen.items()}}
 
 
 def build_train_set(p, tokenizer) -> TrainSet:
@@ -264,7 +267,7 @@ def build_train_set(p, tokenizer) -> TrainSet:
         sizes[task.name] = len(ds)
         parts.append(ds)
     dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    mixing = {k: v for k, v in mixing_settings(cfg).items()}
+    mixing = mixing_settings(cfg)
     rates = mixing_rates(sizes, **mixing) if len(sizes) > 1 else {p.tasks[0].name: 1.0}
     cap = mixing.get("cap")
     total = sum(min(n, cap) if cap else n for n in sizes.values())

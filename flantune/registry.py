@@ -159,7 +159,3 @@ def discover(tasks_dir=None) -> Registry:
     for folder in task_folders(tasks_dir):
         _add_folder(registry, folder)
     return registry.finish()
-
-
-def get_task(name: str, tasks_dir=None) -> Task:
-    return discover(tasks_dir).get(name)

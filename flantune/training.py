@@ -183,7 +183,7 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
     seconds = time.perf_counter() - start
     _sum_over_processes(trainer)
     args = trainer.args
-    train_set.consumed = trainer.state.global_step * args.per_device_train_batch_size * \
+    consumed = trainer.state.global_step * args.per_device_train_batch_size * \
         args.gradient_accumulation_steps * args.world_size
     throughput = {
         "seconds": seconds,
@@ -203,4 +203,4 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
         throughput["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return Trained(trainer=trainer, model=trainer.model, throughput=throughput, log_history=trainer.state.log_history,
                    best_checkpoint=trainer.state.best_model_checkpoint,
-                   mixture=train_set.report(global_batch) if len(p.tasks) > 1 else None)
+                   mixture=train_set.report(consumed, global_batch) if len(p.tasks) > 1 else None)

@@ -13,6 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 from flantune.cli import main  # noqa: E402
+from flantune.registry import discover  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FLANTUNE_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -27,11 +28,23 @@ def shared_data() -> Path:
     return SHARED
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch):
+def _clear_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # No plugin folder or data dir leaks in from the developer's shell.
     monkeypatch.delenv("FLANTUNE_TASKS_PATH", raising=False)
     monkeypatch.delenv("FLANTUNE_DATA_DIR", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch):
+    _clear_env(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    # Module-scoped, so pytest sets it up before the function-scoped _isolated_env: it clears the variables itself.
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _clear_env(monkeypatch)
+        return discover()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from flantune.data import column, load_rows, render_row
-from flantune.registry import discover
 from flantune.sources import mirror_files
 
 BUILTIN = ["emotion", "imdb", "mlqa_hi_en", "paws", "paws_paraphrase", "samsum", "squad", "squad_qg"]
@@ -19,11 +18,6 @@ CARVED = {
     "paws_paraphrase": {"train": "validation"},
     "mlqa_hi_en": {"test": "validation[:50%]"},
 }
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return discover()
 
 
 def test_all_builtin_tasks_are_registered_through_the_entry_point(registry):

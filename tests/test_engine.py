@@ -211,7 +211,7 @@ def test_existing_output_dir_is_never_overwritten_silently(cli, tmp_path):
     assert (out / "notes.txt").read_text() == "my notes"
 
 
-def test_cpu_precision_is_fp32_and_torch_threads_unchanged():
+def test_cpu_precision_is_fp32():
     cfg = load_config(["model=tiny"])
     from flantune.modeling import resolve_precision
 

@@ -12,11 +12,11 @@ from transformers import T5Config, T5ForConditionalGeneration
 from flantune.kernels import MasterWeightAdamW, use_fast_attention
 
 
-def _tiny(seed=0, **kw):
+def _tiny(seed=0):
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=300, d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=3, num_decoder_layers=3,
                    feed_forward_proj="gated-gelu", dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
-                   eos_token_id=1, attn_implementation="eager", **kw)
+                   eos_token_id=1, attn_implementation="eager")
     return T5ForConditionalGeneration(cfg)
 
 

@@ -73,7 +73,7 @@ def data(shared_data, tasks):
                log, source="runs/tuned"),
         System("majority class", "baseline", {"imdb": rows(imdb_rows, baselines.majority_class(["negative"], 160))}),
     ]
-    return {"systems": systems, "gold": gold, "base": base, "tuned": tuned, "tuned_text": tuned_text,
+    return {"systems": systems, "gold": gold, "base": base, "tuned_text": tuned_text,
             "choices": choices, "chats": chats, "lead1": lead1, "tuned_sum": tuned_sum}
 
 
@@ -143,7 +143,10 @@ def test_fixed_and_broken_examples(built, data):
     summ = report["tasks"]["samsum"]["examples"]["fine-tuned: imdb+samsum"]
     assert summ["score"] == "rougeL"
     chats = data["chats"]
-    rl = lambda preds: np.array([scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(chats.summary, preds)])
+
+    def rl(preds):
+        return np.array([scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(chats.summary, preds)])
+
     delta = rl(data["tuned_sum"]) - rl(data["lead1"])
     assert summ["n_fixed"] == int(np.sum(delta >= 0.5)) and summ["n_broke"] == int(np.sum(delta <= -0.5))
     for e in summ["fixed"]:

@@ -17,15 +17,9 @@ from sklearn.pipeline import Pipeline
 
 from flantune.errors import FlantuneError
 from flantune.metrics import compute_stats
-from flantune.registry import discover
 from flantune.report import baselines
 from flantune.report.stats import (align_rows, confusion_scores, mcnemar_exact, paired_bootstrap,
                                    per_example_scores)
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return discover()
 
 
 def _paired_classification(n=200, ref_right=130, fixes=30, breaks=10, seed=1):
