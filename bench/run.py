@@ -53,17 +53,6 @@ def _features(task_name: str, data_dir: str, n: int, role: str, seed: int, templ
     return task, tok, ds
 
 
-def _tiny_model(seed: int):
-    from omegaconf import OmegaConf
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    from flantune.config import configs_root
-
-    arch = OmegaConf.load(configs_root() / "model" / "tiny.yaml").model.architecture
-    torch.manual_seed(seed)
-    return T5ForConditionalGeneration(T5Config(**OmegaConf.to_container(arch)))
-
-
 @torch.no_grad()
 def validation_loss(model, ds, batch: int = 32) -> float:
     """Mean token negative log-likelihood of the targets (teacher forced)."""
@@ -90,7 +79,8 @@ def child(args) -> None:
     )
 
     from flantune.batching import LengthGroupedSampler
-    from flantune.modeling import prepare_for_training
+    from flantune.config import load_config
+    from flantune.modeling import load_model, prepare_for_training
 
     torch.set_num_threads(args.threads)
     task, tok, train = _features(args.dataset, args.data_dir, args.examples, "train", args.seed, 0)
@@ -106,7 +96,7 @@ def child(args) -> None:
     else:
         rows = [{**r, "attention_mask": [1] * len(r["input_ids"])} for r in rows]
         collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)
-    model = _tiny_model(args.seed)  # the same initial weights in every recipe
+    model = load_model(load_config(["model=tiny"]), args.seed)  # the same initial weights in every recipe
     if args.recipe == "flantune":
         prepare_for_training(model, "fp32", False)
     counts = {"useful": 0, "padded": 0, "examples": 0}
@@ -165,10 +155,15 @@ def run_child(recipe: str, dataset: str, args, save_model: str | None = None) ->
            "--examples", str(args.examples), "--valid-examples", str(args.valid_examples), "--batch", str(args.batch),
            "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads),
            "--child-out", str(out)] + order + (["--save-model", save_model] if save_model else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
+    # stderr goes to a file, not a pipe: os.wait4 (for this child's own ru_maxrss) waits before anything reads,
+    # so a child writing more than a pipe's buffer to stderr would block forever.
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errfile:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errfile)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting on it again
+        errfile.seek(0)
+        err = errfile.read()
+    if proc.returncode != 0:
         raise RuntimeError(f"{recipe}/{dataset} failed:\n{err[-3000:]}")
     result = json.loads(out.read_text())
     result["recipe"] = recipe
@@ -217,7 +212,7 @@ def rank_vs_generate(model_dir: str, args) -> list[dict]:
     # Alternate the two modes and keep each one's faster pass, so neither pays for a cold start.
     for mode in ("rank", "generate", "rank", "generate"):
         start = time.perf_counter()
-        r = Evaluator([EvalSet(task, "test", test)], tok, classify=mode, batch_size=32, num_beams=1).run(model)
+        r = Evaluator([EvalSet(task, test)], tok, classify=mode, batch_size=32, num_beams=1).run(model)
         best[mode] = min(best.get(mode, float("inf")), time.perf_counter() - start)
         metrics[mode] = r.tasks["imdb"].metrics
     return [{"mode": mode, "examples": len(test), "examples_per_s": len(test) / best[mode],
@@ -230,7 +225,7 @@ def tokenisation_cache(args) -> dict:
     cache = tempfile.mkdtemp()
     env = {**os.environ, "HF_DATASETS_CACHE": cache, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     prep = []
-    for i in range(2):
+    for _ in range(2):
         out = Path(tempfile.mkdtemp()) / "run"
         subprocess.run([sys.executable, "-m", "flantune", "run", "task=imdb", "model=tiny", f"data_dir={args.data_dir}",
                         "train.max_steps=1", "train.eval_steps=1", "data.max_eval_examples=50", f"output_dir={out}"],

@@ -124,7 +124,7 @@ def autocast_for(precision: str):
 def eval_sets(p: Plan, tokenizer, role: str) -> list[EvalSet]:
     from flantune.features import tokenize
 
-    return [EvalSet(t, role, tokenize(t, p.rows[(t.name, role)], tokenizer, role=role, template_seed=None))
+    return [EvalSet(t, tokenize(t, p.rows[(t.name, role)], tokenizer, role=role, template_seed=None))
             for t in p.tasks]
 
 
@@ -157,7 +157,8 @@ def run(cfg: DictConfig) -> Path:
     with main_first():
         train_set = build_train_set(p, tokenizer)
         validation = make_evaluator(p, tokenizer, "validation")
-        final_evaluator = make_evaluator(p, tokenizer, cfg.eval.split)
+        # The same sets tokenised the same way: reuse the validation evaluator (it keeps no state between runs).
+        final_evaluator = validation if cfg.eval.split == "validation" else make_evaluator(p, tokenizer, cfg.eval.split)
     prep_seconds += time.perf_counter() - prep_started  # reading, checking and tokenising every split
     model = load_model(cfg, cfg.seed)
     if cfg.method == "lora" and cfg.model.random_init and is_main():

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from flantune import metrics as metric_lib
-from flantune.metrics.classification import INVALID, choice_index
 from flantune.task import Task
 
 SCORE = "score"  # the aggregate: mean of the tasks' primary metrics (0-100)
@@ -28,7 +27,6 @@ SCORE = "score"  # the aggregate: mean of the tasks' primary metrics (0-100)
 @dataclass
 class EvalSet:
     task: Task
-    role: str
     data: Any  # datasets.Dataset from features.tokenize (template_seed=None)
 
 
@@ -83,7 +81,7 @@ def _dist() -> tuple[int, int]:
 def _gather(items: list) -> list:
     import torch.distributed as dist
 
-    rank, world = _dist()
+    _, world = _dist()
     if world == 1:
         return items
     everything: list = [None] * world
@@ -121,11 +119,12 @@ class Evaluator:
             # (repeating its last one; the repeat is dropped after gathering) and keep generation in step.
             mine += [mine[-1]] * (-(-len(data) // world) - len(mine))
         part = data.select(mine) if world > 1 else data
-        input_ids = part["input_ids"]
+        # Plain lists: indexing a datasets Column looks each row up in Arrow again.
+        input_ids = part["input_ids"][:]
         device = next(model.parameters()).device
         start = time.perf_counter()
         rows: list[dict[str, Any]]
-        labels = part["labels"]
+        labels = part["labels"][:]
         if task.is_classification and self.classify == "rank":
             choice_ids = self.tokenizer(text_target=task.choice_texts).input_ids
             scored = scoring.rank_choices(model, input_ids, choice_ids, batch_size=self.batch_size,
@@ -165,6 +164,8 @@ class Evaluator:
         scores = metric_lib.compute(task.metrics, preds, refs, task.choice_texts or None)
         scores["loss"] = nll / target_tokens if target_tokens else float("nan")
         if task.is_classification and self.classify == "generate":
+            from flantune.metrics.classification import INVALID, choice_index
+
             index = choice_index(task.choice_texts)
             valid = [index(p) != INVALID for p in preds]
             scores["invalid"] = 100.0 * (1 - float(np.mean(valid))) if valid else 0.0

@@ -54,8 +54,8 @@ def _encode(batch: dict[str, list], indices: list[int], *, task: Task, template_
             tokenizer) -> dict[str, list]:
     rows = [{k: batch[k][i] for k in batch} for i in range(len(indices))]
     fixed = task.evaluation_template
-    rendered = [render_row(task, row, task.templates[template_ids[i]] if template_ids else fixed)
-                for row, i in zip(rows, indices)]
+    chosen = [task.templates[template_ids[i]] if template_ids else fixed for i in indices]
+    rendered = [render_row(task, row, template) for row, template in zip(rows, chosen)]
     inputs = tokenizer([r["input"] for r in rendered], max_length=task.max_input_length, truncation=True)
     labels = tokenizer(text_target=[r["target"] for r in rendered], max_length=task.max_target_length,
                        truncation=True)
@@ -65,7 +65,7 @@ def _encode(batch: dict[str, list], indices: list[int], *, task: Task, template_
         "target": [r["target"] for r in rendered],
         "references": [r["references"] for r in rendered],
         "label": [r["label"] for r in rendered],
-        "template": [(task.templates[template_ids[i]] if template_ids else fixed).name for i in indices],
+        "template": [template.name for template in chosen],
         "input_ids": inputs["input_ids"],
         "attention_mask": inputs["attention_mask"],
         "labels": labels["input_ids"],

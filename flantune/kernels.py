@@ -17,6 +17,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from flantune.modeling import base_model_of
+
 ATTENTION = "flantune_sdpa"
 _CACHE: list[tuple] = []  # (weakref(bias), weakref(mask) or None, causal, lengths, combined); a few, recent first
 
@@ -65,7 +67,7 @@ def use_fast_attention(model) -> bool:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model_of(model)
     if getattr(base.config, "model_type", None) not in ("t5", "mt5", "umt5"):
         return False
     AttentionInterface.register(ATTENTION, t5_sdpa_attention)
@@ -154,7 +156,7 @@ def disable_kv_cache(model) -> None:
 def compile_blocks(model, mode: str | None = None) -> int:
     """Regional compilation: each transformer block is compiled once per call pattern (first layer, others;
     encoder, decoder) with dynamic shapes, so variable-length batches don't recompile. Returns the count."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model_of(model)
     blocks = [*getattr(base.encoder, "block", []), *getattr(getattr(base, "decoder", None), "block", [])]
     for block in blocks:
         block.compile(dynamic=True, mode=mode)

@@ -37,6 +37,15 @@ def _is_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
 
 
+def _load_target(path: str) -> str:
+    """What from_pretrained is given: a local folder with ~ expanded, else the hub id as is."""
+    return str(Path(path).expanduser()) if _is_local(path) else path
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def adapter_base(path: str) -> str | None:
     """The base model of a saved LoRA adapter folder, or None if the folder holds a full model."""
     import json
@@ -109,17 +118,15 @@ def load_model(cfg: DictConfig, seed: int):
     try:
         if m.random_init:
             model = _from_config(cfg, seed)
-        elif adapter_base(str(m.path)):  # a LoRA run's model/: the base model plus the adapter
+        elif base_name := adapter_base(str(m.path)):  # a LoRA run's model/: the base model plus the adapter
             from peft import PeftModel
 
-            base = AutoModelForSeq2SeqLM.from_pretrained(adapter_base(str(m.path)))
+            base = AutoModelForSeq2SeqLM.from_pretrained(base_name)
             model = PeftModel.from_pretrained(base, str(Path(str(m.path)).expanduser()))
         else:
-            target = str(Path(str(m.path)).expanduser()) if _is_local(str(m.path)) else str(m.path)
-            model = AutoModelForSeq2SeqLM.from_pretrained(target)
+            model = AutoModelForSeq2SeqLM.from_pretrained(_load_target(str(m.path)))
     except OSError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FlantuneError(f"Could not load model '{m.path}' ({first}). {OFFLINE_HINT}") from exc
+        raise FlantuneError(f"Could not load model '{m.path}' ({_first_line(exc)}). {OFFLINE_HINT}") from exc
     except ValueError as exc:
         raise FlantuneError(
             f"'{m.path}' is not a sequence-to-sequence model that AutoModelForSeq2SeqLM can load ({exc}). "
@@ -174,12 +181,11 @@ def config_model_type(cfg: DictConfig) -> str:
     from transformers import AutoConfig
 
     try:
-        target = adapter_base(str(m.path)) or (str(Path(str(m.path)).expanduser()) if _is_local(str(m.path))
-                                               else str(m.path))
-        return AutoConfig.from_pretrained(target).model_type
+        return AutoConfig.from_pretrained(adapter_base(str(m.path)) or _load_target(str(m.path))).model_type
     except OSError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FlantuneError(f"Could not load the config of model '{m.path}' ({first}). {OFFLINE_HINT}") from exc
+        raise FlantuneError(
+            f"Could not load the config of model '{m.path}' ({_first_line(exc)}). {OFFLINE_HINT}"
+        ) from exc
 
 
 def apply_method(model, cfg: DictConfig):

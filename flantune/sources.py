@@ -108,7 +108,7 @@ def load_split(task: Task, split: str, data_dir: Path | None):
     try:
         return _load_hub(task.source.hub, task.source.config, task.source.revision, split)
     except ValueError as exc:
-        if "Unknown split" in str(exc) or "split" in str(exc).lower():
+        if "split" in str(exc).lower():
             raise FlantuneError(
                 f"Task '{task.name}': the hub dataset {task.source.hub} has no split '{split}' ({exc}). "
                 f"Override the split with tasks.{task.name}.splits.<role>=..."
