@@ -1,8 +1,8 @@
 """Rendered and tokenised examples, cached by datasets so that a second run does not tokenise again.
 
 Each map is given an explicit fingerprint built from everything that decides its output (the rows'
-fingerprint, the task definition, the template choice, the tokenizer's content, the length limits),
-so the cache is hit exactly when the output would be the same.
+fingerprint, the task definition, the template choice, the tokenizer's content, the length limits, the
+preprocessing hook's source), so the cache is hit exactly when the output would be the same.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from flantune.data import ID, render_row
+from flantune.data import ID, preprocess_digest, render_row
 from flantune.task import Task, task_to_dict
 
 FEATURES_VERSION = 2  # bump when the columns written here change
@@ -83,7 +83,7 @@ def tokenize(task: Task, rows, tokenizer, *, role: str, template_seed: int | Non
     template_ids = template_choice(task, len(rows), template_seed) if template_seed is not None else None
     fingerprint = _digest(
         FEATURES_VERSION, rows._fingerprint, task_to_dict(task), role, template_seed,
-        _tokenizer_digest(tokenizer), task.max_input_length, task.max_target_length,
+        _tokenizer_digest(tokenizer), task.max_input_length, task.max_target_length, preprocess_digest(task),
     )
     return rows.map(
         _encode,

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from flantune.data import load_rows, preprocess_digest, render_row
+from flantune.features import tokenize
 from flantune.metrics import compute
 from flantune.registry import discover
+from flantune.show import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER_PLUGIN = REPO / "examples" / "plugin_folder"
@@ -151,11 +153,16 @@ def test_preprocessing_hook_feeds_templates_and_the_filter_but_not_the_label(tmp
     assert all(len(t) < 60 for t in texts)
     rendered = render_row(task, rows[0], task.evaluation_template)
     assert rendered["input"] == f"{texts[0].upper()} Positive or negative?"
+    tokenizer = load_tokenizer(None)
+    features = tokenize(task, rows, tokenizer, role="test", template_seed=None)
+    assert features[0]["input"] == rendered["input"]
+    first_fingerprint = features._fingerprint
 
     # Cached filter and tokenisation results are keyed on the hook's source: editing it invalidates them.
     before = preprocess_digest(task)
     (tmp_path / "rt_hook.py").write_text((tmp_path / "rt_hook.py").read_text().replace("< 60", "< 70"))
     assert preprocess_digest(task) != before
+    assert tokenize(task, rows, tokenizer, role="test", template_seed=None)._fingerprint != first_fingerprint
 
     # The label is read from the data, so a column only the hook makes can't be the label column.
     (tasks / "rt_short.yaml").write_text(HOOK_TASK % "short")
