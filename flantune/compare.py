@@ -9,11 +9,10 @@ rebuild it without running any model.
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,6 +23,9 @@ from flantune.evaluation import read_predictions, write_prediction_rows, write_p
 from flantune.report import System
 from flantune.task import Task
 
+if TYPE_CHECKING:
+    from flantune.engine import Plan
+
 SYSTEMS = "systems"
 SYSTEM_FILE = "system.json"  # name and kind of a system in a report directory
 
@@ -33,6 +35,11 @@ SYSTEM_FILE = "system.json"  # name and kind of a system in a report directory
 
 def evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False) -> Path:
     """Evaluate cfg.model on cfg's tasks (their eval.split) and write an evaluation directory."""
+    return _evaluate(cfg, out, measured_together=measured_together)[0]
+
+
+def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False) -> tuple[Path, Plan]:
+    """`evaluate`, and the plan it evaluated (its tasks and evaluation rows, which the baselines reuse)."""
     from flantune.engine import check, load_data, make_evaluator
     from flantune.modeling import count_parameters, load_model, load_tokenizer, model_label, prepare_for_training
 
@@ -56,7 +63,7 @@ def evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: boo
         "total_parameters": total, "eval": result.throughput(), "precision": p.precision,
         "measured_together": measured_together,
     })
-    return out
+    return out, p
 
 
 def _refuse_existing(out: Path, cfg: DictConfig) -> None:
@@ -72,7 +79,7 @@ def _refuse_existing(out: Path, cfg: DictConfig) -> None:
 # ---- systems ------------------------------------------------------------------------------------------------
 
 
-def system_from_dir(path: Path, name: str | None = None, kind: str | None = None) -> System:
+def system_from_dir(path: Path, name: str | None = None) -> System:
     """A run, evaluation or report-system directory as a System (predictions, metrics, log history)."""
     path = Path(path)
     preds = path / rundir.PREDICTIONS
@@ -81,12 +88,12 @@ def system_from_dir(path: Path, name: str | None = None, kind: str | None = None
             f"{path} holds no saved predictions (metrics.json and predictions/<task>.jsonl). Give a finished "
             "`flantune run` or `flantune eval` directory, or a report directory."
         )
-    meta = json.loads((path / SYSTEM_FILE).read_text()) if (path / SYSTEM_FILE).is_file() else {}
+    meta = rundir.read_json(path / SYSTEM_FILE) if (path / SYSTEM_FILE).is_file() else {}
     metrics = rundir.read_json(path / rundir.METRICS)
     history = path / rundir.LOG_HISTORY
     return System(
         name=name or meta.get("name") or (metrics.get("model") or {}).get("label") or path.name,
-        kind=kind or meta.get("kind", "model"),
+        kind=meta.get("kind", "model"),
         predictions={f.stem: read_predictions(f) for f in sorted(preds.glob("*.jsonl"))},
         metrics=metrics,
         log_history=rundir.read_json(history) if history.is_file() else None,
@@ -120,28 +127,30 @@ def baselines(p, reference: System) -> list[System]:
         eval_rows = p.rows[(task.name, cfg.eval.split)]
         by_id = {r["_id"]: r for r in eval_rows}
         raw = [by_id[row["id"]] for row in ref_rows]
-
-        def rows_with(predictions: list[str]) -> list[dict]:
-            return [{k: ref[k] for k in ("id", "input", "target", "references") if k in ref} | {"prediction": pred}
-                    for ref, pred in zip(ref_rows, predictions)]
-
         if task.is_classification:
             train = load_rows(task, "train", p.data_dir, max_examples=cfg.data.max_train_examples, seed=cfg.seed)
             template = task.evaluation_template
             rendered = [render_row(task, train[i], template) for i in range(len(train))]
             labels = [r["target"] for r in rendered]
-            majority[task.name] = rows_with(majority_class(labels, len(ref_rows)))
-            tfidf[task.name] = rows_with(tfidf_logreg([r["input"] for r in rendered], labels,
-                                                      [row["input"] for row in ref_rows], seed=cfg.seed))
+            majority[task.name] = _rows_with(ref_rows, majority_class(labels, len(ref_rows)))
+            tfidf[task.name] = _rows_with(ref_rows, tfidf_logreg([r["input"] for r in rendered], labels,
+                                                                 [row["input"] for row in ref_rows], seed=cfg.seed))
         for b in task.baselines:
             if b["name"] == "lead":
-                lead[task.name] = rows_with(lead_sentences([r[b["column"]] for r in raw], k=int(b.get("k", 3))))
+                lead[task.name] = _rows_with(ref_rows, lead_sentences([r[b["column"]] for r in raw],
+                                                                      k=int(b.get("k", 3))))
     out = []
     for name, preds in (("majority class", majority), ("TF-IDF + logistic regression", tfidf),
                         ("lead sentences", lead)):
         if preds:
             out.append(System(name=name, kind="baseline", predictions=preds, metrics={}, source="baseline"))
     return out
+
+
+def _rows_with(ref_rows: list[dict], predictions: list[str]) -> list[dict]:
+    """The reference's rows (id, input, gold answers) with another system's predictions."""
+    return [{k: ref[k] for k in ("id", "input", "target", "references") if k in ref} | {"prediction": pred}
+            for ref, pred in zip(ref_rows, predictions)]
 
 
 # ---- reports ------------------------------------------------------------------------------------------------
@@ -203,38 +212,36 @@ def _training_record(system: System, run: Path) -> System:
 def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path) -> Path:
     """Evaluate the base model and every fine-tuned run on the same machine, one after the other, add the
     baselines, and write the report."""
-    from flantune.engine import check, load_data
-
     _refuse_existing(out, cfg)
     systems = []
     for i, model in enumerate([base, *finetuned]):
         sub = _with_model(cfg, model)
-        path = evaluate(sub, out / "evaluations" / f"{i}-{_slug(str(model))}", measured_together=True)
+        path, p = _evaluate(sub, out / "evaluations" / f"{i}-{_slug(model)}", measured_together=True)
+        if i == 0:
+            base_plan = p  # the models differ, their tasks and evaluation rows don't
         name = ("base: " if i == 0 else "fine-tuned: ") + _label(model, sub)
         system = system_from_dir(path, name=name)
         if i > 0 and (Path(model) / rundir.CONFIG).is_file():
             _training_record(system, Path(model))
         systems.append(system)
-    p = load_data(check(cfg), train=False)
-    systems.extend(baselines(p, systems[0]))
+    systems.extend(baselines(base_plan, systems[0]))
     return write_report(systems, cfg, out)
 
 
 def compare_after_run(cfg: DictConfig, run: Path) -> Path:
     """`flantune run ... compare=true`: the run against its own base model, evaluated now on the same split
     in the same process, plus the baselines; the report goes to <run>/report/."""
-    from flantune.engine import check, load_data
     from flantune.modeling import model_label
 
     base_cfg = cfg.copy()
     for key, value in (("resume", False), ("overwrite", False), ("compare", False), ("output_dir", None)):
         OmegaConf.update(base_cfg, key, value, merge=False)
     out = run / "report"
-    base = evaluate(base_cfg, out / "evaluations" / "0-base", measured_together=True)
-    tuned = _training_record(system_from_dir(run, name=f"fine-tuned: {run.resolve().name}"), run)
+    base, p = _evaluate(base_cfg, out / "evaluations" / "0-base", measured_together=True)
+    # A run directory holds its own training record (log_history.json, metrics.json's train keys).
+    tuned = system_from_dir(run, name=f"fine-tuned: {run.resolve().name}")
     tuned.metrics["measured_together"] = True  # its final evaluation ran in this process, just before
     systems = [system_from_dir(base, name=f"base: {model_label(cfg)}"), tuned]
-    p = load_data(check(base_cfg), train=False)
     systems.extend(baselines(p, systems[0]))
     return write_report(systems, base_cfg, out)
 
@@ -246,7 +253,7 @@ def _label(model: str, cfg: DictConfig) -> str:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:50] or "system"
+    return rundir.slug(text, limit=50, fallback="system")
 
 
 def default_report_dir(label: str) -> Path:

@@ -32,11 +32,13 @@ RESUME_FREE = ("resume", "overwrite", "output_dir", "compare", "report_to", "dat
 
 def default_output_dir(cfg: DictConfig, label: str, root: str = "runs") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{label}-{_slug(cfg.model.name)}-{stamp}"
+    return Path(root) / f"{label}-{slug(cfg.model.name)}-{stamp}"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_")[:60] or "model"
+def slug(text: str, limit: int = 60, fallback: str = "model") -> str:
+    """`text` as a file name: runs of other characters than letters, digits, '.', '_' and '-' become '_',
+    cut to `limit` characters; `fallback` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_")[:limit] or fallback
 
 
 def is_run_dir(path: Path) -> bool:

@@ -85,7 +85,7 @@ def assemble(tasks: dict[str, Task], systems: list[System], *, n_resamples: int 
             if name not in tasks and name not in report["skipped_tasks"]:
                 report["skipped_tasks"][name] = "no task definition was given for it"
     report["speed"] = _speed(systems)
-    report["training"] = _training(tasks, systems, images)
+    report["training"] = _training(tasks, systems, images, file_ids)
     return _json_ready(report), images
 
 
@@ -169,7 +169,7 @@ def _classification_parts(task: Task, systems: list[System], stats, section: dic
             c: {m: numbers[f"{m}/{c}"] for m in ("precision", "recall", "f1", "support")} for c in choices}
         counts, has_invalid = plots.confusion_counts(cls["gold"], cls["pred"], len(choices))
         rel = f"images/{_slug(task.name)}-confusion-{file_ids[s.name]}.png"
-        images[rel] = plots.confusion_matrix_png(cls["gold"], cls["pred"], choices, f"{task.name}: {s.name}")
+        images[rel] = plots.confusion_matrix_png(counts, choices, f"{task.name}: {s.name}")
         section["confusion"][s.name] = {"labels": choices, "columns": choices + (["invalid"] if has_invalid else []),
                                         "counts": counts.tolist(), "image": rel}
     for s in systems[1:]:
@@ -221,9 +221,10 @@ def _speed(systems: list[System]) -> dict[str, Any]:
             "systems": {s.name: {k: s.metrics["eval"].get(k) for k in keys} for s in timed}}
 
 
-def _training(tasks: dict[str, Task], systems: list[System], images: dict[str, bytes]) -> dict[str, Any]:
+def _training(tasks: dict[str, Task], systems: list[System], images: dict[str, bytes],
+              file_ids: dict[str, str]) -> dict[str, Any]:
     out = {}
-    for i, s in enumerate(systems):
+    for s in systems:
         if s.log_history is None:
             continue
         ran = [t for t in (s.metrics.get("tasks") or s.predictions) if t in tasks]
@@ -232,7 +233,7 @@ def _training(tasks: dict[str, Task], systems: list[System], images: dict[str, b
         if not any(key in entry for entry in s.log_history):
             key = "eval_score"
         png = plots.training_curves_png(s.log_history, key, f"{s.name}: training")
-        rel = f"images/training-{i}-{_slug(s.name)}.png" if png else None
+        rel = f"images/training-{file_ids[s.name]}.png" if png else None
         if png:
             images[rel] = png
         train = s.metrics.get("train") or {}

@@ -17,8 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
+from flantune.metrics.classification import INVALID  # a prediction that matches no choice
+
 DPI = 100
-INVALID = -1  # flantune.metrics.classification.INVALID: a prediction that matches no choice
 
 
 def _png(fig: Figure) -> bytes:
@@ -38,9 +39,10 @@ def confusion_counts(gold_idx: Sequence[int], pred_idx: Sequence[int], n_labels:
     return counts[:n_labels], has_invalid  # gold is never invalid: drop that row
 
 
-def confusion_matrix_png(gold_idx: Sequence[int], pred_idx: Sequence[int], labels: Sequence[str],
-                         title: str) -> bytes:
-    counts, has_invalid = confusion_counts(gold_idx, pred_idx, len(labels))
+def confusion_matrix_png(counts: np.ndarray, labels: Sequence[str], title: str) -> bytes:
+    """`counts` as `confusion_counts` gives them: one more column than `labels` when some prediction
+    matched no choice."""
+    has_invalid = counts.shape[1] > len(labels)
     columns = list(labels) + (["invalid"] if has_invalid else [])
     side = 1.6 + 0.55 * len(columns)
     fig = Figure(figsize=(side + 0.8, side), layout="constrained")

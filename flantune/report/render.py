@@ -103,14 +103,14 @@ def document(report: dict[str, Any]) -> list[Section]:
                 Cell(x["source"] or "-")] for x in report["systems"]], numeric=False)])
     sections = [intro]
     for name, t in report["tasks"].items():
-        sections += _task_sections(name, t, ref, level)
+        sections.append(_task_section(name, t, ref, level))
     sections += _run_sections(report)
     if report["skipped_tasks"]:
         sections.append(Section("Skipped tasks", 2, [Para(f"{k}: {v}.") for k, v in report["skipped_tasks"].items()]))
     return sections
 
 
-def _task_sections(name: str, t: dict[str, Any], ref: str, level: int) -> list[Section]:
+def _task_section(name: str, t: dict[str, Any], ref: str, level: int) -> Section:
     primary = t["primary_metric"]
     sec = Section(f"Task: {name}", 2, [Para(f"{t['kind']}, {t['n']:,} examples, primary metric: {primary}.")])
     heads = [f"{m} (primary)" if m == primary else m for m in t["metric_names"]]
@@ -148,12 +148,12 @@ def _task_sections(name: str, t: dict[str, Any], ref: str, level: int) -> list[S
         sec.blocks.append(Para(f"Examples {sys} fixed and broke: {ex['note']}."))
         if ex["score"] is None:
             continue
-        for what, key in (("fixed", "fixed"), ("broke", "broke")):
-            shown = ex[key]
-            title = f"{sys} {what} {ex['n_' + key]:,} examples" + (f" ({len(shown)} shown)" if shown else "")
+        for what in ("fixed", "broke"):
+            shown = ex[what]
+            title = f"{sys} {what} {ex['n_' + what]:,} examples" + (f" ({len(shown)} shown)" if shown else "")
             sec.blocks.append(Examples(title, [_example(e, ex["score"], ref, sys) for e in shown]))
     sec.blocks += [Para(n) for n in t["notes"]]
-    return [sec]
+    return sec
 
 
 def _example(e: dict[str, Any], score: str, ref: str, sys: str) -> tuple[str, list[tuple[str, str]]]:

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from flantune.errors import FlantuneError
-from flantune.metrics import aggregate_stats
+from flantune.metrics import aggregate_stats, get_metric
 from flantune.task import Task
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "per_class")
@@ -156,12 +156,16 @@ def _resampled(task: Task, stats: dict[str, dict[str, np.ndarray]], block: np.nd
     """Scores of each resample (row of `block`): name -> array over resamples."""
     choices = task.choice_texts or None
     scores: dict[str, np.ndarray] = {}
+    counted: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None  # (stats, their scores)
     for spec in task.metrics:
         if fast and _has_fast_path(spec):
             # scikit-learn's scorers spend ~10 ms a call on input checks (20 s for 1,000 paired
-            # resamples), so classification scores come from resampled confusion counts, all at once.
-            every = confusion_scores(stats[spec.name], choices, block)
-            scores.update({k: v for k, v in every.items() if k in _outputs(spec.name, choices)})
+            # resamples), so classification scores come from resampled confusion counts, all at once:
+            # once for all the classification metrics, which hold the same gold and pred indices.
+            if counted is None or not _same_indices(counted[0], stats[spec.name]):
+                counted = stats[spec.name], confusion_scores(stats[spec.name], choices, block)
+            every = counted[1]
+            scores.update({k: every[k] for k in get_metric(spec.name).output_names(choices)})
             continue
         rows = [aggregate_stats((spec,), {spec.name: stats[spec.name]}, choices, index=idx) for idx in block]
         for k in rows[0]:
@@ -173,10 +177,8 @@ def _has_fast_path(spec) -> bool:
     return spec.name in CLASSIFICATION_METRICS and not spec.params
 
 
-def _outputs(metric: str, choices: Sequence[str]) -> set[str]:
-    if metric == "per_class":
-        return {f"{m}/{c}" for c in choices for m in ("precision", "recall", "f1", "support")}
-    return {metric}
+def _same_indices(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a is b or all(np.array_equal(a[k], b[k]) for k in ("gold", "pred"))
 
 
 def _fast_path_agrees(task: Task, stats: dict[str, dict[str, np.ndarray]]) -> bool:
