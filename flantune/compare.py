@@ -97,7 +97,7 @@ def system_from_dir(path: Path, name: str | None = None) -> System:
         predictions={f.stem: read_predictions(f) for f in sorted(preds.glob("*.jsonl"))},
         metrics=metrics,
         log_history=rundir.read_json(history) if history.is_file() else None,
-        source=str(path),
+        source=meta.get("source") or str(path),  # a report's copy names where the system came from
     )
 
 

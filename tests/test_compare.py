@@ -65,6 +65,8 @@ def test_the_report_rebuilds_from_saved_predictions(compared_run, cli, tmp_path)
     assert code == 0, err
     after = _report(tmp_path / "again")
     assert after["tasks"] == before["tasks"]
+    # each system still names where it came from (the run, the base model, "baseline"), not the report's copy
+    assert [s["source"] for s in after["systems"]] == [s["source"] for s in before["systems"]]
 
 
 def test_eval_of_a_run_directory_gives_the_runs_predictions(compared_run, cli, tmp_path):
