@@ -41,7 +41,18 @@ VARIANTS = {
     # + CUDA graphs (compile mode reduce-overhead), lengths padded to multiples of 32 so few shapes recur
     "cudagraphs": {"grouped": True, "fast_attention": True, "bf16_weights": True, "compile": "reduce-overhead",
                    "pad_to": 32},
+    # + F.rms_norm and one-kernel tanh GELU in place of T5's elementwise chains (flantune's GPU default)
+    "fused": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True},
+    "fused_compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True,
+                      "compile": True},
+    # the whole model as one compiled graph, lengths padded to buckets (inputs to a multiple of 64, labels of 8)
+    "whole_compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True,
+                      "compile_model": "default", "buckets": (64, 8)},
+    # the same, replayed as CUDA graphs (one recording per bucket shape)
+    "whole_graphs": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True,
+                     "compile_model": "reduce-overhead", "buckets": (64, 8)},
     "lora": {"grouped": True, "fast_attention": True, "bf16_weights": True, "lora": True},
+    "lora_fused": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True, "lora": True},
     "lora_compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "lora": True, "compile": True},
     "recipe_lora": {"lora": True},
 }
@@ -99,12 +110,41 @@ def train_flops(config, batch_lengths: list[tuple[int, int]]) -> float:
     return total
 
 
+class BucketCollator:
+    """Pads a batch's inputs to a multiple of `inputs` and its labels to a multiple of `labels` (masked
+    with the pad id and -100), so a compiled graph sees a few shapes instead of one per batch."""
+
+    def __init__(self, collator, inputs: int, labels: int, pad_id: int):
+        self.collator, self.inputs, self.labels, self.pad_id = collator, inputs, labels, pad_id
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        for key, multiple, fill in (("input_ids", self.inputs, self.pad_id), ("attention_mask", self.inputs, 0),
+                                    ("labels", self.labels, -100)):
+            t = batch[key]
+            extra = -t.shape[1] % multiple
+            if extra:
+                batch[key] = torch.nn.functional.pad(t, (0, extra), value=fill)
+        return batch
+
+
 def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: int, warmup: int, seed: int,
                 gradient_checkpointing: bool = False, profile: bool = False) -> dict:
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        TrainerCallback,
+    )
 
     from flantune.batching import LengthGroupedSampler
-    from flantune.kernels import MasterWeightAdamW, compile_blocks, disable_kv_cache, use_fast_attention
+    from flantune.kernels import (
+        MasterWeightAdamW,
+        compile_blocks,
+        disable_kv_cache,
+        use_fast_attention,
+        use_fused_ops,
+    )
     from flantune.show import load_tokenizer
 
     opts = VARIANTS[name]
@@ -114,6 +154,8 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     if opts.get("fast_attention"):  # flantune's attention path, and no key/value cache while training
         use_fast_attention(model)
         disable_kv_cache(model)
+    if opts.get("fused_ops"):
+        use_fused_ops(model)
     if opts.get("bf16_weights"):
         model.to(torch.bfloat16)
     if opts.get("lora"):
@@ -123,6 +165,8 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
                                                  lora_dropout=0.05, target_modules=["q", "v"]))
     if opts.get("compile"):
         compile_blocks(model, mode=opts["compile"] if isinstance(opts["compile"], str) else None)
+    if opts.get("compile_model"):
+        (model.get_base_model() if opts.get("lora") else model).compile(dynamic=True, mode=opts["compile_model"])
     tok = load_tokenizer(None)
     lengths = np.array([[len(x["input_ids"]), len(x["labels"])] for x in data])
     window: dict[str, float] = {}
@@ -169,7 +213,7 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
         def training_step(self, model, inputs, num_items_in_batch=None):
             counted.append(torch.stack([inputs["attention_mask"].sum(1), (inputs["labels"] != -100).sum(1)], 1))
             loss = super().training_step(model, inputs, num_items_in_batch)
-            losses.append(loss.detach())
+            losses.append(loss.detach().clone())  # a CUDA graph's output is overwritten by its next replay
             return loss
 
     args = Seq2SeqTrainingArguments(
@@ -179,6 +223,8 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
         gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=2 if CUDA else 0, use_cpu=not CUDA,
     )
     collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, pad_to_multiple_of=opts.get("pad_to"))
+    if opts.get("buckets"):
+        collator = BucketCollator(collator, *opts["buckets"], pad_id=tok.pad_token_id)
     trainer = BenchTrainer(model=model, args=args, train_dataset=data, callbacks=[Clock()], data_collator=collator)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
@@ -194,7 +240,9 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
         "variant": name, "arch": Path(arch).name, "batch": batch, "steps": steps,
         "examples_per_s": len(lengths_seen) / seconds, "useful_tokens_per_s": useful / seconds,
         "s_per_step": seconds / steps, "mfu": flops / seconds / H100_BF16_PEAK,
-        "peak_memory_gib": peak, "losses": [float(x) for x in losses], "gradient_checkpointing": gradient_checkpointing,
+        "peak_memory_gib": peak, "losses": [float(x) for x in losses],
+        "window_loss": float(torch.stack(losses[warmup:warmup + steps]).float().mean()),
+        "gradient_checkpointing": gradient_checkpointing,
     }
     del trainer, model
     if CUDA:
@@ -212,9 +260,9 @@ def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, s
              "attention_mask": [1] * input_len,
              "labels": torch.randint(3, 32000, (target_len,), generator=g).tolist()} for _ in range(batch * 3)]
     for size in ("flan-t5-small", "flan-t5-base", "flan-t5-large", "flan-t5-xl"):
-        for method in ("bf16_weights", "lora"):
+        for method in ("fused", "lora_fused"):
             for gc in (False, True):
-                entry = {"model": size, "method": "full" if method == "bf16_weights" else "lora",
+                entry = {"model": size, "method": "full" if method == "fused" else "lora",
                          "gradient_checkpointing": gc, "batch": batch, "input_len": input_len,
                          "target_len": target_len}
                 try:
@@ -268,13 +316,13 @@ def main(argv=None) -> None:
                 out["results"].append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
                 Path(args.out).write_text(json.dumps(out, indent=1))  # kept if a later variant hangs
-        print(f"{'arch':15s} {'variant':15s} {'ex/s':>7s} {'tok/s':>9s} {'MFU':>6s} {'GiB':>6s} {'s/step':>7s}")
+        print(f"{'arch':15s} {'variant':15s} {'ex/s':>7s} {'tok/s':>9s} {'MFU':>6s} {'GiB':>6s} {'s/step':>7s} {'loss':>7s}")
         for r in out["results"]:
             if "error" in r:
                 print(f"{r['arch']:15s} {r['variant']:15s} ERROR {r['error'][:80]}")
                 continue
             print(f"{r['arch']:15s} {r['variant']:15s} {r['examples_per_s']:7.1f} {r['useful_tokens_per_s']:9.0f} "
-                  f"{r['mfu']:6.1%} {r['peak_memory_gib']:6.1f} {r['s_per_step']:7.3f}")
+                  f"{r['mfu']:6.1%} {r['peak_memory_gib']:6.1f} {r['s_per_step']:7.3f} {r['window_loss']:7.4f}")
     Path(args.out).write_text(json.dumps(out, indent=1))
 
 

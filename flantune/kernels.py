@@ -1,6 +1,6 @@
 """Faster T5 training on GPUs: an attention path that keeps T5's position bias on SDPA's fused
-memory-efficient kernel, an AdamW that keeps fp32 master weights for a bf16 model, and regional
-torch.compile of the transformer blocks.
+memory-efficient kernel, fused RMSNorm and tanh-GELU kernels in place of T5's elementwise chains, an
+AdamW that keeps fp32 master weights for a bf16 model, and regional torch.compile of the blocks.
 
 T5 adds a learned relative-position bias to every attention score. transformers' "sdpa" path
 rebuilds the (batch, heads, q, k) bias-plus-mask tensor in every layer and lets SDPA pick a kernel,
@@ -74,6 +74,37 @@ def use_fast_attention(model) -> bool:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # masks in SDPA's form (boolean, or None)
     base.set_attn_implementation(ATTENTION)
     return True
+
+
+def _fused_rms_norm_forward(self, hidden_states):
+    # T5LayerNorm computes in fp32 and casts back, one elementwise kernel per op, each saving its fp32
+    # output for the backward; F.rms_norm is one kernel that saves the input and the inverse RMS. Under
+    # autocast or with mixed dtypes, T5's own code keeps its exact dtype rules.
+    if hidden_states.dtype != self.weight.dtype or torch.is_autocast_enabled(hidden_states.device.type):
+        return type(self).forward(self, hidden_states)
+    return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.variance_epsilon)
+
+
+def use_fused_ops(model) -> int:
+    """Swap T5's layer norm for F.rms_norm and its `gelu_new` (eight elementwise ops, each output kept for
+    the backward) for the same tanh approximation as one kernel, nn.GELU(approximate="tanh"). Both are the
+    same functions (tests/test_kernels.py); in bf16 each rounds once instead of after every op. Returns
+    how many modules were changed; models outside the T5 family are left alone."""
+    from torch import nn
+    from transformers.activations import NewGELUActivation
+
+    if getattr(base_model_of(model).config, "model_type", None) not in ("t5", "mt5", "umt5"):
+        return 0
+    changed = 0
+    for module in model.modules():
+        if type(module).__name__.endswith("LayerNorm") and hasattr(module, "variance_epsilon"):
+            module.forward = _fused_rms_norm_forward.__get__(module)
+            changed += 1
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, nn.GELU(approximate="tanh"))
+                changed += 1
+    return changed
 
 
 class MasterWeightAdamW(torch.optim.Optimizer):

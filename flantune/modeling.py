@@ -159,12 +159,14 @@ def resolve_precision(cfg: DictConfig, model_type: str | None = None) -> str:
 
 def prepare_for_training(model, precision: str, compile_blocks_: bool):
     """The speed-ups of flantune's training path (flantune/kernels.py): T5's position bias on SDPA's fused
-    kernel, no key/value cache while training, bf16 weights for precision=bf16, optional regional compile."""
+    kernel, fused RMSNorm and GELU kernels, no key/value cache while training, bf16 weights for
+    precision=bf16, optional regional compile."""
     import torch
 
     from flantune import kernels
 
     kernels.use_fast_attention(model)
+    kernels.use_fused_ops(model)
     kernels.disable_kv_cache(model)
     if precision == "bf16":
         model.to(torch.bfloat16)

@@ -1,5 +1,5 @@
 """The GPU speed-ups compute the same function: the shared-bias SDPA attention against T5's eager
-attention, and the fp32-master AdamW against plain AdamW."""
+attention, the fused RMSNorm and GELU against T5's own, and the fp32-master AdamW against plain AdamW."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from flantune.kernels import MasterWeightAdamW, use_fast_attention
+from flantune.kernels import MasterWeightAdamW, use_fast_attention, use_fused_ops
 
 
 def _tiny(seed=0):
@@ -57,6 +57,35 @@ def test_fast_attention_generates_the_same_text():
     a = eager.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
     b = fast.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_ops_match_t5_layer_norm_and_gelu_forward_and_backward(dtype):
+    reference = _tiny(seed=6).to(dtype)
+    fused = copy.deepcopy(reference)
+    # 17 layer norms (2 per encoder block, 3 per decoder block, one after each stack) and 6 GELUs
+    assert use_fused_ops(fused) == 3 * 2 + 3 * 3 + 2 + 6
+    assert not any(type(m).__name__ == "NewGELUActivation" for m in fused.modules())
+    ids, mask, labels = _batch(seed=7)
+    for model in (reference, fused):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    # fp32: the same function to rounding; bf16: T5 rounds after every op, the fused kernels once
+    rel, atol = (1e-5, 1e-6) if dtype == torch.float32 else (2e-2, 2e-2)
+    out = [m(input_ids=ids, attention_mask=mask, labels=labels).loss.item() for m in (reference, fused)]
+    assert out[1] == pytest.approx(out[0], rel=rel)
+    for (name, a), (_, b) in zip(reference.named_parameters(), fused.named_parameters()):
+        scale = a.grad.float().abs().max().item()
+        assert (a.grad.float() - b.grad.float()).abs().max().item() <= rel * 10 * scale + atol, name
+
+
+def test_fused_ops_leave_autocast_to_t5s_own_layer_norm():
+    model = _tiny(seed=8)
+    use_fused_ops(model)
+    norm = model.encoder.final_layer_norm
+    x = torch.randn(2, 5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(norm(x), type(norm).forward(norm, x))
+    assert torch.allclose(norm(x), type(norm).forward(norm, x), atol=1e-6)
 
 
 @pytest.mark.parametrize("chunk", [1 << 26, 100])  # one chunk, or a chunk per parameter or two
