@@ -49,9 +49,10 @@ def _labels(seqs: Sequence[Sequence[int]], device) -> torch.Tensor:
     return labels.to(device)
 
 
-def _token_logprobs(model, encoder_out, mask, labels) -> torch.Tensor:
+def _token_logprobs(model, encoder_out, mask, labels, past_key_values=None) -> torch.Tensor:
     """Summed log-probability of each row's label tokens (labels padded with -100)."""
-    logits = model(encoder_outputs=encoder_out, attention_mask=mask, labels=labels).logits.float()
+    logits = model(encoder_outputs=encoder_out, attention_mask=mask, labels=labels,
+                   past_key_values=past_key_values).logits.float()
     logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (logp * (labels != -100)).sum(-1)
 
@@ -60,14 +61,34 @@ def _encoder(model):
     return model.get_encoder()
 
 
+def _cross_attention_cache(model, hidden: torch.Tensor, repeats: int):
+    """Each decoder layer's cross-attention keys and values, projected once per example and repeated for
+    its choices, as a cache the decoder reads instead of projecting the repeated encoder states again
+    (C times the work). None for a model without T5's decoder layout, which then projects as usual."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    from flantune.modeling import base_model_of
+
+    try:
+        attentions = [block.layer[1].EncDecAttention for block in base_model_of(model).decoder.block]
+    except (AttributeError, IndexError):
+        return None
+    layers = []
+    for attn in attentions:
+        shape = (*hidden.shape[:-1], -1, attn.key_value_proj_dim)
+        layers.append(tuple(proj(hidden).view(shape).transpose(1, 2).repeat_interleave(repeats, dim=0)
+                            for proj in (attn.k, attn.v)))
+    return EncoderDecoderCache(DynamicCache(), DynamicCache(layers))
+
+
 @torch.no_grad()
 def rank_choices(model, input_ids: Sequence[Sequence[int]], choice_ids: Sequence[Sequence[int]],
                  *, batch_size: int, pad_id: int, device,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Scored:
     """Score every answer choice of every example: log p(choice tokens | input), eos included.
 
-    The encoder runs once per example; the decoder scores all of a batch's choices in one pass (the
-    encoder states repeated once per choice), so C choices cost one decoder call, not C.
+    The encoder runs once per example, and so do the cross-attention projections of its states; the
+    decoder scores all of a batch's choices in one pass, so C choices cost one decoder call, not C.
     """
     model.eval()
     n_choices = len(choice_ids)
@@ -79,7 +100,8 @@ def rank_choices(model, input_ids: Sequence[Sequence[int]], choice_ids: Sequence
             hidden = _encoder(model)(input_ids=ids, attention_mask=mask)[0]
             enc = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(n_choices, dim=0))
             labels = choice_labels.repeat(len(idx), 1)  # example 0's choices, then example 1's, ...
-            logp = _token_logprobs(model, enc, mask.repeat_interleave(n_choices, dim=0), labels)
+            cache = _cross_attention_cache(model, hidden, n_choices)
+            logp = _token_logprobs(model, enc, mask.repeat_interleave(n_choices, dim=0), labels, cache)
         scores[idx] = logp.double().cpu().numpy().reshape(len(idx), n_choices)
     return Scored(scores=scores)
 
