@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flantune import rundir
 from flantune.errors import FlantuneError, did_you_mean
-from flantune.modeling import _is_local
+from flantune.modeling import is_local_path
 from flantune.overrides import parse_overrides
 
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
@@ -198,7 +198,7 @@ def _model_patch(value: Any, where: str) -> dict:
     if name in group_options(MODELS_DIR):
         return read_yaml(configs_root() / MODELS_DIR / f"{name}.yaml", "Model config")
     path = Path(name).expanduser()
-    if _is_local(name):
+    if is_local_path(name):
         if not path.is_dir():
             raise FlantuneError(
                 f"Model path '{name}' ({where}) does not exist. Give model= a folder holding config.json and the "

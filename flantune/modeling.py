@@ -33,13 +33,14 @@ def model_label(cfg: DictConfig) -> str:
     return f"{m.name} (random init)" if m.random_init else str(m.name)
 
 
-def _is_local(path: str) -> bool:
+def is_local_path(path: str) -> bool:
+    """A folder on this machine (a path, or a name that exists here), not a hub id."""
     return path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
 
 
 def _load_target(path: str) -> str:
     """What from_pretrained is given: a local folder with ~ expanded, else the hub id as is."""
-    return str(Path(path).expanduser()) if _is_local(path) else path
+    return str(Path(path).expanduser()) if is_local_path(path) else path
 
 
 def _first_line(exc: BaseException) -> str:
@@ -51,7 +52,7 @@ def adapter_base(path: str) -> str | None:
     import json
 
     folder = Path(path).expanduser()
-    if _is_local(path) and (folder / ADAPTER).is_file():
+    if is_local_path(path) and (folder / ADAPTER).is_file():
         return json.loads((folder / ADAPTER).read_text())["base_model_name_or_path"]
     return None
 
@@ -63,7 +64,7 @@ def check_model_source(cfg: DictConfig) -> None:
         if not (m.random_init and m.architecture):
             raise FlantuneError("model.path is unset: give model=NAME, a local folder or a hub id.")
         return
-    if _is_local(str(m.path)):
+    if is_local_path(str(m.path)):
         folder = Path(str(m.path)).expanduser()
         if not folder.is_dir():
             raise FlantuneError(f"Model folder '{m.path}' does not exist. Give model= a save_pretrained output folder, "

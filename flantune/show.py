@@ -17,7 +17,7 @@ from rich.table import Table
 from flantune.data import load_rows, render_row
 from flantune.console import console as make_console
 from flantune.errors import FlantuneError
-from flantune.modeling import _is_local
+from flantune.modeling import is_local_path
 from flantune.task import Task
 
 UNK_WARNING_SHARE = 0.01  # above 1% <unk> tokens the model can't read or write parts of the text
@@ -35,7 +35,7 @@ def load_tokenizer(name_or_path: str | None):
     from transformers import AutoTokenizer
 
     target = str(bundled_tokenizer_dir()) if name_or_path in (None, "", "flan-t5") else str(name_or_path)
-    looks_local = _is_local(target)
+    looks_local = is_local_path(target)
     if looks_local and not Path(target).expanduser().is_dir():
         raise FlantuneError(f"Tokenizer folder '{target}' does not exist. Give tokenizer=PATH of a folder with "
                             "tokenizer files, a hub id, or leave it out for the FLAN-T5 tokenizer shipped with flantune.")
