@@ -25,6 +25,28 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1) where there is none: the
+    processes that actually take part, as against the launcher's environment above."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_objects(items: list) -> list:
+    """Every process's `items`, concatenated in rank order (just `items` without a process group)."""
+    import torch.distributed as dist
+
+    _, world = process_group()
+    if world == 1:
+        return items
+    everything: list = [None] * world
+    dist.all_gather_object(everything, items)
+    return [x for part in everything for x in part]
+
+
 def sharded_parameters() -> bool:
     """FSDP or DeepSpeed (accelerate launch sets these): every process must run the same forward passes."""
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \

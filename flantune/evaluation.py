@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from flantune import metrics as metric_lib
+from flantune.distributed import gather_objects, process_group, sharded_parameters
 from flantune.task import Task
 
 SCORE = "score"  # the aggregate: mean of the tasks' primary metrics (0-100)
@@ -70,25 +71,6 @@ class EvalResult:
                 "ms_per_example": 1000 * seconds / examples if examples else 0.0}
 
 
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _gather(items: list) -> list:
-    import torch.distributed as dist
-
-    _, world = _dist()
-    if world == 1:
-        return items
-    everything: list = [None] * world
-    dist.all_gather_object(everything, items)
-    return [x for part in everything for x in part]
-
-
 class Evaluator:
     def __init__(self, sets: list[EvalSet], tokenizer, *, classify: str, batch_size: int, num_beams: int,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
@@ -108,10 +90,8 @@ class Evaluator:
     def _run_task(self, model, s: EvalSet) -> TaskResult:
         from flantune import scoring
 
-        from flantune.distributed import sharded_parameters
-
         task, data = s.task, s.data
-        rank, world = _dist()
+        rank, world = process_group()
         mine = list(range(rank, len(data), world))
         synced = world > 1 and sharded_parameters()
         if synced and mine:
@@ -145,7 +125,7 @@ class Evaluator:
         local_tokens = sum(len(x) for x in input_ids) + out_tokens
         for i, row, loss, target in zip(mine, rows, nll, labels):
             row.update(_index=i, _nll=float(loss), _tokens=len(target))
-        gathered = _gather([(rows, local_tokens, seconds)])
+        gathered = gather_objects([(rows, local_tokens, seconds)])
         by_index = {r["_index"]: r for part_rows, *_ in gathered for r in part_rows}  # drops the repeats
         rows = [by_index[i] for i in sorted(by_index)]
         nll_sum = sum(r.pop("_nll") for r in rows)

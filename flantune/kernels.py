@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from flantune.modeling import base_model_of
 
 ATTENTION = "flantune_sdpa"
+T5_LAYOUT = ("t5", "mt5", "umt5")  # the models with T5's own attention, layer norm and feed-forward modules
 _CACHE: list[tuple] = []  # (weakref(bias), weakref(mask) or None, causal, lengths, combined); a few, recent first
 
 
@@ -40,6 +41,10 @@ def _combined(position_bias, attention_mask, is_causal: bool, query, key) -> tor
                           else None, is_causal, lengths, combined))
         del _CACHE[4:]  # encoder self, decoder self, decoder cross: a few entries per forward
     return combined
+
+
+def _has_t5_layout(model) -> bool:
+    return getattr(base_model_of(model).config, "model_type", None) in T5_LAYOUT
 
 
 def t5_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -67,12 +72,11 @@ def use_fast_attention(model) -> bool:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    base = base_model_of(model)
-    if getattr(base.config, "model_type", None) not in ("t5", "mt5", "umt5"):
+    if not _has_t5_layout(model):
         return False
     AttentionInterface.register(ATTENTION, t5_sdpa_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # masks in SDPA's form (boolean, or None)
-    base.set_attn_implementation(ATTENTION)
+    base_model_of(model).set_attn_implementation(ATTENTION)
     return True
 
 
@@ -93,7 +97,7 @@ def use_fused_ops(model) -> int:
     from torch import nn
     from transformers.activations import NewGELUActivation
 
-    if getattr(base_model_of(model).config, "model_type", None) not in ("t5", "mt5", "umt5"):
+    if not _has_t5_layout(model):
         return 0
     changed = 0
     for module in model.modules():

@@ -61,18 +61,22 @@ def _encoder(model):
     return model.get_encoder()
 
 
-def _cross_attention_cache(model, hidden: torch.Tensor, repeats: int):
-    """Each decoder layer's cross-attention keys and values, projected once per example and repeated for
-    its choices, as a cache the decoder reads instead of projecting the repeated encoder states again
-    (C times the work). None for a model without T5's decoder layout, which then projects as usual."""
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
+def _cross_attentions(model) -> list | None:
+    """The decoder's cross-attention modules, or None for a model without T5's decoder layout."""
     from flantune.modeling import base_model_of
 
     try:
-        attentions = [block.layer[1].EncDecAttention for block in base_model_of(model).decoder.block]
+        return [block.layer[1].EncDecAttention for block in base_model_of(model).decoder.block]
     except (AttributeError, IndexError):
         return None
+
+
+def _cross_attention_cache(attentions: list, hidden: torch.Tensor, repeats: int):
+    """Each decoder layer's cross-attention keys and values, projected once per example and repeated for
+    its choices, as a cache the decoder reads instead of projecting the repeated encoder states again
+    (C times the work)."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
     layers = []
     for attn in attentions:
         shape = (*hidden.shape[:-1], -1, attn.key_value_proj_dim)
@@ -94,16 +98,31 @@ def rank_choices(model, input_ids: Sequence[Sequence[int]], choice_ids: Sequence
     n_choices = len(choice_ids)
     scores = np.zeros((len(input_ids), n_choices), dtype=np.float64)
     choice_labels = _labels(choice_ids, device)  # (C, longest choice)
+    attentions = _cross_attentions(model)  # None: the decoder projects the repeated states itself
     for idx in _batches([len(x) for x in input_ids], batch_size):
         ids, mask = _pad([input_ids[i] for i in idx], pad_id, device)
         with autocast():
             hidden = _encoder(model)(input_ids=ids, attention_mask=mask)[0]
             enc = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(n_choices, dim=0))
             labels = choice_labels.repeat(len(idx), 1)  # example 0's choices, then example 1's, ...
-            cache = _cross_attention_cache(model, hidden, n_choices)
+            cache = _cross_attention_cache(attentions, hidden, n_choices) if attentions else None
             logp = _token_logprobs(model, enc, mask.repeat_interleave(n_choices, dim=0), labels, cache)
         scores[idx] = logp.double().cpu().numpy().reshape(len(idx), n_choices)
     return Scored(scores=scores)
+
+
+@torch.no_grad()
+def target_nll(model, input_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]], *,
+               batch_size: int, pad_id: int, device) -> np.ndarray:
+    """Teacher-forced negative log-likelihood of each target given its input, summed over its tokens."""
+    model.eval()
+    nll = np.zeros(len(input_ids), dtype=np.float64)
+    for idx in _batches([len(x) for x in input_ids], batch_size):
+        ids, mask = _pad([input_ids[i] for i in idx], pad_id, device)
+        enc = BaseModelOutput(last_hidden_state=_encoder(model)(input_ids=ids, attention_mask=mask)[0])
+        labels = _labels([target_ids[i] for i in idx], device)
+        nll[idx] = -_token_logprobs(model, enc, mask, labels).double().cpu().numpy()
+    return nll
 
 
 @torch.no_grad()

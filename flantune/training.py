@@ -8,10 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+from transformers import (
+    DataCollatorForSeq2Seq,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    TrainerCallback,
+)
 
 from flantune import rundir
-from flantune.distributed import world_size
+from flantune.distributed import process_group, world_size
 from flantune.evaluation import SCORE, Evaluator
 from flantune.modeling import base_model_of
 
@@ -149,7 +154,7 @@ def _sum_over_processes(trainer: FlantuneTrainer) -> None:
 
     counts = torch.tensor([float(trainer.useful_tokens), float(trainer.padded_tokens), float(trainer.train_examples)],
                           device=trainer.args.device, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
+    if process_group()[1] > 1:
         dist.all_reduce(counts)
     trainer.useful_tokens, trainer.padded_tokens, trainer.train_examples = (int(v) for v in counts.tolist())
 
