@@ -6,8 +6,9 @@ example-script recipe and for flantune's training path, variant by variant.
         --batch 16 --steps 30 --variants recipe,grouped,fast_attention,bf16_weights --out gpu.json
     python bench/gpu.py --memory-table --configs .device/flan-t5-configs --out memory.json
 
-Variants are cumulative, left to right as listed in VARIANTS; each builds the model afresh from the
-same seed and trains on the same examples with Seq2SeqTrainer. FLOPs are counted from the useful
+Each variant in VARIANTS names the flantune features it switches on (the comments say what it adds to
+the variant it is compared with); each builds the model afresh from the same seed and trains on the
+same examples with Seq2SeqTrainer. FLOPs are counted from the useful
 (non-pad) tokens of each batch (see `train_flops`), so padding is never credited as work.
 """
 
@@ -31,21 +32,21 @@ def _sync() -> None:
     if CUDA:
         torch.cuda.synchronize()
 
-# name -> the flantune features it switches on (each variant adds to the one before it)
+# name -> the flantune features it switches on; the comments say what it adds to the variant it builds on
 VARIANTS = {
     "recipe": {},  # fp32 weights, bf16 autocast, random batches, dynamic padding (run_summarization.py)
     "grouped": {"grouped": True},  # + flantune's length-grouped (k-d) batches
     "fast_attention": {"grouped": True, "fast_attention": True},  # + shared-bias SDPA (memory-efficient kernel)
     "bf16_weights": {"grouped": True, "fast_attention": True, "bf16_weights": True},  # + bf16 model, fp32 master AdamW
     "compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "compile": True},  # + torch.compile
-    # + CUDA graphs (compile mode reduce-overhead), lengths padded to multiples of 32 so few shapes recur
+    # compile + CUDA graphs (compile mode reduce-overhead), lengths padded to multiples of 32 so few shapes recur
     "cudagraphs": {"grouped": True, "fast_attention": True, "bf16_weights": True, "compile": "reduce-overhead",
-                   "pad_to": 32},
-    # + F.rms_norm and one-kernel tanh GELU in place of T5's elementwise chains (flantune's GPU default)
+                   "buckets": (32, 32)},
+    # bf16_weights + F.rms_norm and one-kernel tanh GELU for T5's elementwise chains (flantune's GPU default)
     "fused": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True},
     "fused_compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True,
                       "compile": True},
-    # the whole model as one compiled graph, lengths padded to buckets (inputs to a multiple of 64, labels of 8)
+    # fused + the whole model as one compiled graph, lengths in buckets (inputs to a multiple of 64, labels of 8)
     "whole_compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True,
                       "compile_model": "default", "buckets": (64, 8)},
     # the same, replayed as CUDA graphs (one recording per bucket shape)
@@ -145,6 +146,7 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
         use_fast_attention,
         use_fused_ops,
     )
+    from flantune.modeling import base_model_of
     from flantune.show import load_tokenizer
 
     opts = VARIANTS[name]
@@ -166,7 +168,7 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     if opts.get("compile"):
         compile_blocks(model, mode=opts["compile"] if isinstance(opts["compile"], str) else None)
     if opts.get("compile_model"):
-        (model.get_base_model() if opts.get("lora") else model).compile(dynamic=True, mode=opts["compile_model"])
+        base_model_of(model).compile(dynamic=True, mode=opts["compile_model"])
     tok = load_tokenizer(None)
     lengths = np.array([[len(x["input_ids"]), len(x["labels"])] for x in data])
     window: dict[str, float] = {}
@@ -222,7 +224,7 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
         eval_strategy="no", report_to="none", seed=seed, data_seed=seed, disable_tqdm=True,
         gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=2 if CUDA else 0, use_cpu=not CUDA,
     )
-    collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, pad_to_multiple_of=opts.get("pad_to"))
+    collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)
     if opts.get("buckets"):
         collator = BucketCollator(collator, *opts["buckets"], pad_id=tok.pad_token_id)
     trainer = BenchTrainer(model=model, args=args, train_dataset=data, callbacks=[Clock()], data_collator=collator)
@@ -234,7 +236,7 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     timed = [x.tolist() for x in counted[warmup:warmup + steps]]
     lengths_seen = [tuple(x) for step in timed for x in step]
     useful = sum(li + lo for li, lo in lengths_seen)
-    config = model.get_base_model().config if opts.get("lora") else model.config
+    config = base_model_of(model).config
     flops = train_flops(config, lengths_seen)
     result = {
         "variant": name, "arch": Path(arch).name, "batch": batch, "steps": steps,

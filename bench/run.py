@@ -10,7 +10,7 @@ Recipes (each trains the tiny T5 from the same seed on the same tokenised exampl
   example-script  dynamic padding with DataCollatorForSeq2Seq, random order (transformers'
                   run_summarization.py);
   flantune        flantune's training path: length-grouped (k-d) batches, T5's bias on fused SDPA,
-                  no key/value cache while training.
+                  fused RMSNorm and GELU, no key/value cache while training.
 Each recipe runs in its own process, so its peak memory (max RSS) is its own.
 """
 
@@ -53,24 +53,18 @@ def _features(task_name: str, data_dir: str, n: int, role: str, seed: int, templ
     return task, tok, ds
 
 
-@torch.no_grad()
+def _lengths(ds) -> np.ndarray:
+    """(rows, 2): each tokenised example's input and label length, what the length-grouped sampler reads."""
+    return np.stack([np.array(ds["input_length"]), np.array(ds["label_length"])], 1)
+
+
 def validation_loss(model, ds, batch: int = 32) -> float:
     """Mean token negative log-likelihood of the targets (teacher forced)."""
-    model.eval()
-    nll, tokens = 0.0, 0
-    for start in range(0, len(ds), batch):
-        part = ds[start:start + batch]
-        width = max(len(x) for x in part["input_ids"])
-        lwidth = max(len(x) for x in part["labels"])
-        ids = torch.tensor([x + [0] * (width - len(x)) for x in part["input_ids"]])
-        mask = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in part["input_ids"]])[:, None]).long()
-        labels = torch.tensor([x + [-100] * (lwidth - len(x)) for x in part["labels"]])
-        logits = model(input_ids=ids, attention_mask=mask, labels=labels).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                                 reduction="sum")
-        nll += float(loss)
-        tokens += int((labels != -100).sum())
-    return nll / tokens
+    from flantune.scoring import target_nll
+
+    labels = ds["labels"][:]
+    nll = target_nll(model, ds["input_ids"][:], labels, batch_size=batch, pad_id=0, device="cpu")
+    return float(nll.sum()) / sum(len(x) for x in labels)
 
 
 def child(args) -> None:
@@ -85,7 +79,8 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     task, tok, train = _features(args.dataset, args.data_dir, args.examples, "train", args.seed, 0)
     _, _, valid = _features(args.dataset, args.data_dir, args.valid_examples, "validation", args.seed, None)
-    lengths = np.stack([np.array(train["input_length"]), np.array(train["label_length"])], 1)
+    lengths = _lengths(train)
+    data_seed = args.seed if args.data_seed is None else args.data_seed
     rows = [{"input_ids": i, "labels": lab} for i, lab in zip(train["input_ids"], train["labels"])]
     if args.recipe == "notebook":  # pad everything to the limits, as the notebooks' tokenize(padding="max_length") do
         L, T = task.max_input_length, task.max_target_length
@@ -115,7 +110,7 @@ def child(args) -> None:
     class Trainer(Seq2SeqTrainer):
         def _get_train_sampler(self, train_dataset=None):
             if args.recipe == "flantune":
-                return LengthGroupedSampler(lengths, args.batch, args.seed if args.data_seed is None else args.data_seed)
+                return LengthGroupedSampler(lengths, args.batch, data_seed)
             return super()._get_train_sampler(train_dataset)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -128,7 +123,7 @@ def child(args) -> None:
     targs = Seq2SeqTrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, max_steps=steps, learning_rate=1e-3,
         logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none", seed=args.seed,
-        data_seed=args.data_seed if args.data_seed is not None else args.seed, disable_tqdm=True, use_cpu=True,
+        data_seed=data_seed, disable_tqdm=True, use_cpu=True,
         dataloader_pin_memory=False,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[Clock()])
@@ -178,11 +173,8 @@ def padding_over_epochs(args) -> list[dict]:
     """Pad fraction of one epoch of each full train split, and of a mixture of long and short tasks."""
     from flantune.batching import LengthGroupedSampler, pad_fraction
 
-    def lengths(name: str) -> np.ndarray:
-        _, _, ds = _features(name, args.data_dir, None, "train", args.seed, 0)
-        return np.stack([np.array(ds["input_length"]), np.array(ds["label_length"])], 1)
-
-    sets = {name: lengths(name) for name in ("imdb", "samsum", "emotion")}
+    sets = {name: _lengths(_features(name, args.data_dir, None, "train", args.seed, 0)[2])
+            for name in ("imdb", "samsum", "emotion")}
     sets["mixture imdb+samsum+emotion"] = np.concatenate([sets["imdb"], sets["samsum"], sets["emotion"]])
     rows = []
     for name, lens in sets.items():
@@ -234,7 +226,7 @@ def tokenisation_cache(args) -> dict:
     return {"first_run_s": prep[0], "second_run_s": prep[1], "speedup": prep[0] / prep[1]}
 
 
-def tasks_command_seconds(args) -> float:
+def tasks_command_seconds() -> float:
     times = []
     for _ in range(5):
         start = time.perf_counter()
@@ -279,7 +271,7 @@ def main(argv=None) -> None:
     report["padding"] = padding_over_epochs(args)
     report["evaluation"] = rank_vs_generate(model_dir, args)
     report["cache"] = tokenisation_cache(args)
-    report["tasks_command_s"] = tasks_command_seconds(args)
+    report["tasks_command_s"] = tasks_command_seconds()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print_report(report)
@@ -296,7 +288,7 @@ def print_report(report: dict) -> None:
         ratio = "" if recipe in ("flantune", ORDER_CHECK) else f"{ours / r['useful_tokens_per_s']:.2f}"
         print(f"{dataset:8s} {recipe:26s} {r['useful_tokens_per_s']:12,.0f} {r['examples_per_s']:7.1f} "
               f"{r['pad_fraction']:6.1%} {r['peak_rss_mib']:8.0f} {r['validation_loss']:9.4f} {ratio:>10s}")
-    print("\npad fraction over one epoch of the whole train split (batch 16)")
+    print(f"\npad fraction over one epoch of the whole train split (batch {report['args']['batch']})")
     for p in report["padding"]:
         print(f"  {p['set']:28s} {p['examples']:7,d} examples: random {p['random']:6.1%}  sorted by input "
               f"{p['sorted_by_input']:6.1%}  flantune {p['flantune_kd']:6.1%}")
