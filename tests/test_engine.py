@@ -211,7 +211,7 @@ def test_existing_output_dir_is_never_overwritten_silently(cli, tmp_path):
     assert (out / "notes.txt").read_text() == "my notes"
 
 
-def test_cpu_precision_is_fp32():
+def test_precision_auto_is_bf16_on_a_gpu_and_fp32_on_cpu():
     cfg = load_config(["model=tiny"])
     from flantune.modeling import resolve_precision
 

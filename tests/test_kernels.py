@@ -86,6 +86,9 @@ def test_fused_ops_leave_autocast_to_t5s_own_layer_norm():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(norm(x), type(norm).forward(norm, x))
     assert torch.allclose(norm(x), type(norm).forward(norm, x), atol=1e-6)
+    # bf16 states into fp32 weights (no autocast): T5's rule, an fp32 result, not F.rms_norm's error
+    half = x.to(torch.bfloat16)
+    assert torch.equal(norm(half), type(norm).forward(norm, half)) and norm(half).dtype == torch.float32
 
 
 @pytest.mark.parametrize("chunk", [1 << 26, 100])  # one chunk, or a chunk per parameter or two

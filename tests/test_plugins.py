@@ -68,7 +68,7 @@ def test_entry_point_plugin_is_listed_renders_and_evaluates(installed_plugin, sh
     assert proc.returncode == 0, proc.stderr
     assert "Did the reviewer like the movie?" in proc.stdout
     code = (
-        "from flantune.registry import discover; from flantune.data import load_rows, preprocess_digest, render_row;"
+        "from flantune.registry import discover; from flantune.data import load_rows, render_row;"
         "from flantune.metrics import compute; import sys;"
         "t = discover().get('rt_polarity'); rows = load_rows(t, 'validation', sys.argv[1]);"
         "refs = [render_row(t, r, t.evaluation_template)['references'] for r in rows];"
