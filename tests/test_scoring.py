@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from flantune.scoring import rank_choices
+from flantune.scoring import rank_choices, target_nll
 
 
 def _model():
@@ -41,3 +41,13 @@ def test_rank_scores_equal_each_choice_scored_alone_and_project_cross_attention_
     np.testing.assert_allclose(scored, alone, rtol=1e-5, atol=1e-5)
     # 11 examples in batches of 4 (4 + 4 + 3), two decoder layers: each example's states once per layer
     assert sum(projected_rows) == 11 * 2
+
+
+def test_target_nll_is_each_targets_summed_negative_log_likelihood():
+    model = _model()
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randint(2, 300, (int(n),), generator=g).tolist() for n in torch.randint(3, 30, (7,), generator=g)]
+    targets = [[5, 6, 1], [7, 1], [8, 9, 10, 1], [5, 1], [9, 1], [6, 6, 6, 6, 1], [1]]
+    expected = [-_one_by_one(model, [ids], [target])[0, 0] for ids, target in zip(inputs, targets)]
+    got = target_nll(model, inputs, targets, batch_size=3, pad_id=0, device="cpu")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
