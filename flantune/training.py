@@ -63,6 +63,24 @@ class FlantuneTrainer(Seq2SeqTrainer):
         self.train_examples += int(inputs["input_ids"].shape[0])
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def token_share(self, inputs, num_items_in_batch):
+        """This batch's share of the label tokens of its optimizer step (every micro-batch and process), or
+        None where the trainer divides by the accumulation steps itself."""
+        if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+            return None
+        return (inputs["labels"] != -100).sum() / num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # T5's forward takes num_items_in_batch among its **kwargs but ignores it and returns its own batch's
+        # mean, so the trainer, which then neither divides by the accumulation steps nor by the processes,
+        # would sum the means: grad_accum=2 trained and logged twice the loss. Weighting each batch's mean by
+        # its share of the step's tokens gives the step's token mean, as one batch of the same size would.
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        share = self.token_share(inputs, num_items_in_batch)
+        if share is not None:
+            loss = loss * share
+        return (loss, outputs) if return_outputs else loss
+
     def create_optimizer(self, model=None):
         """A bf16 model gets AdamW over fp32 master weights (flantune.kernels.MasterWeightAdamW), with the
         trainer's usual weight-decay groups; other models get the trainer's own optimizer."""
