@@ -59,6 +59,7 @@ class TrainCfg:
     sampling: str = MISSING
     num_workers: int = MISSING
     compile: bool = MISSING
+    cuda_graphs: Any = MISSING  # auto | true | false
 
 
 @dataclass
@@ -337,6 +338,8 @@ def validate(cfg: DictConfig) -> None:
         _at_least(cfg, key, minimum)
     for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps"):
         _at_least(cfg, key, 1, allow_none=True)
+    if cfg.train.cuda_graphs not in (True, False, "auto"):
+        raise FlantuneError(f"Config key 'train.cuda_graphs' is {cfg.train.cuda_graphs!r}; choose auto, true or false.")
     if cfg.train.lr <= 0:
         raise FlantuneError(f"Config key 'train.lr' is {cfg.train.lr}; a learning rate must be positive.")
     if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:

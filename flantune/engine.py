@@ -22,7 +22,7 @@ from flantune import rundir
 from flantune.config import task_names, to_yaml
 from flantune.console import console
 from flantune.data import load_rows
-from flantune.distributed import is_main, main_first, on_main_then_share, sharded_parameters
+from flantune.distributed import is_main, main_first, on_main_then_share, sharded_parameters, world_size
 from flantune.errors import FlantuneError, did_you_mean
 from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_predictions
 from flantune.mixture import check_mixing, mixing_settings
@@ -45,6 +45,7 @@ class Plan:
     data_dir: Path | None
     precision: str
     model_type: str
+    cuda_graphs: bool = False
     rows: dict[tuple[str, str], Any] = field(default_factory=dict)  # (task, role) -> checked rows
 
 
@@ -94,8 +95,12 @@ def check(cfg: DictConfig) -> Plan:
             f"precision=bf16 trains bf16 weights with flantune's fp32-master AdamW, so train.optim={cfg.train.optim} "
             "can't apply. Use precision=bf16-mixed for the trainer's optimizers, or train.optim=adamw_torch."
         )
+    from flantune import cuda_graphs
+
+    graphs = cuda_graphs.resolve(cfg.train.cuda_graphs, precision=precision, processes=world_size(),
+                                 gradient_checkpointing=cfg.gradient_checkpointing, compile_blocks=cfg.train.compile)
     return Plan(cfg=cfg, tasks=tasks, label=run_label(cfg, tasks), data_dir=data_dir, precision=precision,
-                model_type=model_type)
+                model_type=model_type, cuda_graphs=graphs)
 
 
 def load_data(p: Plan, *, train: bool) -> Plan:

@@ -43,6 +43,12 @@ def _combined(position_bias, attention_mask, is_causal: bool, query, key) -> tor
     return combined
 
 
+def clear_mask_cache() -> None:
+    """Drop the combined bias-and-mask tensors kept for reuse (CUDA graph recording calls this: masks
+    made while recording belong to the graphs' memory)."""
+    _CACHE.clear()
+
+
 def _has_t5_layout(model) -> bool:
     return getattr(base_model_of(model).config, "model_type", None) in T5_LAYOUT
 
@@ -154,13 +160,25 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 continue
             params = [group["params"][j] for j in live]
             chunk_masters = [masters[j] for j in live]
-            for m, p in zip(chunk_masters, params):
-                m.grad = p.grad.float()
+            # The fp32 gradients are views of one scratch buffer, filled by one multi-tensor copy: a
+            # cast per parameter would be hundreds of launches a step.
+            scratch = self._scratch(sum(m.numel() for m in chunk_masters), chunk_masters[0].device)
+            offset = 0
+            for m in chunk_masters:
+                m.grad = scratch[offset:offset + m.numel()].view_as(m)
+                offset += m.numel()
+            torch._foreach_copy_([m.grad for m in chunk_masters], [p.grad for p in params])
             inner.step()
             for m in chunk_masters:
                 m.grad = None
             torch._foreach_copy_(params, chunk_masters)
         return loss
+
+    def _scratch(self, numel: int, device) -> torch.Tensor:
+        buffer = getattr(self, "_scratch_buffer", None)
+        if buffer is None or buffer.numel() < numel or buffer.device != device:
+            buffer = self._scratch_buffer = torch.empty(numel, dtype=torch.float32, device=device)
+        return buffer[:numel]
 
     def state_dict(self):
         return {"inner": [inner.state_dict() for _, _, inner in self.chunks],

@@ -44,10 +44,12 @@ class EvaluateAtEnd(TrainerCallback):
 
 
 class FlantuneTrainer(Seq2SeqTrainer):
-    def __init__(self, *args, evaluator: Evaluator, sampler_factory, **kwargs):
+    def __init__(self, *args, evaluator: Evaluator, sampler_factory, cuda_graphs: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.evaluator = evaluator
         self.sampler_factory = sampler_factory
+        self.cuda_graphs = cuda_graphs
+        self.graphed = None  # flantune.cuda_graphs.GraphedSteps, made at the first step
         self.useful_tokens = 0  # non-pad input tokens + label tokens actually trained on
         self.padded_tokens = 0  # the same, padding included
         self.train_examples = 0
@@ -61,7 +63,23 @@ class FlantuneTrainer(Seq2SeqTrainer):
         self.useful_tokens = self.useful_tokens + inputs["attention_mask"].sum() + (inputs["labels"] != -100).sum()
         self.padded_tokens += inputs["input_ids"].numel() + inputs["labels"].numel()
         self.train_examples += int(inputs["input_ids"].shape[0])
+        if self.cuda_graphs:
+            loss = self._graphed_step(model, inputs, num_items_in_batch)
+            if loss is not None:
+                return loss
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _graphed_step(self, model, inputs, num_items_in_batch):
+        """The step as a replayed CUDA graph (flantune.cuda_graphs), scaled as `training_step` and
+        `compute_loss` scale it; None for a batch it trains eagerly."""
+        from flantune.cuda_graphs import GraphedSteps
+
+        if self.graphed is None:
+            self.graphed = GraphedSteps(model, accumulate=self.args.gradient_accumulation_steps > 1)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        share = self.token_share(inputs, num_items_in_batch)
+        return self.graphed.step(inputs, share if share is not None else 1.0 / self.current_gradient_accumulation_steps)
 
     def token_share(self, inputs, num_items_in_batch):
         """This batch's share of the label tokens of its optimizer step (every micro-batch and process), or
@@ -156,6 +174,9 @@ def training_arguments(p, out: Path) -> Seq2SeqTrainingArguments:
         dataloader_num_workers=t.num_workers,
         remove_unused_columns=False,  # the train set holds exactly the model's columns
         disable_tqdm=False,
+        # The trainer's NaN filter reads the loss on the host every step, stalling the GPU's queue; a NaN
+        # loss is logged as NaN instead of being replaced by the running mean.
+        logging_nan_inf_filter=False,
     )
 
 
@@ -163,6 +184,15 @@ def _checkpointing(on: bool) -> dict[str, bool]:
     # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing; older 5.x lack the new name.
     fields = Seq2SeqTrainingArguments.__dataclass_fields__
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
+
+
+def _collator(tokenizer, cuda_graphs: bool):
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    if cuda_graphs:  # a few recurring shapes, one recorded graph each
+        from flantune.cuda_graphs import PadToBuckets
+
+        collator = PadToBuckets(collator, tokenizer.pad_token_id)
+    return collator
 
 
 def _sum_over_processes(trainer: FlantuneTrainer) -> None:
@@ -187,9 +217,10 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
         args=training_arguments(p, out),
         train_dataset=train_set.dataset.select_columns(TRAIN_COLUMNS),
         eval_dataset=evaluator.sets[0].data,  # only to satisfy the trainer's checks: `evaluate` uses the evaluator
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+        data_collator=_collator(tokenizer, p.cuda_graphs),
         processing_class=tokenizer,
         evaluator=evaluator,
+        cuda_graphs=p.cuda_graphs,
         sampler_factory=lambda: train_set.sampler(global_batch),
         callbacks=[EvaluateAtEnd()],
     )
@@ -222,8 +253,15 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
         "parallelism": "fsdp" if trainer.is_fsdp_enabled else "deepspeed" if trainer.is_deepspeed_enabled
         else "ddp" if args.world_size > 1 else "single",
     }
+    if trainer.graphed is not None:
+        throughput["cuda_graphs"] = trainer.graphed.summary()
     if torch.cuda.is_available():
         throughput["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if trainer.graphed is not None:
+            # A replay reuses the graphs' memory pool without allocating, so the peak above misses the
+            # activations of every step after the recordings: what the run holds, the pool included, does not.
+            torch.cuda.empty_cache()
+            throughput["gpu_memory_held_gib"] = torch.cuda.memory_reserved() / 2**30
     return Trained(trainer=trainer, model=trainer.model, throughput=throughput, log_history=trainer.state.log_history,
                    best_checkpoint=trainer.state.best_model_checkpoint,
                    mixture=train_set.report(consumed, global_batch) if len(p.tasks) > 1 else None)
