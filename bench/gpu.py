@@ -15,6 +15,7 @@ same examples with Seq2SeqTrainer. FLOPs are counted from the useful
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -52,7 +53,12 @@ VARIANTS = {
     # the same, replayed as CUDA graphs (one recording per bucket shape)
     "whole_graphs": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True,
                      "compile_model": "reduce-overhead", "buckets": (64, 8)},
+    # fused + each batch shape's forward and backward recorded once as a CUDA graph and replayed, lengths
+    # padded up flantune's bucket ladder (flantune/cuda_graphs.py; flantune's GPU default)
+    "graphs": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True, "graphs": True},
     "lora": {"grouped": True, "fast_attention": True, "bf16_weights": True, "lora": True},
+    "lora_graphs": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True, "lora": True,
+                    "graphs": True},
     "lora_fused": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True, "lora": True},
     "lora_compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "lora": True, "compile": True},
     "recipe_lora": {"lora": True},
@@ -139,6 +145,7 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     )
 
     from flantune.batching import LengthGroupedSampler
+    from flantune.cuda_graphs import GraphedSteps, PadToBuckets
     from flantune.kernels import (
         MasterWeightAdamW,
         compile_blocks,
@@ -173,12 +180,17 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     lengths = np.array([[len(x["input_ids"]), len(x["labels"])] for x in data])
     window: dict[str, float] = {}
     counted: list[torch.Tensor] = []  # per step: (batch, 2) useful input / label lengths, kept on the device
+    padded: list[int] = []  # per step: input and label tokens, padding included
     losses: list[torch.Tensor] = []
+    graphed = None
 
     class Clock(TrainerCallback):
         """Times the steps after warm-up as one window: no per-step synchronisation, so the host queues
         work ahead of the device as it does in a real run."""
         prof = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            window["train_start"] = time.perf_counter()
 
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step == warmup:
@@ -213,8 +225,16 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
             return super().create_optimizer(model)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
+            nonlocal graphed
             counted.append(torch.stack([inputs["attention_mask"].sum(1), (inputs["labels"] != -100).sum(1)], 1))
-            loss = super().training_step(model, inputs, num_items_in_batch)
+            padded.append(inputs["input_ids"].numel() + inputs["labels"].numel())
+            loss = None
+            if opts.get("graphs") and CUDA:  # the recipe's loss, a batch mean (no accumulation here)
+                graphed = graphed or GraphedSteps(model, accumulate=False)
+                model.train()
+                loss = graphed.step(self._prepare_inputs(inputs), 1.0)
+            if loss is None:
+                loss = super().training_step(model, inputs, num_items_in_batch)
             losses.append(loss.detach().clone())  # a CUDA graph's output is overwritten by its next replay
             return loss
 
@@ -227,11 +247,20 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)
     if opts.get("buckets"):
         collator = BucketCollator(collator, *opts["buckets"], pad_id=tok.pad_token_id)
+    if opts.get("graphs"):
+        collator = PadToBuckets(collator, tok.pad_token_id)
     trainer = BenchTrainer(model=model, args=args, train_dataset=data, callbacks=[Clock()], data_collator=collator)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
+    reserved = torch.cuda.max_memory_reserved() / 2**30 if CUDA else float("nan")
+    # What the run holds once the allocator's spare cache is returned: the live weights and optimizer
+    # state, and the graphs' memory pool. A replay uses the pool without allocating, so for graphed
+    # variants max_memory_allocated misses the activations of every step after the recordings.
+    if CUDA:
+        torch.cuda.empty_cache()
+    held = torch.cuda.memory_reserved() / 2**30 if CUDA else float("nan")
     seconds = window["end"] - window["start"]
     timed = [x.tolist() for x in counted[warmup:warmup + steps]]
     lengths_seen = [tuple(x) for step in timed for x in step]
@@ -242,7 +271,10 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
         "variant": name, "arch": Path(arch).name, "batch": batch, "steps": steps,
         "examples_per_s": len(lengths_seen) / seconds, "useful_tokens_per_s": useful / seconds,
         "s_per_step": seconds / steps, "mfu": flops / seconds / H100_BF16_PEAK,
-        "peak_memory_gib": peak, "losses": [float(x) for x in losses],
+        "peak_memory_gib": peak, "peak_reserved_gib": reserved, "held_after_gib": held, "losses": [float(x) for x in losses],
+        "pad_fraction": 1 - useful / sum(padded[warmup:warmup + steps]),
+        "warmup_s": window["start"] - window["train_start"],  # the untimed steps, recording graphs included
+        "graphs": graphed.summary() if graphed else None,
         "window_loss": float(torch.stack(losses[warmup:warmup + steps]).float().mean()),
         "gradient_checkpointing": gradient_checkpointing,
     }
@@ -254,7 +286,7 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
 
 def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, seed: int,
                  out_path: str | None = None) -> list[dict]:
-    """Peak memory of 3 training steps at one fixed batch shape, full and LoRA, with and without
+    """Peak memory of 2 training steps at one fixed batch shape, full and LoRA, with and without
     gradient checkpointing, on flantune's GPU path; an out-of-memory error is recorded as such."""
     rows = []
     g = torch.Generator().manual_seed(seed)
@@ -262,18 +294,23 @@ def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, s
              "attention_mask": [1] * input_len,
              "labels": torch.randint(3, 32000, (target_len,), generator=g).tolist()} for _ in range(batch * 3)]
     for size in ("flan-t5-small", "flan-t5-base", "flan-t5-large", "flan-t5-xl"):
-        for method in ("fused", "lora_fused"):
+        for method in ("full", "lora"):
             for gc in (False, True):
-                entry = {"model": size, "method": "full" if method == "fused" else "lora",
-                         "gradient_checkpointing": gc, "batch": batch, "input_len": input_len,
-                         "target_len": target_len}
+                # flantune's path: CUDA graphs, except under gradient checkpointing, where they don't apply
+                variant = {("full", False): "graphs", ("full", True): "fused", ("lora", False): "lora_graphs",
+                           ("lora", True): "lora_fused"}[method, gc]
+                entry = {"model": size, "method": method, "variant": variant, "gradient_checkpointing": gc,
+                         "batch": batch, "input_len": input_len, "target_len": target_len}
                 try:
-                    r = run_variant(method, str(Path(configs) / size), data, batch=batch, steps=1, warmup=1,
+                    r = run_variant(variant, str(Path(configs) / size), data, batch=batch, steps=1, warmup=1,
                                     seed=seed, gradient_checkpointing=gc)
                     entry["peak_memory_gib"] = r["peak_memory_gib"]
+                    entry["peak_reserved_gib"] = r["peak_reserved_gib"]
+                    entry["held_after_gib"] = r["held_after_gib"]
                 except torch.OutOfMemoryError:
                     entry["peak_memory_gib"] = None
                     entry["note"] = "out of memory (80 GB)"
+                gc.collect()  # the trainer class made per variant keeps its model alive until a collection
                 torch.cuda.empty_cache()
                 print(json.dumps(entry), flush=True)
                 rows.append(entry)
@@ -318,13 +355,16 @@ def main(argv=None) -> None:
                 out["results"].append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
                 Path(args.out).write_text(json.dumps(out, indent=1))  # kept if a later variant hangs
-        print(f"{'arch':15s} {'variant':15s} {'ex/s':>7s} {'tok/s':>9s} {'MFU':>6s} {'GiB':>6s} {'s/step':>7s} {'loss':>7s}")
+        print(f"{'arch':15s} {'variant':15s} {'ex/s':>7s} {'tok/s':>9s} {'MFU':>6s} {'GiB':>6s} {'held':>6s} "
+              f"{'s/step':>7s} {'loss':>7s} {'pad':>6s} {'warm s':>7s}")
         for r in out["results"]:
             if "error" in r:
                 print(f"{r['arch']:15s} {r['variant']:15s} ERROR {r['error'][:80]}")
                 continue
             print(f"{r['arch']:15s} {r['variant']:15s} {r['examples_per_s']:7.1f} {r['useful_tokens_per_s']:9.0f} "
-                  f"{r['mfu']:6.1%} {r['peak_memory_gib']:6.1f} {r['s_per_step']:7.3f} {r['window_loss']:7.4f}")
+                  f"{r['mfu']:6.1%} {r['peak_memory_gib']:6.1f} {r['held_after_gib']:6.1f} {r['s_per_step']:7.3f} "
+                  f"{r['window_loss']:7.4f} "
+                  f"{r['pad_fraction']:6.1%} {r['warmup_s']:7.1f}")
     Path(args.out).write_text(json.dumps(out, indent=1))
 
 
