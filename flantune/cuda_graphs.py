@@ -180,8 +180,8 @@ class GraphedSteps:
 
 
 def resolve(setting, *, precision: str, processes: int, gradient_checkpointing: bool, compile_blocks: bool) -> bool:
-    """Whether a run trains with CUDA graphs: `train.cuda_graphs` is auto (where they apply), true (an
-    error where they don't) or false."""
+    """Whether a run trains with CUDA graphs: `train.cuda_graphs` is auto (where they apply and were
+    measured: bf16 or fp32 weights), true (an error where they can't apply) or false."""
     reasons = []
     if not torch.cuda.is_available():
         reasons.append("there is no CUDA GPU")
@@ -198,4 +198,6 @@ def resolve(setting, *, precision: str, processes: int, gradient_checkpointing: 
 
         raise FlantuneError(f"train.cuda_graphs=true can't apply: {'; '.join(reasons)}. "
                             "Use train.cuda_graphs=auto (graphs where they apply) or false.")
+    if setting == "auto" and precision == "bf16-mixed":
+        return False  # autocast inside a recording has not been measured on a GPU here: only on request
     return setting is not False and not reasons

@@ -262,6 +262,7 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
             # activations of every step after the recordings: what the run holds, the pool included, does not.
             torch.cuda.empty_cache()
             throughput["gpu_memory_held_gib"] = torch.cuda.memory_reserved() / 2**30
+    trainer.graphed = None  # the graphs and their pool: the final evaluation needs that memory more
     return Trained(trainer=trainer, model=trainer.model, throughput=throughput, log_history=trainer.state.log_history,
                    best_checkpoint=trainer.state.best_model_checkpoint,
                    mixture=train_set.report(consumed, global_batch) if len(p.tasks) > 1 else None)
