@@ -117,22 +117,9 @@ def train_flops(config, batch_lengths: list[tuple[int, int]]) -> float:
     return total
 
 
-class BucketCollator:
-    """Pads a batch's inputs to a multiple of `inputs` and its labels to a multiple of `labels` (masked
-    with the pad id and -100), so a compiled graph sees a few shapes instead of one per batch."""
-
-    def __init__(self, collator, inputs: int, labels: int, pad_id: int):
-        self.collator, self.inputs, self.labels, self.pad_id = collator, inputs, labels, pad_id
-
-    def __call__(self, features):
-        batch = self.collator(features)
-        for key, multiple, fill in (("input_ids", self.inputs, self.pad_id), ("attention_mask", self.inputs, 0),
-                                    ("labels", self.labels, -100)):
-            t = batch[key]
-            extra = -t.shape[1] % multiple
-            if extra:
-                batch[key] = torch.nn.functional.pad(t, (0, extra), value=fill)
-        return batch
+def multiple_of(n: int):
+    """Rounds a length up to a multiple of n (the compiled variants' buckets)."""
+    return lambda length: -(-length // n) * n
 
 
 def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: int, warmup: int, seed: int,
@@ -246,7 +233,8 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     )
     collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)
     if opts.get("buckets"):
-        collator = BucketCollator(collator, *opts["buckets"], pad_id=tok.pad_token_id)
+        inputs, labels = opts["buckets"]
+        collator = PadToBuckets(collator, tok.pad_token_id, inputs=multiple_of(inputs), labels=multiple_of(labels))
     if opts.get("graphs"):
         collator = PadToBuckets(collator, tok.pad_token_id)
     trainer = BenchTrainer(model=model, args=args, train_dataset=data, callbacks=[Clock()], data_collator=collator)
@@ -295,15 +283,16 @@ def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, s
              "labels": torch.randint(3, 32000, (target_len,), generator=g).tolist()} for _ in range(batch * 3)]
     for size in ("flan-t5-small", "flan-t5-base", "flan-t5-large", "flan-t5-xl"):
         for method in ("full", "lora"):
-            for gc in (False, True):
+            for checkpointing in (False, True):
                 # flantune's path: CUDA graphs, except under gradient checkpointing, where they don't apply
                 variant = {("full", False): "graphs", ("full", True): "fused", ("lora", False): "lora_graphs",
-                           ("lora", True): "lora_fused"}[method, gc]
-                entry = {"model": size, "method": method, "variant": variant, "gradient_checkpointing": gc,
+                           ("lora", True): "lora_fused"}[method, checkpointing]
+                entry = {"model": size, "method": method, "variant": variant,
+                         "gradient_checkpointing": checkpointing,
                          "batch": batch, "input_len": input_len, "target_len": target_len}
                 try:
                     r = run_variant(variant, str(Path(configs) / size), data, batch=batch, steps=1, warmup=1,
-                                    seed=seed, gradient_checkpointing=gc)
+                                    seed=seed, gradient_checkpointing=checkpointing)
                     entry["peak_memory_gib"] = r["peak_memory_gib"]
                     entry["peak_reserved_gib"] = r["peak_reserved_gib"]
                     entry["held_after_gib"] = r["held_after_gib"]

@@ -15,6 +15,7 @@ processes, gradient checkpointing, fp16's loss scaling): `resolve` decides befor
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -35,18 +36,20 @@ def bucket(length: int) -> int:
 
 
 class PadToBuckets:
-    """Wraps a collator: pads inputs (pad id, attention 0) and labels (-100) up to their `bucket`."""
+    """Wraps a collator: pads inputs (pad id, attention 0) and labels (-100) up to the length that
+    `inputs` and `labels` round them to (`bucket` unless given)."""
 
-    def __init__(self, collator: Callable, pad_token_id: int):
+    def __init__(self, collator: Callable, pad_token_id: int, *, inputs: Callable[[int], int] = bucket,
+                 labels: Callable[[int], int] = bucket):
         self.collator = collator
-        self.pad_token_id = pad_token_id
+        self.sides = (("input_ids", pad_token_id, inputs), ("attention_mask", 0, inputs), ("labels", -100, labels))
 
     def __call__(self, features) -> dict:
         batch = self.collator(features)
-        for key, fill in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("labels", -100)):
+        for key, fill, round_up in self.sides:
             if key in batch:
                 t = batch[key]
-                extra = bucket(t.shape[1]) - t.shape[1]
+                extra = round_up(t.shape[1]) - t.shape[1]
                 if extra:
                     batch[key] = torch.nn.functional.pad(t, (0, extra), value=fill)
         return batch
@@ -69,28 +72,30 @@ class CudaRecorder:
         self.recorded = False
 
     def __call__(self, fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
-        device = torch.cuda.current_device()
         self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
-            if not self.recorded:  # the pool exists once a graph holds it; entering the capture frees this
-                for _ in range(self.warmup):
-                    fn()
-            else:
-                # Private API, the one torch.compile's CUDA graphs warm up with: allocations on this stream
-                # (the backward's too, which runs on autograd's thread) come from the graphs' pool.
-                torch._C._cuda_beginAllocateCurrentStreamToPool(device, self.pool)
-                try:
-                    for _ in range(self.warmup):
-                        fn()
-                finally:
-                    torch._C._cuda_endAllocateToPool(device, self.pool)
-                    torch._C._cuda_releasePool(device, self.pool)
+        # The pool exists once a graph holds it: the first warm-up allocates outside it, and entering the
+        # capture frees that memory.
+        with torch.cuda.stream(self.stream), self._into_pool() if self.recorded else contextlib.nullcontext():
+            for _ in range(self.warmup):
+                fn()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             out = fn()
         self.recorded = True
         torch.cuda.current_stream().wait_stream(self.stream)
         return graph.replay, out
+
+    @contextlib.contextmanager
+    def _into_pool(self):
+        # Private API, the one torch.compile's CUDA graphs warm up with: allocations on the current stream
+        # (the backward's too, which runs on autograd's thread) come from the graphs' pool.
+        device = torch.cuda.current_device()
+        torch._C._cuda_beginAllocateCurrentStreamToPool(device, self.pool)
+        try:
+            yield
+        finally:
+            torch._C._cuda_endAllocateToPool(device, self.pool)
+            torch._C._cuda_releasePool(device, self.pool)
 
 
 class GraphedSteps:

@@ -134,6 +134,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(groups, defaults)
         self.masters = [[p.detach().float().clone() for p in g["params"]] for g in self.param_groups]
+        self._scratch_buffer: torch.Tensor | None = None  # the fp32 gradients of one chunk at a time
         fused = all(p.is_cuda for g in self.param_groups for p in g["params"]) or None
         # One inner AdamW per chunk of a group: a chunk's fp32 gradients exist only during its update.
         self.chunks: list[tuple[int, list[int], torch.optim.AdamW]] = []
@@ -175,7 +176,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         return loss
 
     def _scratch(self, numel: int, device) -> torch.Tensor:
-        buffer = getattr(self, "_scratch_buffer", None)
+        buffer = self._scratch_buffer
         if buffer is None or buffer.numel() < numel or buffer.device != device:
             buffer = self._scratch_buffer = torch.empty(numel, dtype=torch.float32, device=device)
         return buffer[:numel]

@@ -132,6 +132,9 @@ def test_padding_to_buckets_masks_what_it_adds():
     assert torch.equal(padded["input_ids"][:, :70], plain["input_ids"])
     assert (padded["input_ids"][:, 70:] == tok.pad_token_id).all() and (padded["attention_mask"][:, 70:] == 0).all()
     assert torch.equal(padded["labels"][:, :9], plain["labels"]) and (padded["labels"][:, 9:] == -100).all()
+    fixed = PadToBuckets(DataCollatorForSeq2Seq(tok, label_pad_token_id=-100), tok.pad_token_id,
+                         inputs=lambda n: 128, labels=lambda n: n)(features)  # other rounding rules per side
+    assert fixed["input_ids"].shape == fixed["attention_mask"].shape == (2, 128) and fixed["labels"].shape == (2, 9)
     # the model's loss doesn't see the padding
     model = _tiny(seed=5)
     with torch.no_grad():
