@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flantune import rundir
-from flantune.errors import FlantuneError, did_you_mean
+from flantune.errors import FlantuneError, did_you_mean, first_line
 from flantune.modeling import is_local_path
 from flantune.overrides import parse_overrides
 
@@ -138,7 +138,7 @@ def read_yaml(path: Path, what: str) -> dict:
     except FileNotFoundError as exc:
         raise FlantuneError(f"{what} '{path}' does not exist.") from exc
     except yaml.YAMLError as exc:
-        raise FlantuneError(f"{what} '{path}' is not valid YAML: {str(exc).splitlines()[0]}.") from exc
+        raise FlantuneError(f"{what} '{path}' is not valid YAML: {first_line(exc)}.") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -247,8 +247,7 @@ def _merge(cfg: DictConfig, patch: dict, where: str) -> DictConfig:
 
 def _describe_omegaconf_error(exc: OmegaConfBaseException, where: str) -> str:
     key = getattr(exc, "full_key", None) or "?"
-    first = str(exc).splitlines()[0]
-    return (f"Bad value for config key '{key}' ({where}): {first}. Check the value's type "
+    return (f"Bad value for config key '{key}' ({where}): {first_line(exc)}. Check the value's type "
             f"(a number for rates and sizes, true/false for switches); `flantune config` prints every key.")
 
 

@@ -151,7 +151,7 @@ class GraphedSteps:
         return loss.detach()
 
     def _record(self, inputs: dict):
-        from flantune.errors import FlantuneError
+        from flantune.errors import FlantuneError, first_line
         from flantune.kernels import clear_mask_cache
 
         static = {name: value.clone() for name, value in inputs.items()}
@@ -160,8 +160,7 @@ class GraphedSteps:
         except RuntimeError as exc:
             # A failed capture leaves CUDA's random-number state mid-capture, so even eager steps fail
             # after it: stop with the cause rather than train on in a broken state.
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise FlantuneError(f"Recording the training step as a CUDA graph failed ({first}). "
+            raise FlantuneError(f"Recording the training step as a CUDA graph failed ({first_line(exc)}). "
                                 "Train without graphs: train.cuda_graphs=false.") from exc
         finally:
             clear_mask_cache()  # masks made while recording live in the graphs' memory pool
@@ -199,7 +198,7 @@ def resolve(setting, *, precision: str, processes: int, gradient_checkpointing: 
     if precision == "fp16":
         reasons.append("precision=fp16 scales the loss outside the recorded step")
     if setting is True and reasons:
-        from flantune.errors import FlantuneError
+        from flantune.errors import FlantuneError, first_line
 
         raise FlantuneError(f"train.cuda_graphs=true can't apply: {'; '.join(reasons)}. "
                             "Use train.cuda_graphs=auto (graphs where they apply) or false.")

@@ -12,6 +12,12 @@ class FlantuneError(Exception):
     exit_code = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name where the message is empty): enough to
+    say what went wrong inside a one-paragraph error."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(str(word), sorted(set(candidates)), n=n, cutoff=0.6)
 

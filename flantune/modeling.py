@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flantune.errors import FlantuneError
+from flantune.errors import FlantuneError, first_line
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
 ADAPTER = "adapter_config.json"
@@ -41,10 +41,6 @@ def is_local_path(path: str) -> bool:
 def _load_target(path: str) -> str:
     """What from_pretrained is given: a local folder with ~ expanded, else the hub id as is."""
     return str(Path(path).expanduser()) if is_local_path(path) else path
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def adapter_base(path: str) -> str | None:
@@ -127,7 +123,7 @@ def load_model(cfg: DictConfig, seed: int):
         else:
             model = AutoModelForSeq2SeqLM.from_pretrained(_load_target(str(m.path)))
     except OSError as exc:
-        raise FlantuneError(f"Could not load model '{m.path}' ({_first_line(exc)}). {OFFLINE_HINT}") from exc
+        raise FlantuneError(f"Could not load model '{m.path}' ({first_line(exc)}). {OFFLINE_HINT}") from exc
     except ValueError as exc:
         raise FlantuneError(
             f"'{m.path}' is not a sequence-to-sequence model that AutoModelForSeq2SeqLM can load ({exc}). "
@@ -187,7 +183,7 @@ def config_model_type(cfg: DictConfig) -> str:
         return AutoConfig.from_pretrained(adapter_base(str(m.path)) or _load_target(str(m.path))).model_type
     except OSError as exc:
         raise FlantuneError(
-            f"Could not load the config of model '{m.path}' ({_first_line(exc)}). {OFFLINE_HINT}"
+            f"Could not load the config of model '{m.path}' ({first_line(exc)}). {OFFLINE_HINT}"
         ) from exc
 
 

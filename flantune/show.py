@@ -16,7 +16,7 @@ from rich.table import Table
 
 from flantune.data import load_rows, render_row
 from flantune.console import console as make_console
-from flantune.errors import FlantuneError
+from flantune.errors import FlantuneError, first_line
 from flantune.modeling import is_local_path
 from flantune.task import Task
 
@@ -43,7 +43,7 @@ def load_tokenizer(name_or_path: str | None):
         return AutoTokenizer.from_pretrained(str(Path(target).expanduser()) if looks_local else target)
     except OSError as exc:
         raise FlantuneError(
-            f"Could not load tokenizer '{target}' ({str(exc).splitlines()[0]}). Offline, give tokenizer=PATH of a "
+            f"Could not load tokenizer '{target}' ({first_line(exc)}). Offline, give tokenizer=PATH of a "
             "local folder, or leave it out for the FLAN-T5 tokenizer shipped with flantune."
         ) from exc
 
