@@ -50,6 +50,7 @@ class FlantuneTrainer(Seq2SeqTrainer):
         self.sampler_factory = sampler_factory
         self.cuda_graphs = cuda_graphs
         self.graphed = None  # flantune.cuda_graphs.GraphedSteps, made at the first step
+        self._flops_per_input_token: int | None = None
         self.useful_tokens = 0  # non-pad input tokens + label tokens actually trained on
         self.padded_tokens = 0  # the same, padding included
         self.train_examples = 0
@@ -80,6 +81,17 @@ class FlantuneTrainer(Seq2SeqTrainer):
         inputs = self._prepare_inputs(inputs)
         share = self.token_share(inputs, num_items_in_batch)
         return self.graphed.step(inputs, share if share is not None else 1.0 / self.current_gradient_accumulation_steps)
+
+    def floating_point_ops(self, inputs) -> int:
+        # The trainer's estimate, 6 x input tokens x non-embedding parameters, counts the parameters by walking
+        # every module and parameter of the model, on each step: 2.8 ms of host time a step for flan-t5-large
+        # (bench/RESULTS.md). The count doesn't change while training.
+        main = getattr(self.model, "main_input_name", "input_ids")
+        if main not in inputs:
+            return 0
+        if self._flops_per_input_token is None:
+            self._flops_per_input_token = super().floating_point_ops({main: inputs[main][:1, :1]})
+        return self._flops_per_input_token * inputs[main].numel()
 
     def token_share(self, inputs, num_items_in_batch):
         """This batch's share of the label tokens of its optimizer step (every micro-batch and process), or

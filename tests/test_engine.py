@@ -233,3 +233,24 @@ def test_gradient_accumulation_trains_like_the_whole_batch(cli, tmp_path, shared
     assert len(logs[1]) == 3
     for whole, accumulated in zip(logs[1], logs[2]):
         assert accumulated == pytest.approx(whole, rel=1e-5)
+
+
+def test_flops_estimate_is_the_trainers_with_the_parameters_counted_once(tmp_path, monkeypatch):
+    """FlantuneTrainer keeps the trainer's FLOP estimate (logged as total_flos) without walking the model's
+    modules and parameters on every step."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from flantune.modeling import load_model
+    from flantune.training import FlantuneTrainer
+
+    model = load_model(load_config(["model=tiny"]), 0)
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = FlantuneTrainer(model=model, args=args, evaluator=None, sampler_factory=None)
+    batches = [{"input_ids": torch.ones(b, n, dtype=torch.long), "labels": torch.ones(b, 3, dtype=torch.long)}
+               for b, n in ((4, 7), (16, 300), (1, 1))]
+    expected = [Seq2SeqTrainer.floating_point_ops(trainer, b) for b in batches]
+    counted = []
+    original = type(model).num_parameters
+    monkeypatch.setattr(type(model), "num_parameters", lambda self, **kw: counted.append(kw) or original(self, **kw))
+    assert [trainer.floating_point_ops(b) for b in batches * 2] == expected * 2
+    assert expected[0] > 0 and len(counted) == 1
