@@ -11,7 +11,10 @@ Recipes (each trains the tiny T5 from the same seed on the same tokenised exampl
                   run_summarization.py);
   flantune        flantune's training path: length-grouped (k-d) batches, T5's bias on fused SDPA,
                   fused RMSNorm and GELU, no key/value cache while training.
+Two more rows read the validation losses: the example script with another random order (the noise between
+orders), and flantune with batches grouped by input length alone (train.sampling=input_length_grouped).
 Each recipe runs in its own process, so its peak memory (max RSS) is its own.
+`--padding-only` prints the pad fractions over whole train splits alone (about a minute).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ RECIPES = ("notebook", "example-script", "flantune")
 # The example-script recipe again with another data order: the spread of validation losses between two
 # random orders is the noise a "same validation loss" comparison has to be read against.
 ORDER_CHECK = "example-script, 2nd order"
+# flantune with train.sampling=input_length_grouped: batches of similar input length, labels mixed
+INPUT_GROUPED = "flantune, input lengths"
 DATASETS = ("imdb", "samsum")
 
 
@@ -110,7 +115,8 @@ def child(args) -> None:
     class Trainer(Seq2SeqTrainer):
         def _get_train_sampler(self, train_dataset=None):
             if args.recipe == "flantune":
-                return LengthGroupedSampler(lengths, args.batch, data_seed)
+                keys = lengths[:, :1] if args.sampling == "input_length_grouped" else lengths
+                return LengthGroupedSampler(keys, args.batch, data_seed)
             return super()._get_train_sampler(train_dataset)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -145,7 +151,8 @@ def child(args) -> None:
 def run_child(recipe: str, dataset: str, args, save_model: str | None = None) -> dict:
     out = Path(tempfile.mkdtemp()) / "result.json"
     order = ["--data-seed", str(args.seed + 1)] if recipe == ORDER_CHECK else []
-    recipe_arg = "example-script" if recipe == ORDER_CHECK else recipe
+    order += ["--sampling", "input_length_grouped"] if recipe == INPUT_GROUPED else []
+    recipe_arg = {ORDER_CHECK: "example-script", INPUT_GROUPED: "flantune"}.get(recipe, recipe)
     cmd = [sys.executable, __file__, "--child", "--recipe", recipe_arg, "--dataset", dataset, "--data-dir", args.data_dir,
            "--examples", str(args.examples), "--valid-examples", str(args.valid_examples), "--batch", str(args.batch),
            "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads),
@@ -187,8 +194,32 @@ def padding_over_epochs(args) -> list[dict]:
         rows.append({"set": name, "examples": int(len(lens)),
                      "random": pad_fraction(lens, shuffled, args.batch),
                      "sorted_by_input": pad_fraction(lens, np.concatenate(by_input), args.batch),
-                     "flantune_kd": pad_fraction(lens, grouped, args.batch)})
+                     "flantune_kd": pad_fraction(lens, grouped, args.batch),
+                     **graph_shapes(lens, args.batch, args.seed)})
     return rows
+
+
+def graph_shapes(lengths: np.ndarray, batch: int, seed: int, max_graphs: int = 64) -> dict:
+    """flantune's GPU path with CUDA graphs: k-d batches padded up the bucket ladder, over two epochs. The
+    pad fraction, the distinct batch shapes, and the share of batches whose shape is among the first
+    `max_graphs` (those replay a graph; the rest train eagerly)."""
+    from flantune.batching import LengthGroupedSampler
+    from flantune.cuda_graphs import bucket
+
+    sampler = LengthGroupedSampler(lengths, batch, seed)
+    useful = padded = 0
+    shapes: dict[tuple, int] = {}  # shape -> batches, in order of first use
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        for rows in sampler.batches():
+            top = lengths[rows].max(axis=0)
+            shape = (len(rows), bucket(int(top[0])), bucket(int(top[1])))
+            shapes[shape] = shapes.get(shape, 0) + 1
+            useful += int(lengths[rows].sum())
+            padded += len(rows) * (shape[1] + shape[2])
+    counts = list(shapes.values())
+    return {"graphs_ladder": 1 - useful / padded, "graph_shapes": len(shapes),
+            "graphed_batches": sum(counts[:max_graphs]) / sum(counts)}
 
 
 def rank_vs_generate(model_dir: str, args) -> list[dict]:
@@ -248,7 +279,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "cpu.json"))
+    ap.add_argument("--padding-only", action="store_true", help="only the pad fractions over whole train splits")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sampling", default="length_grouped", help=argparse.SUPPRESS)  # the flantune recipe's
     ap.add_argument("--recipe", help=argparse.SUPPRESS)
     ap.add_argument("--dataset", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -258,12 +291,15 @@ def main(argv=None) -> None:
     if args.child:
         child(args)
         return
+    if args.padding_only:  # the padding table alone: a minute, no training
+        print_padding(padding_over_epochs(args), args.batch)
+        return
 
     report: dict = {"machine": f"{os.cpu_count()} CPU cores", "torch": torch.__version__, "args": vars(args),
                     "training": []}
     model_dir = tempfile.mkdtemp()
     for dataset in DATASETS:
-        for recipe in (*RECIPES, ORDER_CHECK):
+        for recipe in (*RECIPES, ORDER_CHECK, INPUT_GROUPED):
             save = model_dir if (dataset, recipe) == ("imdb", "flantune") else None
             r = run_child(recipe, dataset, args, save_model=save)
             report["training"].append(r)
@@ -285,13 +321,10 @@ def print_report(report: dict) -> None:
     by = {(r["dataset"], r["recipe"]): r for r in report["training"]}
     for (dataset, recipe), r in by.items():
         ours = by[(dataset, "flantune")]["useful_tokens_per_s"]
-        ratio = "" if recipe in ("flantune", ORDER_CHECK) else f"{ours / r['useful_tokens_per_s']:.2f}"
+        ratio = "" if recipe in ("flantune", ORDER_CHECK, INPUT_GROUPED) else f"{ours / r['useful_tokens_per_s']:.2f}"
         print(f"{dataset:8s} {recipe:26s} {r['useful_tokens_per_s']:12,.0f} {r['examples_per_s']:7.1f} "
               f"{r['pad_fraction']:6.1%} {r['peak_rss_mib']:8.0f} {r['validation_loss']:9.4f} {ratio:>10s}")
-    print(f"\npad fraction over one epoch of the whole train split (batch {report['args']['batch']})")
-    for p in report["padding"]:
-        print(f"  {p['set']:28s} {p['examples']:7,d} examples: random {p['random']:6.1%}  sorted by input "
-              f"{p['sorted_by_input']:6.1%}  flantune {p['flantune_kd']:6.1%}")
+    print_padding(report["padding"], report["args"]["batch"])
     print("\nimdb classification, the flantune-trained model above")
     for e in report["evaluation"]:
         print(f"  {e['mode']:9s} {e['examples_per_s']:7.1f} examples/s  accuracy {e['accuracy']:5.1f}  "
@@ -300,6 +333,14 @@ def print_report(report: dict) -> None:
     print(f"\ndata preparation, all of IMDB train: first run {c['first_run_s']:.1f} s, second run "
           f"{c['second_run_s']:.2f} s ({c['speedup']:.0f}x)")
     print(f"`flantune tasks`: {report['tasks_command_s']:.2f} s (median of 5, Python start-up included)")
+
+
+def print_padding(padding: list[dict], batch: int) -> None:
+    print(f"\npad fraction over one epoch of the whole train split (batch {batch})")
+    for p in padding:
+        print(f"  {p['set']:28s} {p['examples']:7,d} examples: random {p['random']:6.1%}  sorted by input "
+              f"{p['sorted_by_input']:6.1%}  flantune {p['flantune_kd']:6.1%}  GPU graph ladder over 2 epochs "
+              f"{p['graphs_ladder']:6.1%} ({p['graph_shapes']} shapes, {p['graphed_batches']:.1%} of batches graphed)")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from flantune.overrides import parse_overrides
 
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
 CLASSIFY = ("rank", "generate")
-SAMPLING = ("length_grouped", "random")
+SAMPLING = ("length_grouped", "input_length_grouped", "random")
 METHODS_DIR, MODELS_DIR, MIXTURES_DIR = "method", "model", "mixture"
 
 
