@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def child(args) -> None:
         DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, default_data_collator,
     )
 
-    from flantune.batching import LengthGroupedSampler
+    from flantune.batching import LengthGroupedSampler, grouping_keys
     from flantune.config import load_config
     from flantune.modeling import load_model, prepare_for_training
 
@@ -115,8 +116,7 @@ def child(args) -> None:
     class Trainer(Seq2SeqTrainer):
         def _get_train_sampler(self, train_dataset=None):
             if args.recipe == "flantune":
-                keys = lengths[:, :1] if args.sampling == "input_length_grouped" else lengths
-                return LengthGroupedSampler(keys, args.batch, data_seed)
+                return LengthGroupedSampler(grouping_keys(lengths, args.sampling), args.batch, data_seed)
             return super()._get_train_sampler(train_dataset)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -199,26 +199,48 @@ def padding_over_epochs(args) -> list[dict]:
     return rows
 
 
-def graph_shapes(lengths: np.ndarray, batch: int, seed: int, max_graphs: int = 64) -> dict:
-    """flantune's GPU path with CUDA graphs: k-d batches padded up the bucket ladder, over two epochs. The
-    pad fraction, the distinct batch shapes, and the share of batches whose shape is among the first
-    `max_graphs` (those replay a graph; the rest train eagerly)."""
-    from flantune.batching import LengthGroupedSampler
+def graph_shapes(lengths: np.ndarray, batch: int, seed: int) -> dict:
+    """flantune's GPU path with CUDA graphs: k-d batches padded up the bucket ladder, over two epochs."""
     from flantune.cuda_graphs import bucket
 
-    sampler = LengthGroupedSampler(lengths, batch, seed)
-    useful = padded = 0
+    return ladder_padding(BatchTops.of(lengths, batch, seed), bucket, bucket)
+
+
+@dataclass
+class BatchTops:
+    """The k-d batches of epochs 0 and 1, in training order: each batch's longest input and label, its
+    rows and its epoch, and the useful tokens of them all."""
+    tops: np.ndarray  # (batches, 2)
+    rows: np.ndarray
+    epoch: np.ndarray
+    useful: int
+
+    @classmethod
+    def of(cls, lengths: np.ndarray, batch: int, seed: int) -> BatchTops:
+        from flantune.batching import LengthGroupedSampler
+
+        sampler = LengthGroupedSampler(lengths, batch, seed)
+        batches, epochs = [], []
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            batches += sampler.batches()
+            epochs += [epoch] * (len(batches) - len(epochs))
+        return cls(tops=np.array([lengths[b].max(axis=0) for b in batches]), rows=np.array([len(b) for b in batches]),
+                   epoch=np.array(epochs), useful=int(sum(lengths[b].sum() for b in batches)))
+
+
+def ladder_padding(t: BatchTops, inputs, labels, max_graphs: int = 64) -> dict:
+    """The batches padded to the lengths `inputs` and `labels` round their longest to: the pad fraction, the
+    distinct batch shapes, and the share of batches whose shape is among the first `max_graphs` (those
+    replay a graph; the rest train eagerly)."""
     shapes: dict[tuple, int] = {}  # shape -> batches, in order of first use
-    for epoch in (0, 1):
-        sampler.set_epoch(epoch)
-        for rows in sampler.batches():
-            top = lengths[rows].max(axis=0)
-            shape = (len(rows), bucket(int(top[0])), bucket(int(top[1])))
-            shapes[shape] = shapes.get(shape, 0) + 1
-            useful += int(lengths[rows].sum())
-            padded += len(rows) * (shape[1] + shape[2])
+    padded = 0
+    for (top_in, top_label), rows in zip(t.tops.tolist(), t.rows.tolist()):
+        shape = (rows, int(inputs(top_in)), int(labels(top_label)))
+        shapes[shape] = shapes.get(shape, 0) + 1
+        padded += rows * (shape[1] + shape[2])
     counts = list(shapes.values())
-    return {"graphs_ladder": 1 - useful / padded, "graph_shapes": len(shapes),
+    return {"graphs_ladder": 1 - t.useful / padded, "graph_shapes": len(shapes),
             "graphed_batches": sum(counts[:max_graphs]) / sum(counts)}
 
 
@@ -281,7 +303,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "cpu.json"))
     ap.add_argument("--padding-only", action="store_true", help="only the pad fractions over whole train splits")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--sampling", default="length_grouped", help=argparse.SUPPRESS)  # the flantune recipe's
+    ap.add_argument("--sampling", default="length_grouped", choices=("length_grouped", "input_length_grouped"),
+                    help=argparse.SUPPRESS)  # the flantune recipe's
     ap.add_argument("--recipe", help=argparse.SUPPRESS)
     ap.add_argument("--dataset", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from run import _features, _lengths  # bench/run.py
+from run import BatchTops, _features, _lengths, ladder_padding  # bench/run.py
 
 
 def fit_boundaries(values: np.ndarray, weights: np.ndarray, k: int, align: int) -> np.ndarray:
@@ -48,35 +48,19 @@ def fit_boundaries(values: np.ndarray, weights: np.ndarray, k: int, align: int) 
     return np.array(sorted(bounds))
 
 
-def batch_maxima(lengths: np.ndarray, batches: list[np.ndarray]):
-    return np.array([lengths[b].max(axis=0) for b in batches]), np.array([len(b) for b in batches])
-
-
 def fitted_ladders(lengths: np.ndarray, batch: int, seed: int, align: int, max_shapes: int = 64) -> dict:
-    from flantune.batching import LengthGroupedSampler
-
-    sampler = LengthGroupedSampler(lengths, batch, seed)
-    epochs = []
-    for epoch in (0, 1):
-        sampler.set_epoch(epoch)
-        epochs.append(sampler.batches())
-    (top0, rows0) = batch_maxima(lengths, epochs[0])
+    t = BatchTops.of(lengths, batch, seed)
+    first = t.epoch == 0
     best = None
     for k_in in range(1, max_shapes + 1):
         k_lab = max_shapes // k_in
-        sides = [fit_boundaries(top0[:, d], rows0.astype(float), k, align) for d, k in ((0, k_in), (1, k_lab))]
+        sides = [fit_boundaries(t.tops[first, d], t.rows[first].astype(float), k, align)
+                 for d, k in ((0, k_in), (1, k_lab))]
         for d, side in enumerate(sides):  # every batch of any epoch fits under the top boundary
             side[-1] = max(side[-1], -(-lengths[:, d].max() // align) * align)
-        useful = padded = 0
-        shapes = set()
-        for batches in epochs:
-            top, rows = batch_maxima(lengths, batches)
-            padded_to = np.stack([side[np.searchsorted(side, top[:, d])] for d, side in enumerate(sides)], 1)
-            useful += sum(int(lengths[b].sum()) for b in batches)
-            padded += int((padded_to.sum(1) * rows).sum())
-            shapes |= set(zip(rows.tolist(), *padded_to.T.tolist()))
-        if best is None or 1 - useful / padded < best["pad"]:
-            best = {"pad": 1 - useful / padded, "boundaries": (len(sides[0]), len(sides[1])), "shapes": len(shapes)}
+        r = ladder_padding(t, *(lambda v, side=side: side[np.searchsorted(side, v)] for side in sides))
+        if best is None or r["graphs_ladder"] < best["pad"]:
+            best = {"pad": r["graphs_ladder"], "boundaries": (len(sides[0]), len(sides[1])), "shapes": r["graph_shapes"]}
     return best
 
 

@@ -78,6 +78,14 @@ class LengthGroupedSampler(StreamSampler):
             yield from batch.tolist()
 
 
+def grouping_keys(lengths: np.ndarray, sampling: str) -> np.ndarray:
+    """The lengths a length-grouped sampling sorts on: input and label (`length_grouped`), or input alone
+    (`input_length_grouped`; batches of one label length cost summarisation tasks validation loss against
+    random batches, grouping by input alone doesn't, at more padding: bench/RESULTS.md)."""
+    lengths = np.asarray(lengths).reshape(len(lengths), -1)
+    return lengths[:, :1] if sampling == "input_length_grouped" else lengths
+
+
 def pad_fraction(lengths: np.ndarray, rows: np.ndarray, batch_size: int) -> float:
     """Share of the tokens of padded batches that are padding, for `rows` cut every batch_size (inputs
     and labels are each padded to the longest in the batch, as DataCollatorForSeq2Seq does)."""

@@ -214,14 +214,12 @@ class TrainSet:
         return stream[np.random.default_rng([self.seed, 7919, epoch]).permutation(len(stream))]
 
     def sampler(self, batch_size: int):
-        from flantune.batching import LengthGroupedSampler, StreamSampler
+        from flantune.batching import LengthGroupedSampler, StreamSampler, grouping_keys
 
         if self.sampling == "random":
             return StreamSampler(self.epoch_stream)
-        # Batches of one label length cost summarisation tasks validation loss against random batches;
-        # grouping by input length alone doesn't, at more padding (bench/RESULTS.md).
-        keys = self.lengths[:, :1] if self.sampling == "input_length_grouped" else self.lengths
-        return LengthGroupedSampler(keys, batch_size, self.seed, stream=self.epoch_stream)
+        return LengthGroupedSampler(grouping_keys(self.lengths, self.sampling), batch_size, self.seed,
+                                    stream=self.epoch_stream)
 
     def task_of(self, rows: np.ndarray) -> np.ndarray:
         starts = np.array([self.offsets[t] for t in self.sizes])
