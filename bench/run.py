@@ -11,8 +11,10 @@ Recipes (each trains the tiny T5 from the same seed on the same tokenised exampl
                   run_summarization.py);
   flantune        flantune's training path: length-grouped (k-d) batches, T5's bias on fused SDPA,
                   fused RMSNorm and GELU, no key/value cache while training.
-Two more rows read the validation losses: the example script with another random order (the noise between
-orders), and flantune with batches grouped by input length alone (train.sampling=input_length_grouped).
+Three more rows read the validation losses: the example script with another random order (the noise between
+orders), flantune with batches grouped by input length alone (train.sampling=input_length_grouped), and
+flantune with packed rows (train.sampling=packed; as many rows per batch as make about the same number of
+steps over the same examples).
 Each recipe runs in its own process, so its peak memory (max RSS) is its own.
 `--padding-only` prints the pad fractions over whole train splits alone (about a minute).
 """
@@ -40,6 +42,8 @@ RECIPES = ("notebook", "example-script", "flantune")
 ORDER_CHECK = "example-script, 2nd order"
 # flantune with train.sampling=input_length_grouped: batches of similar input length, labels mixed
 INPUT_GROUPED = "flantune, input lengths"
+# flantune with train.sampling=packed: several examples per row, rows of one shape; as many batches as the others
+PACKED = "flantune, packed"
 DATASETS = ("imdb", "samsum")
 
 
@@ -78,6 +82,7 @@ def child(args) -> None:
         DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, default_data_collator,
     )
 
+    from flantune import packing
     from flantune.batching import LengthGroupedSampler, grouping_keys
     from flantune.config import load_config
     from flantune.modeling import load_model, prepare_for_training
@@ -103,6 +108,15 @@ def child(args) -> None:
     counts = {"useful": 0, "padded": 0, "examples": 0}
     window: dict[str, float] = {}
     warmup, steps = args.warmup, len(rows) // args.batch
+    batch = args.batch
+    packed = args.recipe == "flantune" and args.sampling == "packed"
+    if packed:  # one epoch of rows, in about as many batches as the other recipes take
+        plan = packing.PackedPlan(lambda epoch: np.random.default_rng([data_seed, epoch]).permutation(len(lengths)),
+                                  lengths, *packing.row_lengths(lengths), seed=data_seed)
+        batch = max(1, round(plan.rows_per_epoch / steps))
+        steps = plan.rows_per_epoch // batch
+        rows = packing.PackedRows(train.select_columns(["input_ids", "labels"]), plan, tok.pad_token_id, 0)
+        collator = packing.collate
 
     class Clock(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
@@ -115,6 +129,8 @@ def child(args) -> None:
 
     class Trainer(Seq2SeqTrainer):
         def _get_train_sampler(self, train_dataset=None):
+            if packed:
+                return packing.PackedSampler(plan)
             if args.recipe == "flantune":
                 return LengthGroupedSampler(grouping_keys(lengths, args.sampling), args.batch, data_seed)
             return super()._get_train_sampler(train_dataset)
@@ -123,11 +139,17 @@ def child(args) -> None:
             if self.state.global_step >= warmup:
                 counts["useful"] += int(inputs["attention_mask"].sum()) + int((inputs["labels"] != -100).sum())
                 counts["padded"] += inputs["input_ids"].numel() + inputs["labels"].numel()
-                counts["examples"] += int(inputs["input_ids"].shape[0])
+                counts["examples"] += int(packing.example_count(inputs))
             return super().training_step(model, inputs, num_items_in_batch)
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not packed:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = packing.forward(model, inputs)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+
     targs = Seq2SeqTrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, max_steps=steps, learning_rate=1e-3,
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
         logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none", seed=args.seed,
         data_seed=data_seed, disable_tqdm=True, use_cpu=True,
         dataloader_pin_memory=False,
@@ -136,7 +158,7 @@ def child(args) -> None:
     trainer.train()
     seconds = window["end"] - window["start"]
     result = {
-        "recipe": args.recipe, "dataset": args.dataset, "examples": len(rows), "batch": args.batch,
+        "recipe": args.recipe, "dataset": args.dataset, "examples": len(lengths), "batch": batch,
         "timed_steps": steps - warmup, "seconds": seconds,
         "useful_tokens_per_s": counts["useful"] / seconds, "examples_per_s": counts["examples"] / seconds,
         "pad_fraction": 1 - counts["useful"] / counts["padded"],
@@ -152,7 +174,8 @@ def run_child(recipe: str, dataset: str, args, save_model: str | None = None) ->
     out = Path(tempfile.mkdtemp()) / "result.json"
     order = ["--data-seed", str(args.seed + 1)] if recipe == ORDER_CHECK else []
     order += ["--sampling", "input_length_grouped"] if recipe == INPUT_GROUPED else []
-    recipe_arg = {ORDER_CHECK: "example-script", INPUT_GROUPED: "flantune"}.get(recipe, recipe)
+    order += ["--sampling", "packed"] if recipe == PACKED else []
+    recipe_arg = {ORDER_CHECK: "example-script", INPUT_GROUPED: "flantune", PACKED: "flantune"}.get(recipe, recipe)
     cmd = [sys.executable, __file__, "--child", "--recipe", recipe_arg, "--dataset", dataset, "--data-dir", args.data_dir,
            "--examples", str(args.examples), "--valid-examples", str(args.valid_examples), "--batch", str(args.batch),
            "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads),
@@ -195,8 +218,18 @@ def padding_over_epochs(args) -> list[dict]:
                      "random": pad_fraction(lens, shuffled, args.batch),
                      "sorted_by_input": pad_fraction(lens, np.concatenate(by_input), args.batch),
                      "flantune_kd": pad_fraction(lens, grouped, args.batch),
-                     **graph_shapes(lens, args.batch, args.seed)})
+                     **graph_shapes(lens, args.batch, args.seed), **packed_padding(lens, shuffled)})
     return rows
+
+
+def packed_padding(lengths: np.ndarray, order: np.ndarray) -> dict:
+    """train.sampling=packed at its default row lengths: one epoch's rows, one batch shape."""
+    from flantune.packing import pack_rows, row_lengths
+
+    E, D = row_lengths(lengths)
+    rows = pack_rows(lengths, order, E, D)
+    return {"packed": 1 - lengths.sum() / (len(rows) * (E + D)), "packed_row": [E, D],
+            "examples_per_row": len(lengths) / len(rows)}
 
 
 def graph_shapes(lengths: np.ndarray, batch: int, seed: int) -> dict:
@@ -303,7 +336,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "cpu.json"))
     ap.add_argument("--padding-only", action="store_true", help="only the pad fractions over whole train splits")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--sampling", default="length_grouped", choices=("length_grouped", "input_length_grouped"),
+    ap.add_argument("--sampling", default="length_grouped", choices=("length_grouped", "input_length_grouped", "packed"),
                     help=argparse.SUPPRESS)  # the flantune recipe's
     ap.add_argument("--recipe", help=argparse.SUPPRESS)
     ap.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -322,7 +355,7 @@ def main(argv=None) -> None:
                     "training": []}
     model_dir = tempfile.mkdtemp()
     for dataset in DATASETS:
-        for recipe in (*RECIPES, ORDER_CHECK, INPUT_GROUPED):
+        for recipe in (*RECIPES, ORDER_CHECK, INPUT_GROUPED, PACKED):
             save = model_dir if (dataset, recipe) == ("imdb", "flantune") else None
             r = run_child(recipe, dataset, args, save_model=save)
             report["training"].append(r)
@@ -344,7 +377,7 @@ def print_report(report: dict) -> None:
     by = {(r["dataset"], r["recipe"]): r for r in report["training"]}
     for (dataset, recipe), r in by.items():
         ours = by[(dataset, "flantune")]["useful_tokens_per_s"]
-        ratio = "" if recipe in ("flantune", ORDER_CHECK, INPUT_GROUPED) else f"{ours / r['useful_tokens_per_s']:.2f}"
+        ratio = "" if recipe in ("flantune", ORDER_CHECK, INPUT_GROUPED, PACKED) else f"{ours / r['useful_tokens_per_s']:.2f}"
         print(f"{dataset:8s} {recipe:26s} {r['useful_tokens_per_s']:12,.0f} {r['examples_per_s']:7.1f} "
               f"{r['pad_fraction']:6.1%} {r['peak_rss_mib']:8.0f} {r['validation_loss']:9.4f} {ratio:>10s}")
     print_padding(report["padding"], report["args"]["batch"])
@@ -363,7 +396,9 @@ def print_padding(padding: list[dict], batch: int) -> None:
     for p in padding:
         print(f"  {p['set']:28s} {p['examples']:7,d} examples: random {p['random']:6.1%}  sorted by input "
               f"{p['sorted_by_input']:6.1%}  flantune {p['flantune_kd']:6.1%}  GPU graph ladder over 2 epochs "
-              f"{p['graphs_ladder']:6.1%} ({p['graph_shapes']} shapes, {p['graphed_batches']:.1%} of batches graphed)")
+              f"{p['graphs_ladder']:6.1%} ({p['graph_shapes']} shapes, {p['graphed_batches']:.1%} of batches graphed)  "
+              f"packed {p['packed']:6.1%} (rows of {p['packed_row'][0]} + {p['packed_row'][1]} tokens, "
+              f"{p['examples_per_row']:.1f} examples each, 1 shape)")
 
 
 if __name__ == "__main__":

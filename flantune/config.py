@@ -27,7 +27,7 @@ from flantune.overrides import parse_overrides
 
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
 CLASSIFY = ("rank", "generate")
-SAMPLING = ("length_grouped", "input_length_grouped", "random")
+SAMPLING = ("length_grouped", "input_length_grouped", "random", "packed")
 METHODS_DIR, MODELS_DIR, MIXTURES_DIR = "method", "model", "mixture"
 
 
@@ -57,6 +57,8 @@ class TrainCfg:
     save_steps: Optional[int] = MISSING
     save_total_limit: Optional[int] = MISSING
     sampling: str = MISSING
+    packed_input_length: Optional[int] = MISSING
+    packed_label_length: Optional[int] = MISSING
     num_workers: int = MISSING
     compile: bool = MISSING
     cuda_graphs: Any = MISSING  # auto | true | false
@@ -335,7 +337,8 @@ def validate(cfg: DictConfig) -> None:
     for key, minimum in (("train.batch_size", 1), ("train.grad_accum", 1), ("eval.batch_size", 1),
                          ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1)):
         _at_least(cfg, key, minimum)
-    for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps"):
+    for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps", "train.packed_input_length",
+                "train.packed_label_length"):
         _at_least(cfg, key, 1, allow_none=True)
     if cfg.train.cuda_graphs not in (True, False, "auto"):
         raise FlantuneError(f"Config key 'train.cuda_graphs' is {cfg.train.cuda_graphs!r}; choose auto, true or false.")

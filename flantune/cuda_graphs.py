@@ -144,7 +144,9 @@ class GraphedSteps:
         for p, b in zip(self.params, self.buffers):
             p.grad = b
         torch._foreach_zero_(self.buffers)
-        loss = self.model(**static).loss * self.scale
+        from flantune.packing import forward
+
+        loss = forward(self.model, static).loss * self.scale
         loss.backward()
         for p, g in zip(self.params, saved):
             p.grad = g

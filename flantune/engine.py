@@ -95,6 +95,13 @@ def check(cfg: DictConfig) -> Plan:
             f"precision=bf16 trains bf16 weights with flantune's fp32-master AdamW, so train.optim={cfg.train.optim} "
             "can't apply. Use precision=bf16-mixed for the trainer's optimizers, or train.optim=adamw_torch."
         )
+    from flantune.kernels import T5_LAYOUT
+
+    if cfg.train.sampling == "packed" and model_type not in T5_LAYOUT:
+        raise FlantuneError(
+            f"train.sampling=packed needs full attention with T5's relative position bias ({', '.join(T5_LAYOUT)}); "
+            f"this model is a {model_type}. Use train.sampling=length_grouped."
+        )
     from flantune import cuda_graphs
 
     graphs = cuda_graphs.resolve(cfg.train.cuda_graphs, precision=precision, processes=world_size(),

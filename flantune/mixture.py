@@ -190,6 +190,8 @@ class TrainSet:
     sampling: str
     lengths: np.ndarray  # (rows, 2): input and label length
     mixing: dict[str, Any] = field(default_factory=dict)
+    row_lengths: tuple[int, int] | None = None  # sampling=packed: a row's input and label tokens
+    _plan: Any = None
 
     @property
     def epoch_size(self) -> int:
@@ -213,9 +215,22 @@ class TrainSet:
         stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return stream[np.random.default_rng([self.seed, 7919, epoch]).permutation(len(stream))]
 
+    @property
+    def plan(self):
+        """sampling=packed: the rows of every epoch (flantune.packing.PackedPlan), made once."""
+        from flantune.packing import PackedPlan
+
+        if self._plan is None:
+            self._plan = PackedPlan(self.epoch_stream, self.lengths, *self.row_lengths, seed=self.seed)
+        return self._plan
+
     def sampler(self, batch_size: int):
         from flantune.batching import LengthGroupedSampler, StreamSampler, grouping_keys
 
+        if self.sampling == "packed":
+            from flantune.packing import PackedSampler
+
+            return PackedSampler(self.plan)
         if self.sampling == "random":
             return StreamSampler(self.epoch_stream)
         return LengthGroupedSampler(grouping_keys(self.lengths, self.sampling), batch_size, self.seed,
@@ -225,12 +240,15 @@ class TrainSet:
         starts = np.array([self.offsets[t] for t in self.sizes])
         return np.searchsorted(starts, rows, side="right") - 1
 
-    def seen(self, examples: int, batch_size: int) -> dict[str, int]:
-        """Examples per task among the first `examples` the trainer drew."""
+    def seen(self, drawn: int, batch_size: int) -> dict[str, int]:
+        """Examples per task among the first `drawn` examples (packed: rows) the trainer drew."""
         names = list(self.sizes)
+        if self.sampling == "packed":
+            rows = self.plan.examples(range(drawn))
+            return dict(zip(names, np.bincount(self.task_of(rows), minlength=len(names)).tolist()))
         sampler = self.sampler(batch_size)
         seen = np.zeros(len(names), dtype=np.int64)
-        epoch, left = 0, examples
+        epoch, left = 0, drawn
         while left > 0 and self.epoch_size:
             sampler.set_epoch(epoch)
             rows = np.fromiter(iter(sampler), dtype=np.int64)[:left]
@@ -245,9 +263,9 @@ class TrainSet:
 
         return pad_fraction(self.lengths, self.epoch_stream(0), batch_size)
 
-    def report(self, examples: int, batch_size: int) -> dict[str, Any]:
-        """The mixture's settings and rates, and what the trainer's first `examples` held per task."""
-        seen = self.seen(examples, batch_size)
+    def report(self, drawn: int, batch_size: int) -> dict[str, Any]:
+        """The mixture's settings and rates, and what the trainer's first `drawn` examples (or rows) held per task."""
+        seen = self.seen(drawn, batch_size)
         total = sum(seen.values())
         return {"mixing": self.mixing, "train_sizes": self.sizes, "requested_rates": self.rates,
                 "examples_per_epoch": self.counts, "examples_seen": seen,
@@ -273,9 +291,14 @@ def build_train_set(p, tokenizer) -> TrainSet:
     cap = mixing.get("cap")
     total = sum(min(n, cap) if cap else n for n in sizes.values())
     lengths = np.stack([_column(dataset, "input_length"), _column(dataset, "label_length")], axis=1)
+    row_lengths = None
+    if cfg.train.sampling == "packed":
+        from flantune.packing import row_lengths as packed_row_lengths
+
+        row_lengths = packed_row_lengths(lengths, cfg.train.packed_input_length, cfg.train.packed_label_length)
     return TrainSet(dataset=dataset, offsets=offsets, sizes=sizes, rates=rates, counts=epoch_counts(rates, total),
                     seed=cfg.seed, sampling=cfg.train.sampling, lengths=lengths,
-                    mixing=mixing if len(sizes) > 1 else {})
+                    mixing=mixing if len(sizes) > 1 else {}, row_lengths=row_lengths)
 
 
 def mixing_settings(cfg) -> dict[str, Any]:

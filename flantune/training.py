@@ -15,7 +15,7 @@ from transformers import (
     TrainerCallback,
 )
 
-from flantune import rundir
+from flantune import packing, rundir
 from flantune.distributed import process_group, world_size
 from flantune.evaluation import SCORE, Evaluator
 from flantune.modeling import base_model_of
@@ -63,7 +63,7 @@ class FlantuneTrainer(Seq2SeqTrainer):
         # would make the host wait for the device every step.
         self.useful_tokens = self.useful_tokens + inputs["attention_mask"].sum() + (inputs["labels"] != -100).sum()
         self.padded_tokens += inputs["input_ids"].numel() + inputs["labels"].numel()
-        self.train_examples += int(inputs["input_ids"].shape[0])
+        self.train_examples = self.train_examples + packing.example_count(inputs)
         if self.cuda_graphs:
             loss = self._graphed_step(model, inputs, num_items_in_batch)
             if loss is not None:
@@ -105,7 +105,12 @@ class FlantuneTrainer(Seq2SeqTrainer):
         # mean, so the trainer, which then neither divides by the accumulation steps nor by the processes,
         # would sum the means: grad_accum=2 trained and logged twice the loss. Weighting each batch's mean by
         # its share of the step's tokens gives the step's token mean, as one batch of the same size would.
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if packing.is_packed(inputs):
+            outputs = packing.forward(model, inputs)
+            loss = outputs.loss
+        else:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
         share = self.token_share(inputs, num_items_in_batch)
         if share is not None:
             loss = loss * share
@@ -198,13 +203,23 @@ def _checkpointing(on: bool) -> dict[str, bool]:
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
 
 
-def _collator(tokenizer, cuda_graphs: bool):
+def _collator(tokenizer, cuda_graphs: bool, packed: bool):
+    if packed:  # rows of one shape already
+        return packing.collate
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     if cuda_graphs:  # a few recurring shapes, one recorded graph each
         from flantune.cuda_graphs import PadToBuckets
 
         collator = PadToBuckets(collator, tokenizer.pad_token_id)
     return collator
+
+
+def _train_dataset(train_set, tokenizer, model):
+    if train_set.sampling != "packed":
+        return train_set.dataset.select_columns(TRAIN_COLUMNS)
+    start = base_model_of(model).config.decoder_start_token_id
+    return packing.PackedRows(train_set.dataset.select_columns(["input_ids", "labels"]), train_set.plan,
+                              tokenizer.pad_token_id, tokenizer.pad_token_id if start is None else start)
 
 
 def _sum_over_processes(trainer: FlantuneTrainer) -> None:
@@ -227,9 +242,9 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
     trainer = FlantuneTrainer(
         model=model,
         args=training_arguments(p, out),
-        train_dataset=train_set.dataset.select_columns(TRAIN_COLUMNS),
+        train_dataset=_train_dataset(train_set, tokenizer, model),
         eval_dataset=evaluator.sets[0].data,  # only to satisfy the trainer's checks: `evaluate` uses the evaluator
-        data_collator=_collator(tokenizer, p.cuda_graphs),
+        data_collator=_collator(tokenizer, p.cuda_graphs, train_set.sampling == "packed"),
         processing_class=tokenizer,
         evaluator=evaluator,
         cuda_graphs=p.cuda_graphs,

@@ -81,6 +81,46 @@ def test_replayed_steps_give_the_eager_loss_and_gradients():
     assert all(p.grad is b for p, b in zip(graphed.params, graphed.buffers))
 
 
+def _packed_batch(rows, input_length, label_length, seed):
+    """Rows of two or three examples each (train.sampling=packed's inputs), padding at the end."""
+    g = torch.Generator().manual_seed(seed)
+    batch = {"input_ids": torch.randint(2, 300, (rows, input_length), generator=g),
+             "labels": torch.randint(2, 300, (rows, label_length), generator=g)}
+    for key, side, length in (("input_segment_ids", "input_ids", input_length),
+                              ("label_segment_ids", "labels", label_length)):
+        cuts = torch.randint(1, length // 3, (rows, 3), generator=g).cumsum(1)
+        positions = torch.arange(length)[None, :, None]
+        batch[key] = 3 - (positions < cuts[:, None, :]).sum(-1)  # 1, 2, 3, then 0 past the last cut
+        batch[key][batch[key] == 3] = 0
+    batch["labels"][batch["label_segment_ids"] == 0] = -100
+    batch["input_ids"][batch["input_segment_ids"] == 0] = 0
+    batch["attention_mask"] = (batch["input_segment_ids"] > 0).long()
+    batch["decoder_input_ids"] = torch.randint(2, 300, (rows, label_length), generator=g)
+    return batch
+
+
+def test_replayed_packed_rows_give_the_eager_loss_and_gradients():
+    from flantune.packing import forward
+
+    model = _tiny(seed=2)
+    reference = copy.deepcopy(model)
+    recorder = Rerun()
+    graphed = GraphedSteps(model, accumulate=False, recorder=recorder)
+    for seed in (1, 2):  # one shape: the second batch replays the first's recording
+        batch = _packed_batch(3, 32, 12, seed)
+        model.zero_grad(set_to_none=True)
+        loss = graphed.step(batch, 1.0)
+        reference.zero_grad(set_to_none=True)
+        want = forward(reference, batch).loss
+        want.backward()
+        assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+        assert loss.item() != pytest.approx(reference(**{k: batch[k] for k in ("input_ids", "attention_mask",
+                                                                                "labels")}).loss.item(), rel=1e-3)
+        for p, q in zip(model.parameters(), reference.parameters()):
+            assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-5)
+    assert recorder.recordings == 1
+
+
 def test_accumulated_micro_batches_sum_their_scaled_gradients():
     model = _tiny(seed=1)
     reference = copy.deepcopy(model)

@@ -25,9 +25,9 @@ def _bin(name: str) -> str:
         shutil.which(name)
 
 
-def _run(launcher: list[str], out: Path, batch: int, shared_data: Path) -> dict:
+def _run(launcher: list[str], out: Path, batch: int, shared_data: Path, *more: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*launcher, "-m", "flantune", "run", *OPTIONS, f"train.batch_size={batch}",
+    proc = subprocess.run([*launcher, "-m", "flantune", "run", *OPTIONS, *more, f"train.batch_size={batch}",
                            f"data_dir={shared_data}", f"output_dir={out}"], capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -39,9 +39,10 @@ def single(tmp_path_factory, shared_data):
     return _run([sys.executable], tmp_path_factory.mktemp("one") / "run", 16, shared_data)
 
 
-def _assert_same(one: dict, many: dict) -> None:
+def _assert_same(one: dict, many: dict, examples: int | None = 320) -> None:
     assert many["train"]["processes"] == 2 and many["train"]["parallelism"] == "ddp"
-    assert many["train"]["examples"] == one["train"]["examples"] == 320  # 20 steps x global batch 16
+    assert many["train"]["examples"] == one["train"]["examples"]
+    assert examples is None or one["train"]["examples"] == examples  # 20 steps x global batch 16
     a, b = one["tasks"]["imdb"], many["tasks"]["imdb"]
     assert a.keys() == b.keys()
     for key in a:
@@ -86,3 +87,15 @@ def test_sharding_configs_load_and_fit_every_t5_family_model():
     assert zero3.distributed_type == DistributedType.DEEPSPEED and zero3.deepspeed_config["zero_stage"] == 3
     # a fixed value here would make the trainer refuse any train.grad_accum or max_grad_norm that differs
     assert not {"gradient_accumulation_steps", "gradient_clipping"} & zero3.deepspeed_config.keys()
+
+
+def test_packed_rows_split_between_two_processes_match_one(tmp_path, shared_data):
+    """train.sampling=packed: the encoder runs outside DDP's forward (flantune.packing.forward); its gradients
+    must still be all-reduced. Rows hold different numbers of label tokens, so the loss is only the one-process
+    loss if each process's share of the step's tokens is weighed in."""
+    packed = ["train.sampling=packed", "train.packed_input_length=256"]
+    one = _run([sys.executable], tmp_path / "one", 4, shared_data, *packed)
+    many = _run([_bin("torchrun"), "--nproc_per_node=2", "--master_port=29535"], tmp_path / "many", 2, shared_data,
+                *packed)
+    assert one["train"]["examples"] > 20 * 4 * 2  # several examples a row
+    _assert_same(one, many, examples=None)

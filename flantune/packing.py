@@ -1,0 +1,211 @@
+"""Packed training batches (train.sampling=packed): several examples share a row of fixed input and label
+length, as in T5's own pre-training, so every batch has one shape and little of it is padding.
+
+Each example keeps to itself through masks: encoder tokens attend to their own example's tokens, decoder
+tokens to their own example's earlier tokens and, across, to their own example's input. T5's position
+bias depends only on the distance between two tokens, so an example's scores are the same at any
+offset in a row; each example's decoder input starts from the decoder start token. The loss is the
+token mean over the batch's labels, as without packing (tests/test_packing.py compares both).
+
+Rows are filled first-fit-decreasing from chunks of the epoch's stream (a seeded shuffle, or a
+mixture's draw), then shuffled: a batch is a random draw of rows. Epochs pack into slightly different
+numbers of rows, but the trainer sizes every epoch by the first, so the packed epochs run on as one
+stream and epoch k is rows k*n .. (k+1)*n of it (n = the first epoch's rows). Rows depend only on
+(seed, epoch), so a resumed run trains on the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from flantune.errors import FlantuneError
+
+Stream = Callable[[int], np.ndarray]  # epoch -> example indices
+CHUNK = 4096  # examples packed together: rows fill better from more, and stay a local draw of the stream
+ALIGN = 8  # row lengths are multiples of 8 (tensor-core friendly shapes on GPUs)
+MIN_ROW = 512  # default row input length for short inputs; more costs attention over other examples' tokens
+SEGMENT_KEYS = ("input_segment_ids", "label_segment_ids")
+
+
+def _round_up(n: float, multiple: int = ALIGN) -> int:
+    return int(-(-int(np.ceil(n)) // multiple) * multiple)
+
+
+def row_lengths(lengths: np.ndarray, input_length: int | None = None, label_length: int | None = None
+                ) -> tuple[int, int]:
+    """The input and label length of a packed row: as given, or by default the longest input (rounded up
+    to 8, and at least MIN_ROW so that short examples share rows by the dozen), and labels in the same
+    proportion to it as the data's (at least the longest label), so both fill about equally. Errors if an
+    example would not fit in a row."""
+    lengths = np.asarray(lengths).reshape(len(lengths), 2)
+    if not len(lengths):
+        raise FlantuneError("There is no training example to pack.")
+    longest_input, longest_label = (int(v) for v in lengths.max(axis=0))
+    if input_length is None:
+        input_length = max(_round_up(longest_input), MIN_ROW)
+    if label_length is None:
+        share = lengths[:, 1].sum() / max(int(lengths[:, 0].sum()), 1)
+        label_length = max(_round_up(longest_label), _round_up(input_length * share))
+    for key, given, longest, what in (("packed_input_length", input_length, longest_input, "input"),
+                                      ("packed_label_length", label_length, longest_label, "label")):
+        if given < longest:
+            raise FlantuneError(
+                f"train.{key}={given} is shorter than the longest training {what} ({longest} tokens), which could "
+                f"not be packed. Set train.{key}={_round_up(longest)} or more, or leave it null (the default)."
+            )
+    return int(input_length), int(label_length)
+
+
+def pack_rows(lengths: np.ndarray, items: np.ndarray, input_length: int, label_length: int,
+              chunk: int = CHUNK) -> list[np.ndarray]:
+    """`items` (example indices, in stream order) packed into rows: first-fit decreasing, by the share of a
+    row an example takes, within each chunk of the stream."""
+    rows: list[np.ndarray] = []
+    for start in range(0, len(items), chunk):
+        part = np.asarray(items[start:start + chunk])
+        inp, lab = lengths[part, 0], lengths[part, 1]
+        order = np.argsort(-(inp / input_length + lab / label_length), kind="stable")
+        room = np.empty((len(part), 2), dtype=np.int64)  # per open row: input and label tokens left
+        members: list[list[int]] = []
+        for j in order:
+            open_rows = room[:len(members)]
+            fits = np.flatnonzero((open_rows[:, 0] >= inp[j]) & (open_rows[:, 1] >= lab[j]))
+            if len(fits):
+                r = fits[0]
+                room[r] -= (inp[j], lab[j])
+                members[r].append(part[j])
+            else:
+                room[len(members)] = (input_length - inp[j], label_length - lab[j])
+                members.append([part[j]])
+        rows += [np.asarray(m, dtype=np.int64) for m in members]
+    return rows
+
+
+class PackedPlan:
+    """The rows of every epoch: the epochs' streams packed one after another into one stream of rows."""
+
+    def __init__(self, stream: Stream, lengths: np.ndarray, input_length: int, label_length: int, seed: int):
+        self.stream = stream
+        self.lengths = np.asarray(lengths).reshape(len(lengths), 2)
+        self.input_length, self.label_length = input_length, label_length
+        self.seed = seed
+        self._rows: list[np.ndarray] = []
+        self._packed_epochs = 0
+        self.rows_per_epoch = len(self._pack_next())
+
+    def _pack_next(self) -> list[np.ndarray]:
+        epoch = self._packed_epochs
+        rows = pack_rows(self.lengths, self.stream(epoch), self.input_length, self.label_length)
+        order = np.random.default_rng([self.seed, 7411, epoch]).permutation(len(rows))
+        rows = [rows[i] for i in order]
+        self._rows += rows
+        self._packed_epochs += 1
+        return rows
+
+    def row(self, index: int) -> np.ndarray:
+        """The example indices of row `index` of the stream of rows."""
+        while index >= len(self._rows):
+            if not self._pack_next():
+                raise IndexError(index)
+        return self._rows[index]
+
+    def examples(self, rows: range) -> np.ndarray:
+        return np.concatenate([self.row(i) for i in rows]) if len(rows) else np.zeros(0, dtype=np.int64)
+
+
+class PackedSampler(Sampler[int]):
+    """The row indices of an epoch (the trainer cuts them into batches of batch_size rows)."""
+
+    def __init__(self, plan: PackedPlan):
+        self.plan = plan
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        n = self.plan.rows_per_epoch
+        yield from range(self.epoch * n, (self.epoch + 1) * n)
+
+    def __len__(self) -> int:
+        return self.plan.rows_per_epoch
+
+
+class PackedRows(Dataset):
+    """Row i of the plan as the model's inputs: input ids, labels, the decoder's inputs (each example's
+    labels shifted right behind the start token) and, per token, its example's number in the row (1, 2, ...;
+    0 is padding)."""
+
+    def __init__(self, examples, plan: PackedPlan, pad_token_id: int, decoder_start_token_id: int):
+        self.examples = examples  # the tokenised train set: input_ids and labels
+        self.plan = plan
+        self.pad, self.start = pad_token_id, decoder_start_token_id
+
+    def __len__(self) -> int:
+        return self.plan.rows_per_epoch
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        E, D = self.plan.input_length, self.plan.label_length
+        rows = self.examples[self.plan.row(int(index)).tolist()]
+        out = {"input_ids": np.full(E, self.pad), "attention_mask": np.zeros(E), "labels": np.full(D, -100),
+               "decoder_input_ids": np.full(D, self.pad), "input_segment_ids": np.zeros(E),
+               "label_segment_ids": np.zeros(D)}
+        i = j = 0
+        for segment, (inputs, labels) in enumerate(zip(rows["input_ids"], rows["labels"]), start=1):
+            out["input_ids"][i:i + len(inputs)] = inputs
+            out["input_segment_ids"][i:i + len(inputs)] = segment
+            out["labels"][j:j + len(labels)] = labels
+            out["decoder_input_ids"][j:j + len(labels)] = [self.start, *labels[:-1]]
+            out["label_segment_ids"][j:j + len(labels)] = segment
+            i, j = i + len(inputs), j + len(labels)
+        out["attention_mask"][:i] = 1
+        return out
+
+
+def collate(rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(np.stack([r[key] for r in rows]).astype(np.int64)) for key in rows[0]}
+
+
+def is_packed(inputs: dict) -> bool:
+    return SEGMENT_KEYS[0] in inputs
+
+
+def masks(input_segments: torch.Tensor, label_segments: torch.Tensor, dtype=torch.float32):
+    """Additive (batch, 1, queries, keys) masks, 0 where a token may attend and the dtype's minimum where not
+    (the form every attention implementation adds to its scores): the encoder's, the decoder's (causal) and
+    the decoder's across to the encoder. Padding attends to padding, and padding in the decoder to every
+    input, so that no query is left without a key."""
+    same = lambda a, b: (a[:, :, None] == b[:, None, :])[:, None]
+    length = label_segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=label_segments.device).tril()
+    allowed = (same(input_segments, input_segments), same(label_segments, label_segments) & causal,
+               same(label_segments, input_segments) | (label_segments == 0)[:, None, :, None])
+    blocked = torch.finfo(dtype).min
+    return tuple(torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, blocked) for m in allowed)
+
+
+def forward(model, inputs: dict):
+    """The model's outputs (and loss) on a batch, packed or not."""
+    if not is_packed(inputs):
+        return model(**inputs)
+    from flantune.modeling import base_model_of
+
+    dtype = next(model.parameters()).dtype
+    encoder_mask, decoder_mask, cross_mask = masks(inputs["input_segment_ids"], inputs["label_segment_ids"], dtype)
+    # T5 would use one mask for the encoder and across: given the encoder's outputs, the mask it is passed
+    # is the cross-attention's alone.
+    encoder = base_model_of(getattr(model, "module", model)).get_encoder()
+    encoded = encoder(input_ids=inputs["input_ids"], attention_mask=encoder_mask)
+    return model(encoder_outputs=encoded, attention_mask=cross_mask, decoder_input_ids=inputs["decoder_input_ids"],
+                 decoder_attention_mask=decoder_mask, labels=inputs["labels"])
+
+
+def example_count(inputs: dict) -> torch.Tensor | int:
+    """Examples in a batch: rows, or for packed rows the examples in them (a tensor where the batch is)."""
+    if is_packed(inputs):
+        return inputs["label_segment_ids"].amax(dim=1).sum()
+    return int(inputs["input_ids"].shape[0])

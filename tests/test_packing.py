@@ -1,0 +1,143 @@
+"""train.sampling=packed: packed rows train exactly as the same examples padded one per row, every example
+of an epoch lands in one row, rows respect their lengths, and a run trains on packed rows end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from flantune import packing
+from flantune.errors import FlantuneError
+from flantune.modeling import prepare_for_training
+
+
+def _tiny(seed=0, fast=True):
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=300, d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2,
+                   feed_forward_proj="gated-gelu", dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
+                   eos_token_id=1, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                   attn_implementation="eager")
+    model = T5ForConditionalGeneration(cfg)
+    return prepare_for_training(model, "fp32", False) if fast else model
+
+
+def _examples(lengths, seed=0):
+    g = np.random.default_rng(seed)
+    return datasets.Dataset.from_dict({
+        "input_ids": [g.integers(2, 300, n).tolist() + [1] for n, _ in lengths],
+        "labels": [g.integers(2, 300, m).tolist() + [1] for _, m in lengths],
+    })
+
+
+def _padded(ds):
+    """The examples one per row, padded as DataCollatorForSeq2Seq pads them."""
+    E = max(len(x) for x in ds["input_ids"])
+    D = max(len(x) for x in ds["labels"])
+    ids = torch.tensor([x + [0] * (E - len(x)) for x in ds["input_ids"]])
+    mask = torch.tensor([[1] * len(x) + [0] * (E - len(x)) for x in ds["input_ids"]])
+    labels = torch.tensor([x + [-100] * (D - len(x)) for x in ds["labels"]])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _packed(ds, input_length, label_length):
+    lengths = np.array([[len(a), len(b)] for a, b in zip(ds["input_ids"], ds["labels"])])
+    plan = packing.PackedPlan(lambda epoch: np.arange(len(ds)), lengths, input_length, label_length, seed=0)
+    rows = packing.PackedRows(ds, plan, pad_token_id=0, decoder_start_token_id=0)
+    return packing.collate([rows[i] for i in range(len(rows))])
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    loss = packing.forward(model, batch).loss
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+# Lengths over T5's position buckets (distances up to 16 here), and a row whose inputs fill it exactly: its
+# padded decoder positions then have no padded input to attend to.
+@pytest.mark.parametrize("input_length,label_length", [(64, 24), (48, 24), (29, 16)])
+@pytest.mark.parametrize("fast", [True, False], ids=["flantune-attention", "eager"])
+def test_packed_rows_give_the_loss_and_gradients_of_the_unpacked_batch(input_length, label_length, fast):
+    ds = _examples([(12, 5), (19, 3), (8, 9), (15, 2), (3, 4)])
+    model = _tiny(fast=fast)
+    packed = _packed(ds, input_length, label_length)
+    assert packed["input_ids"].shape[0] < len(ds)  # several examples share a row
+    assert packed["input_ids"].shape[1:] == (input_length,) and packed["labels"].shape[1:] == (label_length,)
+    loss, grads = _loss_and_grads(model, _padded(ds))
+    packed_loss, packed_grads = _loss_and_grads(copy.deepcopy(model), packed)
+    assert packed_loss == pytest.approx(loss, rel=1e-5)
+    for name, grad in grads.items():
+        assert torch.allclose(packed_grads[name], grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_a_row_holds_each_examples_tokens_in_order_with_its_own_decoder_start():
+    ds = _examples([(4, 2), (2, 3)])
+    row = _packed(ds, 16, 8)
+    ids, labels = ds["input_ids"], ds["labels"]
+    first, second = (0, 1) if row["input_ids"][0, 0] == ids[0][0] else (1, 0)
+    assert row["input_ids"][0].tolist() == ids[first] + ids[second] + [0] * (16 - len(ids[0]) - len(ids[1]))
+    assert row["labels"][0].tolist() == labels[first] + labels[second] + [-100] * (8 - 7)
+    assert row["decoder_input_ids"][0].tolist() == [0] + labels[first][:-1] + [0] + labels[second][:-1] + [0]
+    assert row["input_segment_ids"][0].tolist()[:len(ids[first]) + 1] == [1] * len(ids[first]) + [2]
+    assert row["attention_mask"][0].sum() == len(ids[0]) + len(ids[1])
+    assert packing.example_count(row) == 2
+
+
+def _lognormal_lengths(n, seed=0):
+    g = np.random.default_rng(seed)
+    inputs = np.clip(g.lognormal(4.8, 0.6, n).astype(int), 5, 512)
+    labels = np.clip((inputs * g.uniform(0.05, 0.4, n)).astype(int), 2, 94)
+    return np.stack([inputs, labels], 1)
+
+
+def test_an_epoch_packs_every_example_once_within_the_row_lengths():
+    lengths = _lognormal_lengths(5000)
+    E, D = packing.row_lengths(lengths)
+    assert E == 512 and D >= 96 and D % 8 == 0
+    stream = lambda epoch: np.random.default_rng([3, epoch]).permutation(len(lengths))
+    plan = packing.PackedPlan(stream, lengths, E, D, seed=1)
+    first = [plan.row(i) for i in range(plan.rows_per_epoch)]
+    assert sorted(np.concatenate(first).tolist()) == list(range(len(lengths)))
+    used = np.array([lengths[r].sum(axis=0) for r in first])
+    assert (used[:, 0] <= E).all() and (used[:, 1] <= D).all()
+    pad = 1 - lengths.sum() / (len(first) * (E + D))
+    assert pad < 0.06  # one row per example would pad 68%
+    # the same seed and epoch give the same rows, epoch 1 is another packing
+    again = packing.PackedPlan(stream, lengths, E, D, seed=1)
+    assert all(np.array_equal(again.row(i), first[i]) for i in range(len(first)))
+    n = plan.rows_per_epoch
+    assert not all(np.array_equal(plan.row(n + i), first[i]) for i in range(10))
+
+
+def test_row_lengths_that_cut_an_example_are_refused_with_the_fix():
+    lengths = np.array([[300, 20], [40, 90]])
+    assert packing.row_lengths(lengths // 10, None, None)[0] == packing.MIN_ROW  # short inputs share longer rows
+    with pytest.raises(FlantuneError, match=r"train.packed_input_length=256 .* longest training input \(300"):
+        packing.row_lengths(lengths, 256, None)
+    with pytest.raises(FlantuneError, match=r"packed_label_length=96 or more"):
+        packing.row_lengths(lengths, None, 64)
+    # the longest input rounded up to 8; labels at the data's share, (20 + 90) / (300 + 40) x 304 = 98.4 -> 104
+    assert packing.row_lengths(lengths, 304, None) == (304, 104)
+
+
+def test_a_packed_run_trains_and_counts_examples_not_rows(cli, tmp_path, shared_data):
+    """A mixture of long and short inputs in rows of 512 tokens: 4 steps of 2 rows train many more examples
+    than 8, and the mixture report counts the same examples as the trainer did."""
+    out = tmp_path / "run"
+    code, _, err = cli("run", "task=[samsum,emotion]", "model=tiny", "train.sampling=packed", "train.batch_size=2",
+                       "train.packed_input_length=512", "train.max_steps=4", "train.eval_steps=100",
+                       "data.max_train_examples=400", "data.max_eval_examples=8", "tasks.samsum.max_input_length=128",
+                       "tasks.samsum.max_target_length=32", f"data_dir={shared_data}", f"output_dir={out}")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    throughput = metrics["train"]
+    assert throughput["steps"] == 4
+    assert throughput["examples"] >= 4 * 8  # 8 rows, at least 4 examples each
+    assert throughput["pad_fraction"] < throughput["pad_fraction_random_batching"] / 1.5
+    assert sum(metrics["mixture"]["examples_seen"].values()) == throughput["examples"]
