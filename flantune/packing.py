@@ -86,7 +86,8 @@ def pack_rows(lengths: np.ndarray, items: np.ndarray, input_length: int, label_l
 
 
 class PackedPlan:
-    """The rows of every epoch: the epochs' streams packed one after another into one stream of rows."""
+    """The rows of every epoch: the epochs' streams packed one after another into one stream of rows, each
+    epoch's rows shuffled (first-fit decreasing fills the rows of a chunk largest examples first)."""
 
     def __init__(self, stream: Stream, lengths: np.ndarray, input_length: int, label_length: int, seed: int):
         self.stream = stream
@@ -151,9 +152,9 @@ class PackedRows(Dataset):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         E, D = self.plan.input_length, self.plan.label_length
         rows = self.examples[self.plan.row(int(index)).tolist()]
-        out = {"input_ids": np.full(E, self.pad), "attention_mask": np.zeros(E), "labels": np.full(D, -100),
-               "decoder_input_ids": np.full(D, self.pad), "input_segment_ids": np.zeros(E),
-               "label_segment_ids": np.zeros(D)}
+        full = lambda n, value: np.full(n, value, dtype=np.int64)
+        out = {"input_ids": full(E, self.pad), "attention_mask": full(E, 0), "labels": full(D, -100),
+               "decoder_input_ids": full(D, self.pad), "input_segment_ids": full(E, 0), "label_segment_ids": full(D, 0)}
         i = j = 0
         for segment, (inputs, labels) in enumerate(zip(rows["input_ids"], rows["labels"]), start=1):
             out["input_ids"][i:i + len(inputs)] = inputs
@@ -167,7 +168,7 @@ class PackedRows(Dataset):
 
 
 def collate(rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    return {key: torch.from_numpy(np.stack([r[key] for r in rows]).astype(np.int64)) for key in rows[0]}
+    return {key: torch.from_numpy(np.stack([r[key] for r in rows])) for key in rows[0]}
 
 
 def is_packed(inputs: dict) -> bool:
