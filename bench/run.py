@@ -83,7 +83,7 @@ def child(args) -> None:
     )
 
     from flantune import packing
-    from flantune.batching import LengthGroupedSampler, grouping_keys
+    from flantune.batching import LengthGroupedSampler, StreamSampler, grouping_keys
     from flantune.config import load_config
     from flantune.modeling import load_model, prepare_for_training
 
@@ -115,7 +115,8 @@ def child(args) -> None:
                                   lengths, *packing.row_lengths(lengths), seed=data_seed)
         batch = max(1, round(plan.rows_per_epoch / steps))
         steps = plan.rows_per_epoch // batch
-        rows = packing.PackedRows(train.select_columns(["input_ids", "labels"]), plan, tok.pad_token_id, 0)
+        rows = packing.PackedRows(train.select_columns(["input_ids", "labels"]), plan, tok.pad_token_id,
+                                  model.config.decoder_start_token_id)
         collator = packing.collate
 
     class Clock(TrainerCallback):
@@ -130,7 +131,7 @@ def child(args) -> None:
     class Trainer(Seq2SeqTrainer):
         def _get_train_sampler(self, train_dataset=None):
             if packed:
-                return packing.PackedSampler(plan)
+                return StreamSampler(plan.row_indices)
             if args.recipe == "flantune":
                 return LengthGroupedSampler(grouping_keys(lengths, args.sampling), args.batch, data_seed)
             return super()._get_train_sampler(train_dataset)

@@ -191,7 +191,7 @@ class TrainSet:
     lengths: np.ndarray  # (rows, 2): input and label length
     mixing: dict[str, Any] = field(default_factory=dict)
     row_lengths: tuple[int, int] | None = None  # sampling=packed: a row's input and label tokens
-    _plan: Any = None
+    _plan: Any = field(default=None, init=False, repr=False)  # made on first use (the `plan` property)
 
     @property
     def epoch_size(self) -> int:
@@ -228,9 +228,7 @@ class TrainSet:
         from flantune.batching import LengthGroupedSampler, StreamSampler, grouping_keys
 
         if self.sampling == "packed":
-            from flantune.packing import PackedSampler
-
-            return PackedSampler(self.plan)
+            return StreamSampler(self.plan.row_indices)
         if self.sampling == "random":
             return StreamSampler(self.epoch_stream)
         return LengthGroupedSampler(grouping_keys(self.lengths, self.sampling), batch_size, self.seed,

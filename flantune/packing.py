@@ -16,11 +16,11 @@ stream and epoch k is rows k*n .. (k+1)*n of it (n = the first epoch's rows). Ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from flantune.errors import FlantuneError
 
@@ -114,26 +114,14 @@ class PackedPlan:
                 raise IndexError(index)
         return self._rows[index]
 
+    def row_indices(self, epoch: int) -> np.ndarray:
+        """The rows of `epoch` in the stream of rows: a batching.StreamSampler's stream (the trainer cuts
+        it into batches of batch_size rows)."""
+        n = self.rows_per_epoch
+        return np.arange(epoch * n, (epoch + 1) * n)
+
     def examples(self, rows: range) -> np.ndarray:
         return np.concatenate([self.row(i) for i in rows]) if len(rows) else np.zeros(0, dtype=np.int64)
-
-
-class PackedSampler(Sampler[int]):
-    """The row indices of an epoch (the trainer cuts them into batches of batch_size rows)."""
-
-    def __init__(self, plan: PackedPlan):
-        self.plan = plan
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        n = self.plan.rows_per_epoch
-        yield from range(self.epoch * n, (self.epoch + 1) * n)
-
-    def __len__(self) -> int:
-        return self.plan.rows_per_epoch
 
 
 class PackedRows(Dataset):
