@@ -146,6 +146,8 @@ def child(args) -> None:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not packed:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not packing.is_packed(inputs):  # without the segments' masks, examples would see each other
+                raise RuntimeError("the trainer dropped the packed rows' segment ids")
             outputs = packing.forward(model, inputs)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
 
@@ -154,6 +156,7 @@ def child(args) -> None:
         logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none", seed=args.seed,
         data_seed=data_seed, disable_tqdm=True, use_cpu=True,
         dataloader_pin_memory=False,
+        remove_unused_columns=not packed,  # the segment ids aren't forward() arguments: the trainer would drop them
     )
     trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[Clock()])
     trainer.train()
