@@ -111,9 +111,11 @@ def child(args) -> None:
     batch = args.batch
     packed = args.recipe == "flantune" and args.sampling == "packed"
     if packed:  # one epoch of rows, in about as many batches as the other recipes take
-        plan = packing.PackedPlan(lambda epoch: np.random.default_rng([data_seed, epoch]).permutation(len(lengths)),
-                                  lengths, *packing.row_lengths(lengths), seed=data_seed)
-        batch = max(1, round(plan.rows_per_epoch / steps))
+        stream = lambda epoch: np.random.default_rng([data_seed, epoch]).permutation(len(lengths))
+        shapes = packing.row_shapes(lengths, np.zeros(len(lengths)), seed=data_seed)
+        rows_per_epoch = packing.PackedPlan(stream, lengths, shapes, seed=data_seed).rows_per_epoch
+        batch = max(1, round(rows_per_epoch / steps))
+        plan = packing.PackedPlan(stream, lengths, shapes, batch_rows=batch, seed=data_seed)
         steps = plan.rows_per_epoch // batch
         rows = packing.PackedRows(train.select_columns(["input_ids", "labels"]), plan, tok.pad_token_id,
                                   model.config.decoder_start_token_id)
@@ -209,6 +211,8 @@ def padding_over_epochs(args) -> list[dict]:
 
     sets = {name: _lengths(_features(name, args.data_dir, None, "train", args.seed, 0)[2])
             for name in ("imdb", "samsum", "emotion")}
+    tasks = {name: np.zeros(len(lens)) for name, lens in sets.items()}
+    tasks["mixture imdb+samsum+emotion"] = np.repeat(np.arange(3), [len(lens) for lens in sets.values()])
     sets["mixture imdb+samsum+emotion"] = np.concatenate([sets["imdb"], sets["samsum"], sets["emotion"]])
     rows = []
     for name, lens in sets.items():
@@ -222,18 +226,21 @@ def padding_over_epochs(args) -> list[dict]:
                      "random": pad_fraction(lens, shuffled, args.batch),
                      "sorted_by_input": pad_fraction(lens, np.concatenate(by_input), args.batch),
                      "flantune_kd": pad_fraction(lens, grouped, args.batch),
-                     **graph_shapes(lens, args.batch, args.seed), **packed_padding(lens, shuffled)})
+                     **graph_shapes(lens, args.batch, args.seed), **packed_padding(lens, tasks[name], shuffled, args.seed)})
     return rows
 
 
-def packed_padding(lengths: np.ndarray, order: np.ndarray) -> dict:
-    """train.sampling=packed at its default row lengths: one epoch's rows, one batch shape."""
-    from flantune.packing import pack_rows, row_lengths
+def packed_padding(lengths: np.ndarray, tasks: np.ndarray, order: np.ndarray, seed: int) -> dict:
+    """train.sampling=packed at its default row lengths (one shape per task): one epoch's rows."""
+    from flantune.packing import pack_rows, row_shapes
 
-    E, D = row_lengths(lengths)
-    rows = pack_rows(lengths, order, E, D)
-    return {"packed": 1 - lengths.sum() / (len(rows) * (E + D)), "packed_row": [E, D],
-            "examples_per_row": len(lengths) / len(rows)}
+    shapes = row_shapes(lengths, tasks, seed=seed)
+    rows = tokens = 0
+    for k, (E, D) in enumerate(shapes.shapes):
+        n = len(pack_rows(lengths, order[shapes.kind[order] == k], E, D))
+        rows, tokens = rows + n, tokens + n * (E + D)
+    return {"packed": 1 - lengths.sum() / tokens, "packed_rows": [list(s) for s in shapes.shapes],
+            "examples_per_row": len(lengths) / rows}
 
 
 def graph_shapes(lengths: np.ndarray, batch: int, seed: int) -> dict:
@@ -401,8 +408,8 @@ def print_padding(padding: list[dict], batch: int) -> None:
         print(f"  {p['set']:28s} {p['examples']:7,d} examples: random {p['random']:6.1%}  sorted by input "
               f"{p['sorted_by_input']:6.1%}  flantune {p['flantune_kd']:6.1%}  GPU graph ladder over 2 epochs "
               f"{p['graphs_ladder']:6.1%} ({p['graph_shapes']} shapes, {p['graphed_batches']:.1%} of batches graphed)  "
-              f"packed {p['packed']:6.1%} (rows of {p['packed_row'][0]} + {p['packed_row'][1]} tokens, "
-              f"{p['examples_per_row']:.1f} examples each, 1 shape)")
+              f"packed {p['packed']:6.1%} (rows of {', '.join(f'{E} + {D}' for E, D in p['packed_rows'])} tokens, "
+              f"{p['examples_per_row']:.1f} examples each, {len(p['packed_rows'])} shape(s))")
 
 
 if __name__ == "__main__":

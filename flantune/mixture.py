@@ -190,8 +190,8 @@ class TrainSet:
     sampling: str
     lengths: np.ndarray  # (rows, 2): input and label length
     mixing: dict[str, Any] = field(default_factory=dict)
-    row_lengths: tuple[int, int] | None = None  # sampling=packed: a row's input and label tokens
-    _plan: Any = field(default=None, init=False, repr=False)  # made on first use (the `plan` property)
+    row_shapes: Any = None  # sampling=packed: the rows each example packs into (flantune.packing.RowShapes)
+    _plans: dict = field(default_factory=dict, init=False, repr=False)  # batch rows -> PackedPlan, made on first use
 
     @property
     def epoch_size(self) -> int:
@@ -215,20 +215,21 @@ class TrainSet:
         stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return stream[np.random.default_rng([self.seed, 7919, epoch]).permutation(len(stream))]
 
-    @property
-    def plan(self):
-        """sampling=packed: the rows of every epoch (flantune.packing.PackedPlan), made once."""
+    def plan(self, batch_rows: int):
+        """sampling=packed: the rows of every epoch in batches of `batch_rows` rows (flantune.packing.PackedPlan),
+        made once."""
         from flantune.packing import PackedPlan
 
-        if self._plan is None:
-            self._plan = PackedPlan(self.epoch_stream, self.lengths, *self.row_lengths, seed=self.seed)
-        return self._plan
+        if batch_rows not in self._plans:
+            self._plans[batch_rows] = PackedPlan(self.epoch_stream, self.lengths, self.row_shapes,
+                                                 batch_rows=batch_rows, seed=self.seed)
+        return self._plans[batch_rows]
 
     def sampler(self, batch_size: int):
         from flantune.batching import LengthGroupedSampler, StreamSampler, grouping_keys
 
         if self.sampling == "packed":
-            return StreamSampler(self.plan.row_indices)
+            return StreamSampler(self.plan(batch_size).row_indices)
         if self.sampling == "random":
             return StreamSampler(self.epoch_stream)
         return LengthGroupedSampler(grouping_keys(self.lengths, self.sampling), batch_size, self.seed,
@@ -242,7 +243,7 @@ class TrainSet:
         """Examples per task among the first `drawn` examples (packed: rows) the trainer drew."""
         names = list(self.sizes)
         if self.sampling == "packed":
-            rows = self.plan.examples(range(drawn))
+            rows = self.plan(batch_size).examples(range(drawn))
             return dict(zip(names, np.bincount(self.task_of(rows), minlength=len(names)).tolist()))
         sampler = self.sampler(batch_size)
         seen = np.zeros(len(names), dtype=np.int64)
@@ -289,14 +290,16 @@ def build_train_set(p, tokenizer) -> TrainSet:
     cap = mixing.get("cap")
     total = sum(min(n, cap) if cap else n for n in sizes.values())
     lengths = np.stack([_column(dataset, "input_length"), _column(dataset, "label_length")], axis=1)
-    row_lengths = None
+    row_shapes = None
     if cfg.train.sampling == "packed":
-        from flantune.packing import row_lengths as packed_row_lengths
+        from flantune.packing import row_shapes as packed_row_shapes
 
-        row_lengths = packed_row_lengths(lengths, cfg.train.packed_input_length, cfg.train.packed_label_length)
+        tasks = np.repeat(np.arange(len(sizes)), list(sizes.values()))
+        row_shapes = packed_row_shapes(lengths, tasks, cfg.train.packed_input_length, cfg.train.packed_label_length,
+                                       seed=cfg.seed)
     return TrainSet(dataset=dataset, offsets=offsets, sizes=sizes, rates=rates, counts=epoch_counts(rates, total),
                     seed=cfg.seed, sampling=cfg.train.sampling, lengths=lengths,
-                    mixing=mixing if len(sizes) > 1 else {}, row_lengths=row_lengths)
+                    mixing=mixing if len(sizes) > 1 else {}, row_shapes=row_shapes)
 
 
 def mixing_settings(cfg) -> dict[str, Any]:

@@ -214,11 +214,11 @@ def _collator(tokenizer, cuda_graphs: bool, packed: bool):
     return collator
 
 
-def _train_dataset(train_set, tokenizer, model):
+def _train_dataset(train_set, tokenizer, model, batch_rows: int):
     if train_set.sampling != "packed":
         return train_set.dataset.select_columns(TRAIN_COLUMNS)
     start = base_model_of(model).config.decoder_start_token_id
-    return packing.PackedRows(train_set.dataset.select_columns(["input_ids", "labels"]), train_set.plan,
+    return packing.PackedRows(train_set.dataset.select_columns(["input_ids", "labels"]), train_set.plan(batch_rows),
                               tokenizer.pad_token_id, tokenizer.pad_token_id if start is None else start)
 
 
@@ -242,7 +242,7 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
     trainer = FlantuneTrainer(
         model=model,
         args=training_arguments(p, out),
-        train_dataset=_train_dataset(train_set, tokenizer, model),
+        train_dataset=_train_dataset(train_set, tokenizer, model, global_batch),
         eval_dataset=evaluator.sets[0].data,  # only to satisfy the trainer's checks: `evaluate` uses the evaluator
         data_collator=_collator(tokenizer, p.cuda_graphs, train_set.sampling == "packed"),
         processing_class=tokenizer,

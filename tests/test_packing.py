@@ -45,9 +45,13 @@ def _padded(ds):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def _one_shape(lengths, input_length, label_length):
+    return packing.RowShapes([(input_length, label_length)], np.zeros(len(lengths), dtype=np.int64))
+
+
 def _packed(ds, input_length, label_length):
     lengths = np.array([[len(a), len(b)] for a, b in zip(ds["input_ids"], ds["labels"])])
-    plan = packing.PackedPlan(lambda epoch: np.arange(len(ds)), lengths, input_length, label_length, seed=0)
+    plan = packing.PackedPlan(lambda epoch: np.arange(len(ds)), lengths, _one_shape(lengths, input_length, label_length))
     rows = packing.PackedRows(ds, plan, pad_token_id=0, decoder_start_token_id=0)
     return packing.collate([rows[i] for i in range(len(rows))])
 
@@ -101,7 +105,7 @@ def test_an_epoch_packs_every_example_once_within_the_row_lengths():
     E, D = packing.row_lengths(lengths)
     assert E == 512 and D >= 96 and D % 8 == 0
     stream = lambda epoch: np.random.default_rng([3, epoch]).permutation(len(lengths))
-    plan = packing.PackedPlan(stream, lengths, E, D, seed=1)
+    plan = packing.PackedPlan(stream, lengths, _one_shape(lengths, E, D), seed=1)
     first = [plan.row(i) for i in range(plan.rows_per_epoch)]
     assert sorted(np.concatenate(first).tolist()) == list(range(len(lengths)))
     used = np.array([lengths[r].sum(axis=0) for r in first])
@@ -109,7 +113,7 @@ def test_an_epoch_packs_every_example_once_within_the_row_lengths():
     pad = 1 - lengths.sum() / (len(first) * (E + D))
     assert pad < 0.06  # one row per example would pad 68%
     # the same seed and epoch give the same rows, epoch 1 is another packing
-    again = packing.PackedPlan(stream, lengths, E, D, seed=1)
+    again = packing.PackedPlan(stream, lengths, _one_shape(lengths, E, D), seed=1)
     assert all(np.array_equal(again.row(i), first[i]) for i in range(len(first)))
     n = plan.rows_per_epoch
     assert not all(np.array_equal(plan.row(n + i), first[i]) for i in range(10))
@@ -122,8 +126,76 @@ def test_row_lengths_that_cut_an_example_are_refused_with_the_fix():
         packing.row_lengths(lengths, 256, None)
     with pytest.raises(FlantuneError, match=r"packed_label_length=96 or more"):
         packing.row_lengths(lengths, None, 64)
-    # the longest input rounded up to 8; labels at the data's share, (20 + 90) / (300 + 40) x 304 = 98.4 -> 104
-    assert packing.row_lengths(lengths, 304, None) == (304, 104)
+    # the longest input rounded up to 8; 300 + 40 inputs can't share a row of 304, so two rows whatever the
+    # label length: the shortest that holds the 90-token label pads least
+    assert packing.row_lengths(lengths, 304, None) == (304, 96)
+    # a given length holds for every task, and is checked against the longest example of all of them
+    with pytest.raises(FlantuneError, match=r"longest training input \(300"):
+        packing.row_shapes(np.array([[30, 2], [300, 20]]), np.array([0, 1]), 256, None)
+
+
+def _row_tokens(lengths, E, D):
+    return len(packing.pack_rows(lengths, np.arange(len(lengths)), E, D)) * (E + D)
+
+
+def test_the_default_label_length_pads_least_of_those_tried():
+    lengths = _lognormal_lengths(3000, seed=2)
+    E, D = packing.row_lengths(lengths)
+    share = packing._round_up(E * lengths[:, 1].sum() / lengths[:, 0].sum())
+    longest = packing._round_up(lengths[:, 1].max())
+    chosen = _row_tokens(lengths, E, D)
+    for other in {longest, share, D + 8, D - 8} - {D}:
+        if other >= longest:
+            assert chosen <= _row_tokens(lengths, E, other), other
+
+
+def test_each_task_of_a_mixture_packs_into_rows_of_its_own_label_length():
+    g = np.random.default_rng(0)
+    summaries = _lognormal_lengths(2000)
+    labels_of_two = np.stack([np.clip(g.lognormal(5, 0.5, 3000).astype(int), 5, 500), g.integers(2, 4, 3000)], 1)
+    lengths = np.concatenate([summaries, labels_of_two, labels_of_two[:500]])
+    tasks = np.repeat([0, 1, 2], [2000, 3000, 500])
+    shapes = packing.row_shapes(lengths, tasks)
+    # tasks 1 and 2 have the same lengths, so the same rows; task 0's long labels rows of their own
+    assert len(shapes.shapes) == 2 and shapes.kind[2000] == shapes.kind[-1] != shapes.kind[0]
+    (E, D), (_, short) = shapes.shapes[shapes.kind[0]], shapes.shapes[shapes.kind[-1]]
+    assert short < D / 4
+    one = packing.row_lengths(lengths)  # all tasks in rows of one shape
+    own = sum(_row_tokens(lengths[shapes.kind == k], *s) for k, s in enumerate(shapes.shapes))
+    useful = lengths.sum()
+    assert 1 - useful / own < 0.05 and 1 - useful / _row_tokens(lengths, *one) > 0.10  # 3.3% and 11.5%
+    # a length given for all tasks gives them one shape
+    assert len(packing.row_shapes(lengths, tasks, 512, 128).shapes) == 1
+
+
+def test_batches_hold_full_rows_of_one_shape_and_rows_short_of_a_batch_wait_for_the_next_epoch():
+    lengths = np.concatenate([_lognormal_lengths(700), np.stack([np.full(300, 40), np.full(300, 2)], 1)])
+    shapes = packing.row_shapes(lengths, np.repeat([0, 1], [700, 300]))
+    stream = lambda epoch: np.random.default_rng([5, epoch]).permutation(len(lengths))
+    plan = packing.PackedPlan(stream, lengths, shapes, batch_rows=8, seed=0)
+    n = plan.rows_per_epoch
+    assert n % 8 == 0
+    for start in range(0, 3 * n, 8):
+        assert len({plan.shape(i) for i in range(start, start + 8)}) == 1
+    # nothing is lost or repeated: the first epochs' rows hold every example once per epoch, less at most
+    # 7 rows per shape still waiting
+    seen = np.bincount(plan.examples(range(len(plan._rows))), minlength=len(lengths))
+    epochs = plan._packed_epochs
+    assert seen.max() <= epochs and seen.sum() >= epochs * len(lengths) - sum(len(r) for w in plan._waiting for r in w)
+    assert sum(len(w) for w in plan._waiting) <= 2 * 7
+
+
+def test_data_short_of_one_batch_of_rows_is_topped_up_with_empty_rows():
+    lengths = np.array([[100, 5], [200, 9], [300, 4]])
+    plan = packing.PackedPlan(lambda epoch: np.arange(3), lengths, packing.row_shapes(lengths, np.zeros(3)),
+                              batch_rows=4)
+    assert plan.rows_per_epoch == 4
+    assert sorted(plan.examples(range(4)).tolist()) == [0, 1, 2]
+    ds = _examples([(100, 5), (200, 9), (300, 4)])
+    rows = packing.PackedRows(ds, plan, pad_token_id=0, decoder_start_token_id=0)
+    batch = packing.collate([rows[i] for i in range(4)])
+    assert packing.example_count(batch) == 3
+    assert (batch["labels"] != -100).sum() == 5 + 9 + 4 + 3  # each label and its end-of-sequence token
 
 
 def test_a_packed_run_trains_and_counts_examples_not_rows(cli, tmp_path, shared_data):
