@@ -62,18 +62,23 @@ VARIANTS = {
     "lora_fused": {"grouped": True, "fast_attention": True, "bf16_weights": True, "fused_ops": True, "lora": True},
     "lora_compile": {"grouped": True, "fast_attention": True, "bf16_weights": True, "lora": True, "compile": True},
     "recipe_lora": {"lora": True},
+    # fused, with several examples per row (train.sampling=packed): rows of one shape, about `--batch`
+    # examples a batch; then the same replayed as one CUDA graph
+    "packed": {"fast_attention": True, "bf16_weights": True, "fused_ops": True, "packed": True},
+    "packed_graphs": {"fast_attention": True, "bf16_weights": True, "fused_ops": True, "packed": True, "graphs": True},
 }
 
 
 def examples(parquet: str, n: int, seed: int = 0) -> list[dict]:
-    """n real IMDB reviews rendered with flantune's imdb evaluation template and tokenised."""
+    """n real examples rendered with flantune's evaluation template of the task the parquet's folder is
+    named after (imdb, samsum, ...) and tokenised."""
     import pyarrow.parquet as pq
 
     from flantune.data import render_row
     from flantune.registry import discover
     from flantune.show import load_tokenizer
 
-    task = discover().get("imdb")
+    task = discover().get(Path(parquet).parent.name)
     table = pq.read_table(parquet)
     rows = table.take(np.random.default_rng(seed).permutation(table.num_rows)[:n]).to_pylist()
     tok = load_tokenizer(None)
@@ -117,6 +122,43 @@ def train_flops(config, batch_lengths: list[tuple[int, int]]) -> float:
     return total
 
 
+class Columns:
+    """Examples (a list of dicts) indexed as a datasets.Dataset is: a list of indices gives columns."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __getitem__(self, indices):
+        picked = [self.rows[i] for i in indices]
+        return {key: [r[key] for r in picked] for key in ("input_ids", "labels")}
+
+
+def packed_rows(data: list[dict], batch: int, seed: int):
+    """The examples in packed rows of flantune's default lengths (train.sampling=packed), as many rows a
+    batch as hold about `batch` examples: (dataset, plan, rows per batch)."""
+    from flantune import packing
+
+    lengths = np.array([[len(x["input_ids"]), len(x["labels"])] for x in data])
+    stream = lambda epoch: np.random.default_rng([seed, epoch]).permutation(len(lengths))
+    shapes = packing.row_shapes(lengths, np.zeros(len(lengths)), seed=seed)
+    per_row = len(lengths) / packing.PackedPlan(stream, lengths, shapes, seed=seed).rows_per_epoch
+    rows_per_batch = max(1, round(batch / per_row))
+    plan = packing.PackedPlan(stream, lengths, shapes, batch_rows=rows_per_batch, seed=seed)
+    return packing.PackedRows(Columns(data), plan, pad_token_id=0, decoder_start_token_id=0), plan, rows_per_batch
+
+
+def example_lengths(inputs: dict) -> torch.Tensor:
+    """(examples, 2): each example's useful input and label tokens, packed rows split into their examples
+    (there, rows x label length entries, all-zero ones for unused segment numbers: dropped once timing
+    is over, as reading them here would wait for the device every step)."""
+    if "input_segment_ids" not in inputs:
+        return torch.stack([inputs["attention_mask"].sum(1), (inputs["labels"] != -100).sum(1)], 1)
+    labels = inputs["label_segment_ids"]
+    ids = torch.arange(1, labels.shape[1] + 1, device=labels.device)  # a row holds at most that many examples
+    return torch.stack([(inputs[key][..., None] == ids).sum(1).flatten()
+                        for key in ("input_segment_ids", "label_segment_ids")], 1)
+
+
 def multiple_of(n: int):
     """Rounds a length up to a multiple of n (the compiled variants' buckets)."""
     return lambda length: -(-length // n) * n
@@ -131,7 +173,8 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
         TrainerCallback,
     )
 
-    from flantune.batching import LengthGroupedSampler
+    from flantune import packing
+    from flantune.batching import LengthGroupedSampler, StreamSampler
     from flantune.cuda_graphs import GraphedSteps, PadToBuckets
     from flantune.kernels import (
         MasterWeightAdamW,
@@ -144,6 +187,10 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     from flantune.show import load_tokenizer
 
     opts = VARIANTS[name]
+    lengths = np.array([[len(x["input_ids"]), len(x["labels"])] for x in data])
+    rows_per_batch = batch
+    if opts.get("packed"):
+        data, plan, rows_per_batch = packed_rows(data, batch, seed)
     if CUDA:
         torch.cuda.empty_cache()
     model = build_model(arch, seed)
@@ -164,7 +211,6 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     if opts.get("compile_model"):
         base_model_of(model).compile(dynamic=True, mode=opts["compile_model"])
     tok = load_tokenizer(None)
-    lengths = np.array([[len(x["input_ids"]), len(x["labels"])] for x in data])
     window: dict[str, float] = {}
     counted: list[torch.Tensor] = []  # per step: (batch, 2) useful input / label lengths, kept on the device
     padded: list[int] = []  # per step: input and label tokens, padding included
@@ -200,9 +246,17 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
 
     class BenchTrainer(Seq2SeqTrainer):
         def _get_train_sampler(self, train_dataset=None):
+            if opts.get("packed"):
+                return StreamSampler(plan.row_indices)
             if opts.get("grouped"):
                 return LengthGroupedSampler(lengths, batch, seed)
             return super()._get_train_sampler(train_dataset)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not opts.get("packed"):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = packing.forward(model, inputs)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
 
         def create_optimizer(self, model=None):
             if opts.get("bf16_weights") and self.optimizer is None:
@@ -213,7 +267,7 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             nonlocal graphed
-            counted.append(torch.stack([inputs["attention_mask"].sum(1), (inputs["labels"] != -100).sum(1)], 1))
+            counted.append(example_lengths(inputs))
             padded.append(inputs["input_ids"].numel() + inputs["labels"].numel())
             loss = None
             if opts.get("graphs") and CUDA:  # the recipe's loss, a batch mean (no accumulation here)
@@ -222,21 +276,26 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
                 loss = graphed.step(self._prepare_inputs(inputs), 1.0)
             if loss is None:
                 loss = super().training_step(model, inputs, num_items_in_batch)
+            if opts.get("packed") and not packing.is_packed(inputs):  # without segments, examples see each other
+                raise RuntimeError("the trainer dropped the packed rows' segment ids")
             losses.append(loss.detach().clone())  # a CUDA graph's output is overwritten by its next replay
             return loss
 
     args = Seq2SeqTrainingArguments(
-        output_dir=f"/tmp/bench-{name}", per_device_train_batch_size=batch, max_steps=warmup + steps,
+        output_dir=f"/tmp/bench-{name}", per_device_train_batch_size=rows_per_batch, max_steps=warmup + steps,
         learning_rate=1e-4, bf16=CUDA and not opts.get("bf16_weights"), logging_steps=10**6, save_strategy="no",
         eval_strategy="no", report_to="none", seed=seed, data_seed=seed, disable_tqdm=True,
         gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=2 if CUDA else 0, use_cpu=not CUDA,
+        remove_unused_columns=not opts.get("packed"),  # packed rows' segment ids aren't forward() arguments
     )
     collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)
     if opts.get("buckets"):
         inputs, labels = opts["buckets"]
         collator = PadToBuckets(collator, tok.pad_token_id, inputs=multiple_of(inputs), labels=multiple_of(labels))
-    if opts.get("graphs"):
+    if opts.get("graphs") and not opts.get("packed"):
         collator = PadToBuckets(collator, tok.pad_token_id)
+    if opts.get("packed"):  # rows of one shape already
+        collator = packing.collate
     trainer = BenchTrainer(model=model, args=args, train_dataset=data, callbacks=[Clock()], data_collator=collator)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
@@ -251,12 +310,12 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     held = torch.cuda.memory_reserved() / 2**30 if CUDA else float("nan")
     seconds = window["end"] - window["start"]
     timed = [x.tolist() for x in counted[warmup:warmup + steps]]
-    lengths_seen = [tuple(x) for step in timed for x in step]
+    lengths_seen = [tuple(x) for step in timed for x in step if x[1] > 0]
     useful = sum(li + lo for li, lo in lengths_seen)
     config = base_model_of(model).config
     flops = train_flops(config, lengths_seen)
     result = {
-        "variant": name, "arch": Path(arch).name, "batch": batch, "steps": steps,
+        "variant": name, "arch": Path(arch).name, "batch": batch, "rows_per_batch": rows_per_batch, "steps": steps,
         "examples_per_s": len(lengths_seen) / seconds, "useful_tokens_per_s": useful / seconds,
         "s_per_step": seconds / steps, "mfu": flops / seconds / H100_BF16_PEAK,
         "peak_memory_gib": peak, "peak_reserved_gib": reserved, "held_after_gib": held, "losses": [float(x) for x in losses],

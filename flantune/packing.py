@@ -218,6 +218,10 @@ class PackedRows(Dataset):
     def __len__(self) -> int:
         return self.plan.rows_per_epoch
 
+    def __iter__(self):
+        # The first epoch's rows: rows go on past len() into later epochs, so iterating by index would never end.
+        return (self[i] for i in range(len(self)))
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         E, D = self.plan.shape(int(index))
         rows = self.examples[self.plan.row(int(index)).tolist()]

@@ -280,6 +280,8 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
         "parallelism": "fsdp" if trainer.is_fsdp_enabled else "deepspeed" if trainer.is_deepspeed_enabled
         else "ddp" if args.world_size > 1 else "single",
     }
+    if train_set.sampling == "packed":  # the (input, label) lengths of the rows, one per shape
+        throughput["packed_rows"] = [list(shape) for shape in train_set.row_shapes.shapes]
     if trainer.graphed is not None:
         throughput["cuda_graphs"] = trainer.graphed.summary()
     if torch.cuda.is_available():

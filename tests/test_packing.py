@@ -213,3 +213,6 @@ def test_a_packed_run_trains_and_counts_examples_not_rows(cli, tmp_path, shared_
     assert throughput["examples"] >= 4 * 8  # 8 rows, at least 4 examples each
     assert throughput["pad_fraction"] < throughput["pad_fraction_random_batching"] / 1.5
     assert sum(metrics["mixture"]["examples_seen"].values()) == throughput["examples"]
+    # each task packs into rows of its own label length; both are within the lengths the overrides allow
+    (_, samsum_labels), (_, emotion_labels) = throughput["packed_rows"]
+    assert throughput["packed_rows"][0][0] == 512 and emotion_labels < samsum_labels <= 128
