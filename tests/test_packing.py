@@ -193,6 +193,7 @@ def test_data_short_of_one_batch_of_rows_is_topped_up_with_empty_rows():
     assert sorted(plan.examples(range(4)).tolist()) == [0, 1, 2]
     ds = _examples([(100, 5), (200, 9), (300, 4)])
     rows = packing.PackedRows(ds, plan, pad_token_id=0, decoder_start_token_id=0)
+    assert len(list(rows)) == 4  # iterating ends with the first epoch, though later epochs' rows follow
     batch = packing.collate([rows[i] for i in range(4)])
     assert packing.example_count(batch) == 3
     assert (batch["labels"] != -100).sum() == 5 + 9 + 4 + 3  # each label and its end-of-sequence token
