@@ -217,6 +217,9 @@ def padding_over_epochs(args) -> list[dict]:
     rows = []
     for name, lens in sets.items():
         grouped = np.fromiter(iter(LengthGroupedSampler(lens, args.batch, args.seed)), dtype=np.int64)
+        if name.startswith("mixture"):
+            shuffled = np.random.default_rng(args.seed).permutation(len(lens))
+            print_task_weights(lens, tasks[name], list(sets)[:3], shuffled, grouped, args.batch, args.seed)
         shuffled = np.random.default_rng(args.seed).permutation(len(lens))
         by_input = []  # sorting by input length alone, as a length-grouped sampler usually does
         for start in range(0, len(shuffled), args.batch * 256):
@@ -228,6 +231,26 @@ def padding_over_epochs(args) -> list[dict]:
                      "flantune_kd": pad_fraction(lens, grouped, args.batch),
                      **graph_shapes(lens, args.batch, args.seed), **packed_padding(lens, tasks[name], shuffled, args.seed)})
     return rows
+
+
+def print_task_weights(lengths, tasks, names, shuffled, grouped, batch: int, seed: int) -> None:
+    """Each task's share of an epoch's gradient under each batching: a batch's loss is the mean over its
+    label tokens and every step counts the same, so a task's share of a step is its share of the batch's
+    label tokens."""
+    from flantune.packing import PackedPlan, row_shapes
+
+    cut = lambda order: [order[i:i + batch] for i in range(0, len(order), batch)]
+    plan = PackedPlan(lambda epoch: shuffled, lengths, row_shapes(lengths, tasks, seed=seed), batch_rows=batch, seed=seed)
+    packed = [plan.examples(range(i, i + batch)) for i in range(0, plan.rows_per_epoch, batch)]
+    print(f"\neach task's share of one epoch's gradient, mixture of {' + '.join(names)} (batches of {batch})")
+    for label, batches in (("random batches", cut(shuffled)), ("flantune k-d groups", cut(grouped)),
+                           ("packed, a shape per task", packed)):
+        weights = np.zeros(len(names))
+        for b in batches:
+            per_task = np.bincount(tasks[b].astype(np.int64), weights=lengths[b, 1], minlength=len(names))
+            weights += per_task / per_task.sum()
+        weights /= weights.sum()
+        print(f"  {label:26s} " + "  ".join(f"{n} {w:5.1%}" for n, w in zip(names, weights)))
 
 
 def packed_padding(lengths: np.ndarray, tasks: np.ndarray, order: np.ndarray, seed: int) -> dict:
