@@ -237,14 +237,18 @@ def print_task_weights(lengths, tasks, names, shuffled, grouped, batch: int, see
     """Each task's share of an epoch's gradient under each batching: a batch's loss is the mean over its
     label tokens and every step counts the same, so a task's share of a step is its share of the batch's
     label tokens."""
-    from flantune.packing import PackedPlan, row_shapes
+    from flantune.packing import PackedPlan, row_lengths, row_shapes
 
     cut = lambda order: [order[i:i + batch] for i in range(0, len(order), batch)]
-    plan = PackedPlan(lambda epoch: shuffled, lengths, row_shapes(lengths, tasks, seed=seed), batch_rows=batch, seed=seed)
-    packed = [plan.examples(range(i, i + batch)) for i in range(0, plan.rows_per_epoch, batch)]
+    def packed(input_length=None, label_length=None):
+        shapes = row_shapes(lengths, tasks, input_length, label_length, seed=seed)
+        plan = PackedPlan(lambda epoch: shuffled, lengths, shapes, batch_rows=batch, seed=seed)
+        return [plan.examples(range(i, i + batch)) for i in range(0, plan.rows_per_epoch, batch)]
+
+    one = row_lengths(lengths, seed=seed)  # both lengths given: rows of one shape for every task
     print(f"\neach task's share of one epoch's gradient, mixture of {' + '.join(names)} (batches of {batch})")
     for label, batches in (("random batches", cut(shuffled)), ("flantune k-d groups", cut(grouped)),
-                           ("packed, a shape per task", packed)):
+                           ("packed, a shape per task", packed()), (f"packed, rows of {one[0]} + {one[1]}", packed(*one))):
         weights = np.zeros(len(names))
         for b in batches:
             per_task = np.bincount(tasks[b].astype(np.int64), weights=lengths[b, 1], minlength=len(names))
