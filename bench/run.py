@@ -217,10 +217,9 @@ def padding_over_epochs(args) -> list[dict]:
     rows = []
     for name, lens in sets.items():
         grouped = np.fromiter(iter(LengthGroupedSampler(lens, args.batch, args.seed)), dtype=np.int64)
-        if name.startswith("mixture"):
-            shuffled = np.random.default_rng(args.seed).permutation(len(lens))
-            print_task_weights(lens, tasks[name], list(sets)[:3], shuffled, grouped, args.batch, args.seed)
         shuffled = np.random.default_rng(args.seed).permutation(len(lens))
+        if name.startswith("mixture"):
+            print_task_weights(lens, tasks[name], list(sets)[:3], shuffled, grouped, args.batch, args.seed)
         by_input = []  # sorting by input length alone, as a length-grouped sampler usually does
         for start in range(0, len(shuffled), args.batch * 256):
             chunk = shuffled[start:start + args.batch * 256]

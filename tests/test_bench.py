@@ -16,7 +16,7 @@ def test_a_packed_child_counts_the_examples_in_its_rows(tmp_path, shared_data):
     done = subprocess.run([sys.executable, str(BENCH), "--child", "--recipe", "flantune", "--sampling", "packed",
                            "--dataset", "samsum", "--examples", "80", "--valid-examples", "8", "--batch", "4",
                            "--warmup", "1", "--threads", "1", "--data-dir", str(shared_data), "--child-out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     rows = result["timed_steps"] * result["batch"]

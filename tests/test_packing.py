@@ -158,7 +158,7 @@ def test_each_task_of_a_mixture_packs_into_rows_of_its_own_label_length():
     shapes = packing.row_shapes(lengths, tasks)
     # tasks 1 and 2 have the same lengths, so the same rows; task 0's long labels rows of their own
     assert len(shapes.shapes) == 2 and shapes.kind[2000] == shapes.kind[-1] != shapes.kind[0]
-    (E, D), (_, short) = shapes.shapes[shapes.kind[0]], shapes.shapes[shapes.kind[-1]]
+    (_, D), (_, short) = shapes.shapes[shapes.kind[0]], shapes.shapes[shapes.kind[-1]]
     assert short < D / 4
     one = packing.row_lengths(lengths)  # all tasks in rows of one shape
     own = sum(_row_tokens(lengths[shapes.kind == k], *s) for k, s in enumerate(shapes.shapes))
