@@ -136,14 +136,11 @@ class Columns:
 def packed_rows(data: list[dict], batch: int, seed: int):
     """The examples in packed rows of flantune's default lengths (train.sampling=packed), as many rows a
     batch as hold about `batch` examples: (dataset, plan, rows per batch)."""
+    from run import packed_plan  # bench/run.py
+
     from flantune import packing
 
-    lengths = np.array([[len(x["input_ids"]), len(x["labels"])] for x in data])
-    stream = lambda epoch: np.random.default_rng([seed, epoch]).permutation(len(lengths))
-    shapes = packing.row_shapes(lengths, np.zeros(len(lengths)), seed=seed)
-    per_row = len(lengths) / packing.PackedPlan(stream, lengths, shapes, seed=seed).rows_per_epoch
-    rows_per_batch = max(1, round(batch / per_row))
-    plan = packing.PackedPlan(stream, lengths, shapes, batch_rows=rows_per_batch, seed=seed)
+    plan, rows_per_batch = packed_plan(np.array([[len(x["input_ids"]), len(x["labels"])] for x in data]), batch, seed)
     return packing.PackedRows(Columns(data), plan, pad_token_id=0, decoder_start_token_id=0), plan, rows_per_batch
 
 

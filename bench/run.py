@@ -111,11 +111,7 @@ def child(args) -> None:
     batch = args.batch
     packed = args.recipe == "flantune" and args.sampling == "packed"
     if packed:  # one epoch of rows, in about as many batches as the other recipes take
-        stream = lambda epoch: np.random.default_rng([data_seed, epoch]).permutation(len(lengths))
-        shapes = packing.row_shapes(lengths, np.zeros(len(lengths)), seed=data_seed)
-        rows_per_epoch = packing.PackedPlan(stream, lengths, shapes, seed=data_seed).rows_per_epoch
-        batch = max(1, round(rows_per_epoch / steps))
-        plan = packing.PackedPlan(stream, lengths, shapes, batch_rows=batch, seed=data_seed)
+        plan, batch = packed_plan(lengths, args.batch, data_seed)
         steps = plan.rows_per_epoch // batch
         rows = packing.PackedRows(train.select_columns(["input_ids", "labels"]), plan, tok.pad_token_id,
                                   model.config.decoder_start_token_id)
@@ -174,6 +170,18 @@ def child(args) -> None:
         model.save_pretrained(args.save_model)
         tok.save_pretrained(args.save_model)
     Path(args.child_out).write_text(json.dumps(result))
+
+
+def packed_plan(lengths: np.ndarray, examples_per_batch: int, seed: int):
+    """train.sampling=packed over one task's examples in a seeded order, with as many rows a batch as hold
+    about `examples_per_batch` examples: (the plan, rows per batch)."""
+    from flantune import packing
+
+    stream = lambda epoch: np.random.default_rng([seed, epoch]).permutation(len(lengths))
+    shapes = packing.row_shapes(lengths, np.zeros(len(lengths)), seed=seed)
+    rows = packing.PackedPlan(stream, lengths, shapes, seed=seed).rows_per_epoch
+    batch_rows = max(1, round(examples_per_batch * rows / len(lengths)))
+    return packing.PackedPlan(stream, lengths, shapes, batch_rows=batch_rows, seed=seed), batch_rows
 
 
 def run_child(recipe: str, dataset: str, args, save_model: str | None = None) -> dict:

@@ -200,7 +200,7 @@ def resolve(setting, *, precision: str, processes: int, gradient_checkpointing: 
     if precision == "fp16":
         reasons.append("precision=fp16 scales the loss outside the recorded step")
     if setting is True and reasons:
-        from flantune.errors import FlantuneError, first_line
+        from flantune.errors import FlantuneError
 
         raise FlantuneError(f"train.cuda_graphs=true can't apply: {'; '.join(reasons)}. "
                             "Use train.cuda_graphs=auto (graphs where they apply) or false.")
