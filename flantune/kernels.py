@@ -24,9 +24,9 @@ T5_LAYOUT = ("t5", "mt5", "umt5")  # the models with T5's own attention, layer n
 _CACHE: list[tuple] = []  # (weakref(bias), weakref(mask) or None, causal, lengths, combined); a few, recent first
 
 
-def _combined(position_bias, attention_mask, is_causal: bool, query, key) -> torch.Tensor:
+def _combined(position_bias, attention_mask, is_causal: bool, query, key, reuse: bool = True) -> torch.Tensor:
     lengths = (query.shape[2], key.shape[2], query.dtype)
-    for entry in _CACHE:
+    for entry in _CACHE if reuse else ():
         bias_ref, mask_ref, causal, lens, combined = entry
         if bias_ref() is position_bias and (mask_ref() if mask_ref else None) is attention_mask \
                 and causal == is_causal and lens == lengths:
@@ -36,7 +36,7 @@ def _combined(position_bias, attention_mask, is_causal: bool, query, key) -> tor
     combined = create_position_bias_mask(position_bias.to(query.dtype), attention_mask, is_causal, query, key)
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         combined = combined.to(query.dtype)
-    if not torch.compiler.is_compiling():
+    if reuse and not torch.compiler.is_compiling():
         _CACHE.insert(0, (weakref.ref(position_bias), weakref.ref(attention_mask) if attention_mask is not None
                           else None, is_causal, lengths, combined))
         del _CACHE[4:]  # encoder self, decoder self, decoder cross: a few entries per forward
@@ -65,7 +65,10 @@ def t5_sdpa_attention(module, query, key, value, attention_mask, dropout: float 
         if is_causal and key.shape[2] > q_length:
             key, value = key[:, :, :q_length], value[:, :, :q_length]
             position_bias = position_bias[..., :q_length]
-        attention_mask = _combined(position_bias, attention_mask, is_causal, query, key)
+        # Gradient checkpointing recomputes each block on its own and checks that it saves the same tensors
+        # as the first forward did: a tensor shared across blocks would be built in one and reused in the others.
+        recomputed = module.training and getattr(module, "gradient_checkpointing", False)
+        attention_mask = _combined(position_bias, attention_mask, is_causal, query, key, reuse=not recomputed)
         is_causal = False
     with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,

@@ -49,6 +49,27 @@ def test_fast_attention_matches_eager_forward_and_backward():
     assert dict(fast.named_parameters())[bias].grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_fast_attention_under_gradient_checkpointing_gives_the_same_gradients(early_stop):
+    """Recomputing a block must save what its first forward saved. The bias-plus-mask tensor shared across a
+    stack's blocks broke that: `gradient_checkpointing=true` failed on padded batches with "Recomputed values
+    ... have different metadata" (or, without torch's early stop, as under FSDP and DeepSpeed on the H100,
+    "A different number of tensors was saved")."""
+    from torch.utils.checkpoint import set_checkpoint_early_stop
+
+    plain = _tiny()
+    assert use_fast_attention(plain)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing_enable()
+    ids, mask, labels = _batch()
+    for model in (plain, checkpointed):
+        model.train()
+        with set_checkpoint_early_stop(early_stop):
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-5), name
+
+
 def test_fast_attention_generates_the_same_text():
     eager = _tiny(seed=3)
     fast = copy.deepcopy(eager)
