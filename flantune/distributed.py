@@ -53,6 +53,24 @@ def sharded_parameters() -> bool:
         os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
+@contextlib.contextmanager
+def whole_parameters(model) -> Iterator[None]:
+    """FSDP2 gathers a module's parameters in the hooks of that module's forward. Evaluation calls
+    model.encoder on its own (rank scoring, generate), which skips the root's hook and meets the
+    shared embedding still sharded ("got mixed torch.Tensor and DTensor"): gather the root's own
+    parameters for the duration; each block still gathers and frees its own."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
 def _state():
     from accelerate import PartialState
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from flantune import metrics as metric_lib
-from flantune.distributed import gather_objects, process_group, sharded_parameters
+from flantune.distributed import gather_objects, process_group, sharded_parameters, whole_parameters
 from flantune.task import Task
 
 SCORE = "score"  # the aggregate: mean of the tasks' primary metrics (0-100)
@@ -83,8 +83,9 @@ class Evaluator:
 
     def run(self, model) -> EvalResult:
         result = EvalResult()
-        for s in self.sets:
-            result.tasks[s.task.name] = self._run_task(model, s)
+        with whole_parameters(model):
+            for s in self.sets:
+                result.tasks[s.task.name] = self._run_task(model, s)
         return result
 
     def _run_task(self, model, s: EvalSet) -> TaskResult:

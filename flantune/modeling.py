@@ -104,7 +104,21 @@ def _untie_like_checkpoint(model):
 
     if getattr(model.config, "scale_decoder_outputs", True) is False and hasattr(model, "lm_head"):
         model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-        getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
+    return keep_separate_head(model)
+
+
+def keep_separate_head(model):
+    """A model whose lm_head is its own weight (FLAN-T5, T5 v1.1) keeps it so through later tie_weights() calls.
+
+    transformers 5's T5Config always says tie_word_embeddings=True, so tie_weights() (which accelerate's FSDP2
+    calls after moving the model to the meta device) would tie the head to the embedding again: FSDP2 then
+    stops with "FSDP2 mapping failed (missing: ['lm_head.weight'])". The embeddings stay tied as before."""
+    base = base_model_of(model)
+    head, shared = getattr(base, "lm_head", None), getattr(base, "shared", None)
+    if head is None or shared is None or head.weight is shared.weight:
+        return model
+    base._tied_weights_keys = {k: v for k, v in (type(base)._tied_weights_keys or {}).items() if k != "lm_head.weight"}
+    getattr(base, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
     return model
 
 
@@ -129,7 +143,7 @@ def load_model(cfg: DictConfig, seed: int):
             f"'{m.path}' is not a sequence-to-sequence model that AutoModelForSeq2SeqLM can load ({exc}). "
             "flantune fine-tunes T5-family models (FLAN-T5, T5, mT5, umT5)."
         ) from exc
-    return model
+    return keep_separate_head(model)
 
 
 def resolve_precision(cfg: DictConfig, model_type: str | None = None) -> str:

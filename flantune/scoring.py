@@ -62,11 +62,18 @@ def _encoder(model):
 
 
 def _cross_attentions(model) -> list | None:
-    """The decoder's cross-attention modules, or None for a model without T5's decoder layout."""
+    """The decoder's cross-attention modules, or None for a model without T5's decoder layout, and under
+    FSDP2, whose blocks gather their weights only inside their own forward (the projections would meet
+    sharded weights)."""
+    from torch.distributed.fsdp import FSDPModule
+
     from flantune.modeling import base_model_of
 
     try:
-        return [block.layer[1].EncDecAttention for block in base_model_of(model).decoder.block]
+        blocks = list(base_model_of(model).decoder.block)
+        if any(isinstance(block, FSDPModule) for block in blocks):
+            return None
+        return [block.layer[1].EncDecAttention for block in blocks]
     except (AttributeError, IndexError):
         return None
 

@@ -99,3 +99,82 @@ def test_packed_rows_split_between_two_processes_match_one(tmp_path, shared_data
                 *packed)
     assert one["train"]["examples"] > 20 * 4 * 2  # several examples a row
     _assert_same(one, many, examples=None)
+
+
+def test_fsdp2_preparation_keeps_a_separate_head(tmp_path):
+    """accelerate's FSDP2 preparation moves the model to the meta device and calls tie_weights(), then maps
+    every old parameter name to a new one. transformers 5's T5Config always asks for a tied head, so a
+    FLAN-T5 model (own lm_head) lost it there: "FSDP2 mapping failed (missing: ['lm_head.weight'])" on the
+    H100 (bench/RESULTS.md). The same steps on CPU, for a random-init model and one reloaded from disk."""
+    import torch
+
+    from flantune.config import load_config
+    from flantune.modeling import load_model
+
+    flan_like = ["model=tiny", "model.architecture.tie_word_embeddings=false"]  # FLAN-T5's config says so
+    built = load_model(load_config(flan_like), 0)
+    with torch.no_grad():  # a head that differs from the embedding, as in the checkpoints (equal ones load tied)
+        built.lm_head.weight.mul_(0.5)
+    built.save_pretrained(tmp_path / "saved")
+    reloaded = load_model(load_config(["model=tiny", f"model.path={tmp_path / 'saved'}", "model.random_init=false"]), 0)
+    for model in (built, reloaded):
+        assert model.lm_head.weight is not model.shared.weight
+        before = {name for name, _ in model.named_parameters()}
+        model.to("meta")
+        model.tie_weights()  # what accelerate's fsdp2_prepare_model does with cpu_ram_efficient_loading
+        assert {name for name, _ in model.named_parameters()} == before
+        assert model.lm_head.weight is not model.shared.weight
+        assert model.encoder.embed_tokens.weight is model.shared.weight  # the embeddings stay tied
+        assert model.decoder.embed_tokens.weight is model.shared.weight
+
+
+FSDP2_EVAL = r"""
+import copy, json, os, sys
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from flantune import scoring
+from flantune.config import load_config
+from flantune.distributed import whole_parameters
+from flantune.modeling import load_model
+from flantune.show import load_tokenizer
+
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+plain = load_model(load_config(["model=tiny", "model.architecture.tie_word_embeddings=false"]), 0).eval()
+sharded = copy.deepcopy(plain)
+for block in [*sharded.encoder.block, *sharded.decoder.block]:  # as accelerate's TRANSFORMER_BASED_WRAP does
+    fully_shard(block, mesh=init_device_mesh("cpu", (1,)))
+fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
+tok = load_tokenizer(None)
+inputs = tok(["a fine film", "dull and far too long, a waste of an evening"]).input_ids
+choices = tok(text_target=["negative", "positive"]).input_ids
+out = {}
+for name, model in (("plain", plain), ("sharded", sharded)):
+    # A training step first, as in a run: FSDP2 sets itself up in the root's first forward and frees the
+    # root's gathered weights after the backward.
+    model(input_ids=torch.tensor(inputs[:1]), labels=torch.tensor(choices[:1])).loss.backward()
+    with whole_parameters(model):
+        ranked = scoring.rank_choices(model, inputs, choices, batch_size=2, pad_id=0, device="cpu")
+        made = scoring.generate(model, tok, inputs, choices, batch_size=2, max_new_tokens=5, num_beams=1, device="cpu")
+    out[name] = {"scores": ranked.scores.tolist(), "texts": made.texts}
+print("RESULT", json.dumps(out))
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp2_model_evaluates_like_the_unsharded_one(tmp_path):
+    """Evaluation calls the encoder on its own, outside the root module's forward, where FSDP2 gathers the
+    shared embedding: on the H100 a run under configs/accelerate/fsdp.yaml trained its 40 steps and then
+    failed in rank scoring ("aten.embedding.default got mixed torch.Tensor and DTensor"). FSDP2 on CPU
+    (gloo, one process): rank scores and generated text match the unsharded model's."""
+    script = tmp_path / "fsdp2_eval.py"
+    script.write_text(FSDP2_EVAL)
+    done = subprocess.run([sys.executable, str(script), "29536"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    plain, sharded = result["plain"], result["sharded"]
+    assert plain["texts"] == sharded["texts"]
+    for a, b in zip(plain["scores"], sharded["scores"]):
+        assert a == pytest.approx(b, abs=1e-5)
