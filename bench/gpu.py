@@ -329,9 +329,10 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
 
 
 def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, seed: int,
-                 out_path: str | None = None) -> list[dict]:
+                 out_path: str | None = None, cells: str = "") -> list[dict]:
     """Peak memory of 2 training steps at one fixed batch shape, full and LoRA, with and without
-    gradient checkpointing, on flantune's GPU path; an out-of-memory error is recorded as such."""
+    gradient checkpointing, on flantune's GPU path; an out-of-memory error is recorded as such.
+    `cells` keeps only some columns ("lora+checkpointing,full"); empty keeps all."""
     rows = []
     g = torch.Generator().manual_seed(seed)
     data = [{"input_ids": torch.randint(3, 32000, (input_len,), generator=g).tolist(),
@@ -341,6 +342,9 @@ def memory_table(configs: str, *, batch: int, input_len: int, target_len: int, s
         for method in ("full", "lora"):
             for checkpointing in (False, True):
                 # flantune's path: CUDA graphs, except under gradient checkpointing, where they don't apply
+                column = method + ("+checkpointing" if checkpointing else "")
+                if cells and column not in cells.split(","):
+                    continue
                 variant = {("full", False): "graphs", ("full", True): "fused", ("lora", False): "lora_graphs",
                            ("lora", True): "lora_fused"}[method, checkpointing]
                 entry = {"model": size, "method": method, "variant": variant,
@@ -377,6 +381,7 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", default="", help="comma-separated variants to profile (3 steps after warmup)")
     ap.add_argument("--memory-table", action="store_true")
     ap.add_argument("--configs", help="folder of flan-t5-* config folders (memory table)")
+    ap.add_argument("--memory-cells", default="", help="memory table columns to measure, e.g. lora+checkpointing")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     out: dict = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__,
@@ -386,7 +391,7 @@ def main(argv=None) -> None:
     out["transformers"] = transformers.__version__
     if args.memory_table:
         out["memory"] = memory_table(args.configs, batch=8, input_len=512, target_len=64, seed=args.seed,
-                                     out_path=args.out + ".partial")
+                                     out_path=args.out + ".partial", cells=args.memory_cells)
     else:
         data = examples(args.data, args.examples, args.seed)
         out["results"] = []
