@@ -60,7 +60,8 @@ def test_fast_attention_under_gradient_checkpointing_gives_the_same_gradients(ea
     plain = _tiny()
     assert use_fast_attention(plain)
     checkpointed = copy.deepcopy(plain)
-    checkpointed.gradient_checkpointing_enable()
+    # transformers 5.2x renamed gradient_checkpointing_enable; both set each module's gradient_checkpointing
+    getattr(checkpointed, "activation_checkpointing_enable", checkpointed.gradient_checkpointing_enable)()
     ids, mask, labels = _batch()
     for model in (plain, checkpointed):
         model.train()
