@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 
 from flantune import metrics as metric_lib
-from flantune.distributed import gather_objects, process_group, sharded_parameters, whole_parameters
+from flantune.distributed import (
+    gather_objects,
+    process_group,
+    sharded_parameters,
+    whole_parameters,
+)
 from flantune.task import Task
 
 SCORE = "score"  # the aggregate: mean of the tasks' primary metrics (0-100)
