@@ -65,9 +65,14 @@ class Registry:
         for problem in self.problems:
             if problem.name == name:
                 raise FlantuneError(problem.message)
+        # A plugin that failed to load may have held the task (the built-in ones too: flantune run from a
+        # source checkout that isn't installed with `pip install -e .`).
+        unloaded = [p.message for p in self.problems if p.name is None]
         raise FlantuneError(
-            f"Unknown task '{name}'.{did_you_mean(name, self.tasks)} Known tasks: {', '.join(sorted(self.tasks))}. "
-            "Run `flantune tasks` to list them, or add your own with tasks_dir=DIR (a folder of task YAML files)."
+            f"Unknown task '{name}'.{did_you_mean(name, self.tasks)} Known tasks: "
+            f"{', '.join(sorted(self.tasks)) or 'none'}. "
+            + (f"{len(unloaded)} task plugin(s) failed to load and may hold it: {' '.join(unloaded)} " if unloaded else "")
+            + "Run `flantune tasks` to list them, or add your own with tasks_dir=DIR (a folder of task YAML files)."
         )
 
 

@@ -170,3 +170,20 @@ def test_preprocessing_hook_feeds_templates_and_the_filter_but_not_the_label(tmp
     assert code == 2
     assert "label_column reads column 'short', which the data does not have" in err
     assert "must name a column of the data" in err
+
+
+def test_an_unknown_task_error_names_the_plugins_that_failed_to_load():
+    """On the GPU machine `-m flantune` from the checkout's root missed the built-in tasks' package, and the
+    error said only "Unknown task 'samsum'. Known tasks: ." The failure that hid the task is now in it."""
+    from flantune.errors import FlantuneError
+    from flantune.registry import Problem, Registry
+
+    registry = Registry()
+    registry.problems.append(Problem("plugin flantune (entry point builtin = flantune._builtin_tasks)",
+                                     "The task plugin flantune failed to load: ModuleNotFoundError: No module "
+                                     "named 'flantune._builtin_tasks'"))
+    with pytest.raises(FlantuneError) as caught:
+        registry.finish().get("samsum")
+    message = str(caught.value)
+    assert "Known tasks: none." in message
+    assert "1 task plugin(s) failed to load" in message and "flantune._builtin_tasks" in message
