@@ -22,13 +22,28 @@ from flantune import rundir
 from flantune.config import task_names, to_yaml
 from flantune.console import console
 from flantune.data import load_rows
-from flantune.distributed import is_main, main_first, on_main_then_share, sharded_parameters, uses_fsdp, world_size
+from flantune.distributed import (
+    is_main,
+    main_first,
+    on_main_then_share,
+    sharded_parameters,
+    uses_fsdp,
+    world_size,
+)
 from flantune.errors import FlantuneError, did_you_mean
 from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_predictions
 from flantune.mixture import check_mixing, mixing_settings
 from flantune.modeling import (
-    ModelInfo, apply_method, check_model_source, config_model_type, count_parameters, load_model,
-    load_tokenizer, model_label, prepare_for_training, resolve_precision,
+    ModelInfo,
+    apply_method,
+    check_model_source,
+    config_model_type,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    model_label,
+    prepare_for_training,
+    resolve_precision,
 )
 from flantune.registry import discover
 from flantune.sources import resolve_data_dir
