@@ -47,14 +47,9 @@ def gather_objects(items: list) -> list:
     return [x for part in everything for x in part]
 
 
-def uses_fsdp() -> bool:
-    """Launched by accelerate with FSDP (configs/accelerate/fsdp.yaml)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-
-
 def sharded_parameters() -> bool:
     """FSDP or DeepSpeed (accelerate launch sets these): every process must run the same forward passes."""
-    return uses_fsdp() or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    return any(os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true" for name in ("FSDP", "DEEPSPEED"))
 
 
 @contextlib.contextmanager

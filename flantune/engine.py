@@ -27,7 +27,6 @@ from flantune.distributed import (
     main_first,
     on_main_then_share,
     sharded_parameters,
-    uses_fsdp,
     world_size,
 )
 from flantune.errors import FlantuneError, did_you_mean
@@ -117,12 +116,6 @@ def check(cfg: DictConfig) -> Plan:
             f"train.sampling=packed needs full attention with T5's relative position bias ({', '.join(T5_LAYOUT)}); "
             f"this model is a {model_type}. Use train.sampling=length_grouped."
         )
-    if cfg.train.sampling == "packed" and uses_fsdp():
-        # packing.forward runs the encoder outside the model's own forward, where FSDP2 gathers the shared
-        # embedding: the first step would fail with "got mixed torch.Tensor and DTensor".
-        raise FlantuneError("train.sampling=packed doesn't run under FSDP yet (it calls T5's encoder outside the "
-                            "model's forward, where FSDP gathers the shared embedding). Use "
-                            "train.sampling=length_grouped under FSDP.")
     from flantune import cuda_graphs
 
     graphs = cuda_graphs.resolve(cfg.train.cuda_graphs, precision=precision, processes=world_size(),

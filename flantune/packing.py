@@ -263,19 +263,37 @@ def masks(input_segments: torch.Tensor, label_segments: torch.Tensor, dtype=torc
 
 
 def forward(model, inputs: dict):
-    """The model's outputs (and loss) on a batch, packed or not."""
-    if not is_packed(inputs):
-        return model(**inputs)
+    """The model's outputs (and loss) on a batch, packed or not. Packed rows go through the model's own call
+    as well (`_encode_rows`), inside whatever DDP, FSDP or DeepSpeed wrap around it."""
+    if is_packed(inputs):
+        _accept_rows(getattr(model, "module", model))  # DDP's and DeepSpeed's wrappers call .module
+    return model(**inputs)
+
+
+def _accept_rows(model) -> None:
+    if not getattr(model, "_flantune_packed_rows", False):
+        # After FSDP2's own pre-forward hook, which it prepends: the root's weights are gathered by then.
+        model.register_forward_pre_hook(_encode_rows, with_kwargs=True)
+        model._flantune_packed_rows = True
+
+
+def _encode_rows(model, args: tuple, kwargs: dict):
+    """A forward pre-hook: packed rows' segment ids become the three attention masks, and the encoder runs
+    here, inside the model's call, where FSDP2 has gathered the shared embedding (called outside it, the
+    embedding is still sharded: "got mixed torch.Tensor and DTensor"). T5 would use one mask for the
+    encoder and across; given the encoder's outputs, the mask it is passed is the cross-attention's alone."""
+    if SEGMENT_KEYS[0] not in kwargs:
+        return None
     from flantune.modeling import base_model_of
 
+    kwargs = dict(kwargs)
+    input_segments, label_segments = (kwargs.pop(key) for key in SEGMENT_KEYS)
     dtype = next(model.parameters()).dtype
-    encoder_mask, decoder_mask, cross_mask = masks(inputs["input_segment_ids"], inputs["label_segment_ids"], dtype)
-    # T5 would use one mask for the encoder and across: given the encoder's outputs, the mask it is passed
-    # is the cross-attention's alone.
-    encoder = base_model_of(getattr(model, "module", model)).get_encoder()
-    encoded = encoder(input_ids=inputs["input_ids"], attention_mask=encoder_mask)
-    return model(encoder_outputs=encoded, attention_mask=cross_mask, decoder_input_ids=inputs["decoder_input_ids"],
-                 decoder_attention_mask=decoder_mask, labels=inputs["labels"])
+    encoder_mask, decoder_mask, cross_mask = masks(input_segments, label_segments, dtype)
+    encoder = base_model_of(model).get_encoder()
+    kwargs["encoder_outputs"] = encoder(input_ids=kwargs.pop("input_ids"), attention_mask=encoder_mask)
+    kwargs.update(attention_mask=cross_mask, decoder_attention_mask=decoder_mask)
+    return args, kwargs
 
 
 def example_count(inputs: dict) -> torch.Tensor | int:

@@ -90,7 +90,7 @@ def test_sharding_configs_load_and_fit_every_t5_family_model():
 
 
 def test_packed_rows_split_between_two_processes_match_one(tmp_path, shared_data):
-    """train.sampling=packed: the encoder runs outside DDP's forward (flantune.packing.forward); its gradients
+    """train.sampling=packed: the encoder runs in a forward pre-hook (flantune.packing.forward); its gradients
     must still be all-reduced. Rows hold different numbers of label tokens, so the loss is only the one-process
     loss if each process's share of the step's tokens is weighed in."""
     packed = ["train.sampling=packed", "train.packed_input_length=256"]
@@ -178,3 +178,60 @@ def test_fsdp2_model_evaluates_like_the_unsharded_one(tmp_path):
     assert plain["texts"] == sharded["texts"]
     for a, b in zip(plain["scores"], sharded["scores"]):
         assert a == pytest.approx(b, rel=1e-6)  # log-probabilities near -125, summed in another order
+
+
+FSDP2_PACKED = r"""
+import copy, json, os, sys
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from flantune import packing
+from flantune.config import load_config
+from flantune.modeling import load_model
+
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+plain = load_model(load_config(["model=tiny", "model.architecture.tie_word_embeddings=false"]), 0).eval()
+sharded = copy.deepcopy(plain)
+for block in [*sharded.encoder.block, *sharded.decoder.block]:  # as accelerate's TRANSFORMER_BASED_WRAP does
+    fully_shard(block, mesh=init_device_mesh("cpu", (1,)))
+fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
+g = torch.Generator().manual_seed(0)
+def segments(length, *rows):  # each row: its examples' lengths; 0 pads the rest
+    return torch.tensor([[k for k, n in enumerate(row, 1) for _ in range(n)] + [0] * (length - sum(row)) for row in rows])
+batch = {"input_segment_ids": segments(32, [10, 14], [20, 12]), "label_segment_ids": segments(12, [4, 6], [7, 5]),
+         "input_ids": torch.randint(2, 300, (2, 32), generator=g), "labels": torch.randint(2, 300, (2, 12), generator=g),
+         "decoder_input_ids": torch.randint(2, 300, (2, 12), generator=g)}
+batch["labels"][batch["label_segment_ids"] == 0] = -100
+batch["attention_mask"] = (batch["input_segment_ids"] > 0).long()
+out = {}
+for name, model in (("plain", plain), ("sharded", sharded)):
+    losses = []
+    for step in range(2):  # the second step after FSDP2 has set itself up and freed the root's weights
+        model.zero_grad()
+        loss = packing.forward(model, batch).loss
+        loss.backward()
+        losses.append(loss.item())
+    grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad) for n, p in model.named_parameters()}
+    out[name] = {"losses": losses, "grads": {n: g.flatten()[:64].tolist() for n, g in grads.items()}}
+print("RESULT", json.dumps(out))
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp2_trains_on_packed_rows_as_unsharded(tmp_path):
+    """Packed rows need the encoder run on its own, with its own mask: run outside the root module's call,
+    it met the shared embedding still sharded under FSDP2 ("got mixed torch.Tensor and DTensor"), so packed
+    rows were refused under FSDP. FSDP2 on CPU (gloo, one process): loss and gradients match the unsharded
+    model's."""
+    script = tmp_path / "fsdp2_packed.py"
+    script.write_text(FSDP2_PACKED)
+    done = subprocess.run([sys.executable, str(script), "29537"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    plain, sharded = result["plain"], result["sharded"]
+    assert sharded["losses"] == pytest.approx(plain["losses"], rel=1e-6)
+    assert plain["grads"].keys() == sharded["grads"].keys()
+    for name, grad in plain["grads"].items():
+        assert sharded["grads"][name] == pytest.approx(grad, rel=1e-4, abs=1e-7), name

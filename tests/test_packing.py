@@ -217,17 +217,3 @@ def test_a_packed_run_trains_and_counts_examples_not_rows(cli, tmp_path, shared_
     # each task packs into rows of its own label length; both are within the lengths the overrides allow
     (_, samsum_labels), (_, emotion_labels) = throughput["packed_rows"]
     assert throughput["packed_rows"][0][0] == 512 and emotion_labels < samsum_labels <= 128
-
-
-def test_packed_rows_under_fsdp_are_refused_before_any_work(cli, tmp_path, shared_data, monkeypatch):
-    """packing.forward calls T5's encoder outside the model's forward, where FSDP2 gathers the shared
-    embedding: run with FSDP2 on CPU (gloo), the first packed step failed with "got mixed torch.Tensor and
-    DTensor". accelerate launch with configs/accelerate/fsdp.yaml sets ACCELERATE_USE_FSDP."""
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    out = tmp_path / "run"
-    code, _, err = cli("run", "task=imdb", "model=tiny", "train.sampling=packed", "train.max_steps=1",
-                       "data.max_train_examples=32", "data.max_eval_examples=8", f"data_dir={shared_data}",
-                       f"output_dir={out}")
-    assert code == 2
-    assert "train.sampling=packed" in err and "FSDP" in err and "length_grouped" in err
-    assert not out.exists()
