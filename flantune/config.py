@@ -59,6 +59,7 @@ class TrainCfg:
     sampling: str = MISSING
     packed_input_length: Optional[int] = MISSING
     packed_label_length: Optional[int] = MISSING
+    packed_rows_per_batch: Optional[int] = MISSING
     num_workers: int = MISSING
     compile: bool = MISSING
     cuda_graphs: Any = MISSING  # auto | true | false
@@ -338,7 +339,7 @@ def validate(cfg: DictConfig) -> None:
                          ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1)):
         _at_least(cfg, key, minimum)
     for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps", "train.packed_input_length",
-                "train.packed_label_length"):
+                "train.packed_label_length", "train.packed_rows_per_batch"):
         _at_least(cfg, key, 1, allow_none=True)
     if cfg.train.cuda_graphs not in (True, False, "auto"):
         raise FlantuneError(f"Config key 'train.cuda_graphs' is {cfg.train.cuda_graphs!r}; choose auto, true or false.")

@@ -225,6 +225,12 @@ class TrainSet:
                                                  batch_rows=batch_rows, seed=self.seed)
         return self._plans[batch_rows]
 
+    def packed_rows_per_batch(self, batch_size: int) -> int:
+        """sampling=packed: how many rows a batch takes to hold `batch_size` examples on average, from how
+        many rows the first epoch's examples pack into (every example of an epoch lands in one row)."""
+        rows = self.plan(1).rows_per_epoch
+        return max(1, round(batch_size * rows / max(self.epoch_size, 1)))
+
     def sampler(self, batch_size: int):
         from flantune.batching import LengthGroupedSampler, StreamSampler, grouping_keys
 

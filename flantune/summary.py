@@ -44,6 +44,10 @@ def print_summary(p, out: Path, final: EvalResult, trained, info, wall: float) -
         f"{tp['tokens_per_s']:,.0f} tokens/s); {info.trainable_parameters:,} trainable parameters; "
         f"wall time {wall:.1f}s", highlight=False,
     )
+    if "packed_rows_per_batch" in tp:
+        shapes = ", ".join(f"{e} + {d}" for e, d in tp["packed_rows"])
+        say.print(f"packed rows of {shapes} tokens, {tp['packed_rows_per_batch']} a batch per process: "
+                  f"{tp['examples'] / max(tp['steps'], 1):.1f} examples a step on average", highlight=False)
     if info.random_init:
         say.print("[yellow]The model was built with random weights: these scores test the pipeline, not FLAN-T5.[/]")
     say.print(f"run directory: [bold]{out}[/]")

@@ -150,7 +150,8 @@ class FlantuneTrainer(Seq2SeqTrainer):
         return metrics
 
 
-def training_arguments(p, out: Path) -> Seq2SeqTrainingArguments:
+def training_arguments(p, out: Path, batch_size: int) -> Seq2SeqTrainingArguments:
+    """The trainer's arguments; `batch_size` is per process, in the train set's items (rows when packed)."""
     import torch
 
     cfg = p.cfg
@@ -158,7 +159,7 @@ def training_arguments(p, out: Path) -> Seq2SeqTrainingArguments:
     report_to = cfg.report_to if isinstance(cfg.report_to, str) else list(cfg.report_to)
     return Seq2SeqTrainingArguments(
         output_dir=str(out / rundir.CHECKPOINTS),
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=cfg.eval.batch_size,
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr,
@@ -236,12 +237,15 @@ def _sum_over_processes(trainer: FlantuneTrainer) -> None:
 
 def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Trained:
     cfg = p.cfg
+    batch = cfg.train.batch_size
+    if train_set.sampling == "packed":  # train.batch_size counts examples: as many whole rows as hold them
+        batch = cfg.train.packed_rows_per_batch or train_set.packed_rows_per_batch(batch)
     # Batches are formed at the global size and cut into per-process batches by accelerate, so N processes
     # of batch b train on exactly the batches one process of batch N*b would.
-    global_batch = cfg.train.batch_size * world_size()
+    global_batch = batch * world_size()
     trainer = FlantuneTrainer(
         model=model,
-        args=training_arguments(p, out),
+        args=training_arguments(p, out, batch),
         train_dataset=_train_dataset(train_set, tokenizer, model, global_batch),
         eval_dataset=evaluator.sets[0].data,  # only to satisfy the trainer's checks: `evaluate` uses the evaluator
         data_collator=_collator(tokenizer, p.cuda_graphs, train_set.sampling == "packed"),
@@ -282,6 +286,7 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
     }
     if train_set.sampling == "packed":  # the (input, label) lengths of the rows, one per shape
         throughput["packed_rows"] = [list(shape) for shape in train_set.row_shapes.shapes]
+        throughput["packed_rows_per_batch"] = batch
     if trainer.graphed is not None:
         throughput["cuda_graphs"] = trainer.graphed.summary()
     if torch.cuda.is_available():

@@ -94,9 +94,9 @@ def test_packed_rows_split_between_two_processes_match_one(tmp_path, shared_data
     must still be all-reduced. Rows hold different numbers of label tokens, so the loss is only the one-process
     loss if each process's share of the step's tokens is weighed in."""
     packed = ["train.sampling=packed", "train.packed_input_length=256"]
-    one = _run([sys.executable], tmp_path / "one", 4, shared_data, *packed)
+    one = _run([sys.executable], tmp_path / "one", 4, shared_data, *packed, "train.packed_rows_per_batch=4")
     many = _run([_bin("torchrun"), "--nproc_per_node=2", "--master_port=29535"], tmp_path / "many", 2, shared_data,
-                *packed)
+                *packed, "train.packed_rows_per_batch=2")
     assert one["train"]["examples"] > 20 * 4 * 2  # several examples a row
     _assert_same(one, many, examples=None)
 

@@ -199,11 +199,35 @@ def test_data_short_of_one_batch_of_rows_is_topped_up_with_empty_rows():
     assert (batch["labels"] != -100).sum() == 5 + 9 + 4 + 3  # each label and its end-of-sequence token
 
 
+@pytest.mark.parametrize("batch_size", [16, 64])
+def test_packed_batches_hold_batch_size_examples_on_average(batch_size):
+    """train.batch_size counts examples with packed rows too: a batch takes as many whole rows as hold that
+    many on average (it counted rows, so packing multiplied a batch's examples by the examples a row holds)."""
+    from flantune.mixture import TrainSet
+
+    rng = np.random.default_rng(0)
+    sizes = {"long": 600, "short": 1400}  # summaries of a few per row, and classification of dozens
+    lengths = np.concatenate([np.stack([rng.integers(100, 500, 600), rng.integers(20, 60, 600)], 1),
+                              np.stack([rng.integers(5, 40, 1400), rng.integers(1, 3, 1400)], 1)])
+    groups = np.repeat([0, 1], [600, 1400])
+    train_set = TrainSet(dataset=None, offsets={"long": 0, "short": 600}, sizes=sizes, rates={"long": 0.3, "short": 0.7},
+                         counts=sizes, seed=0, sampling="packed", lengths=lengths,
+                         row_shapes=packing.row_shapes(lengths, groups))
+    rows = train_set.packed_rows_per_batch(batch_size)
+    plan = train_set.plan(rows)
+    batches = plan.rows_per_epoch // rows
+    examples = len(plan.examples(range(plan.rows_per_epoch)))
+    assert rows < batch_size and train_set.packed_rows_per_batch(1) == 1  # rows hold several examples; one at least
+    # whole rows: within half a row's examples of batch_size, plus the rows left waiting for the next epoch
+    per_row = len(lengths) / train_set.plan(1).rows_per_epoch
+    assert abs(examples / batches - batch_size) <= per_row / 2 + 0.05 * batch_size
+
+
 def test_a_packed_run_trains_and_counts_examples_not_rows(cli, tmp_path, shared_data):
-    """A mixture of long and short inputs in rows of 512 tokens: 4 steps of 2 rows train many more examples
-    than 8, and the mixture report counts the same examples as the trainer did."""
+    """A mixture of long and short inputs in rows of 512 tokens: train.batch_size=16 takes a few rows a batch,
+    which hold about 16 examples, and the mixture report counts the same examples as the trainer did."""
     out = tmp_path / "run"
-    code, _, err = cli("run", "task=[samsum,emotion]", "model=tiny", "train.sampling=packed", "train.batch_size=2",
+    code, out_text, err = cli("run", "task=[samsum,emotion]", "model=tiny", "train.sampling=packed", "train.batch_size=16",
                        "train.packed_input_length=512", "train.max_steps=4", "train.eval_steps=100",
                        "data.max_train_examples=400", "data.max_eval_examples=8", "tasks.samsum.max_input_length=128",
                        "tasks.samsum.max_target_length=32", f"data_dir={shared_data}", f"output_dir={out}")
@@ -211,7 +235,9 @@ def test_a_packed_run_trains_and_counts_examples_not_rows(cli, tmp_path, shared_
     metrics = json.loads((out / "metrics.json").read_text())
     throughput = metrics["train"]
     assert throughput["steps"] == 4
-    assert throughput["examples"] >= 4 * 8  # 8 rows, at least 4 examples each
+    rows = throughput["packed_rows_per_batch"]
+    assert 1 <= rows < 8 and throughput["examples"] >= 4 * rows * 4  # at least 4 examples a row
+    assert f"{rows} a batch per process" in out_text
     assert throughput["pad_fraction"] < throughput["pad_fraction_random_batching"] / 1.5
     assert sum(metrics["mixture"]["examples_seen"].values()) == throughput["examples"]
     # each task packs into rows of its own label length; both are within the lengths the overrides allow
