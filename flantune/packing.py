@@ -266,11 +266,12 @@ def forward(model, inputs: dict):
     """The model's outputs (and loss) on a batch, packed or not. Packed rows go through the model's own call
     as well (`_encode_rows`), inside whatever DDP, FSDP or DeepSpeed wrap around it."""
     if is_packed(inputs):
-        _accept_rows(getattr(model, "module", model))  # DDP's and DeepSpeed's wrappers call .module
+        accept_rows(getattr(model, "module", model))  # DDP's and DeepSpeed's wrappers call .module
     return model(**inputs)
 
 
-def _accept_rows(model) -> None:
+def accept_rows(model) -> None:
+    """Let `model(**inputs)` take packed rows (their segment ids), wherever it is called from."""
     if not getattr(model, "_flantune_packed_rows", False):
         # After FSDP2's own pre-forward hook, which it prepends: the root's weights are gathered by then.
         model.register_forward_pre_hook(_encode_rows, with_kwargs=True)

@@ -105,12 +105,9 @@ class FlantuneTrainer(Seq2SeqTrainer):
         # mean, so the trainer, which then neither divides by the accumulation steps nor by the processes,
         # would sum the means: grad_accum=2 trained and logged twice the loss. Weighting each batch's mean by
         # its share of the step's tokens gives the step's token mean, as one batch of the same size would.
-        if packing.is_packed(inputs):
-            outputs = packing.forward(model, inputs)
-            loss = outputs.loss
-        else:
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
+        # Packed rows go through the same call (packing.accept_rows), so the trainer's scaling by the number of
+        # processes, which undoes DDP's averaging of the gradients, applies to them too.
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         share = self.token_share(inputs, num_items_in_batch)
         if share is not None:
             loss = loss * share
@@ -218,6 +215,7 @@ def _collator(tokenizer, cuda_graphs: bool, packed: bool):
 def _train_dataset(train_set, tokenizer, model, batch_rows: int):
     if train_set.sampling != "packed":
         return train_set.dataset.select_columns(TRAIN_COLUMNS)
+    packing.accept_rows(model)
     start = base_model_of(model).config.decoder_start_token_id
     return packing.PackedRows(train_set.dataset.select_columns(["input_ids", "labels"]), train_set.plan(batch_rows),
                               tokenizer.pad_token_id, tokenizer.pad_token_id if start is None else start)
