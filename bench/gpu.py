@@ -89,13 +89,15 @@ def examples(parquet: str, n: int, seed: int = 0) -> list[dict]:
     return [{"input_ids": i, "attention_mask": [1] * len(i), "labels": l} for i, l in zip(inputs, labels)]
 
 
-def build_model(arch: str, seed: int):
+def build_model(arch: str, seed: int, dropout: float | None = None):
     from transformers import AutoConfig
 
     from flantune.modeling import _untie_like_checkpoint
 
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(arch)
+    if dropout is not None:  # FLAN-T5 trains with 0.1 (all of T5's dropouts, attention's included)
+        config.dropout_rate = dropout
     from transformers import AutoModelForSeq2SeqLM
 
     with torch.device("cuda" if CUDA else "cpu"):
@@ -162,7 +164,7 @@ def multiple_of(n: int):
 
 
 def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: int, warmup: int, seed: int,
-                gradient_checkpointing: bool = False, profile: bool = False) -> dict:
+                gradient_checkpointing: bool = False, profile: bool = False, dropout: float | None = None) -> dict:
     from transformers import (
         DataCollatorForSeq2Seq,
         Seq2SeqTrainer,
@@ -190,7 +192,7 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
         data, plan, rows_per_batch = packed_rows(data, batch, seed)
     if CUDA:
         torch.cuda.empty_cache()
-    model = build_model(arch, seed)
+    model = build_model(arch, seed, dropout)
     if opts.get("fast_attention"):  # flantune's attention path, and no key/value cache while training
         use_fast_attention(model)
         disable_kv_cache(model)
@@ -312,7 +314,8 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
     config = base_model_of(model).config
     flops = train_flops(config, lengths_seen)
     result = {
-        "variant": name, "arch": Path(arch).name, "batch": batch, "rows_per_batch": rows_per_batch, "steps": steps,
+        "variant": name, "arch": Path(arch).name, "dropout": dropout, "batch": batch, "rows_per_batch": rows_per_batch,
+        "steps": steps,
         "examples_per_s": len(lengths_seen) / seconds, "useful_tokens_per_s": useful / seconds,
         "s_per_step": seconds / steps, "mfu": flops / seconds / H100_BF16_PEAK,
         "peak_memory_gib": peak, "peak_reserved_gib": reserved, "held_after_gib": held, "losses": [float(x) for x in losses],
@@ -377,6 +380,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dropout", type=float, help="override the architecture's dropout_rate (what dropout costs)")
     ap.add_argument("--variants", default="recipe,grouped,fast_attention,bf16_weights")
     ap.add_argument("--profile", default="", help="comma-separated variants to profile (3 steps after warmup)")
     ap.add_argument("--memory-table", action="store_true")
@@ -399,7 +403,7 @@ def main(argv=None) -> None:
             for name in args.variants.split(","):
                 try:
                     r = run_variant(name, arch, data, batch=args.batch, steps=args.steps, warmup=args.warmup,
-                                    seed=args.seed, profile=name in args.profile.split(","))
+                                    seed=args.seed, profile=name in args.profile.split(","), dropout=args.dropout)
                 except Exception as exc:  # a variant that fails here is reported, the others still run
                     r = {"variant": name, "arch": Path(arch).name, "error": f"{type(exc).__name__}: {exc}"[:500]}
                 out["results"].append(r)
