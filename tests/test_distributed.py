@@ -135,24 +135,41 @@ def test_fsdp2_preparation_keeps_a_separate_head(tmp_path):
         assert model.decoder.embed_tokens.weight is model.shared.weight
 
 
-FSDP2_EVAL = r"""
+# A tiny FLAN-T5 (own head) and its FSDP2 twin, sharded as accelerate's TRANSFORMER_BASED_WRAP does, on one
+# gloo process: what the scripts below compare.
+FSDP2_SETUP = r"""
 import copy, json, os, sys
 import torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from flantune import scoring
 from flantune.config import load_config
-from flantune.distributed import whole_parameters
 from flantune.modeling import load_model
-from flantune.show import load_tokenizer
 
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
 dist.init_process_group("gloo")
 plain = load_model(load_config(["model=tiny", "model.architecture.tie_word_embeddings=false"]), 0).eval()
 sharded = copy.deepcopy(plain)
-for block in [*sharded.encoder.block, *sharded.decoder.block]:  # as accelerate's TRANSFORMER_BASED_WRAP does
+for block in [*sharded.encoder.block, *sharded.decoder.block]:
     fully_shard(block, mesh=init_device_mesh("cpu", (1,)))
 fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
+"""
+
+def _run_fsdp2_script(code: str, tmp_path: Path, port: int) -> tuple[dict, dict]:
+    """Run a script above in its own process: its plain and sharded results."""
+    script = tmp_path / "fsdp2.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script), str(port)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    return result["plain"], result["sharded"]
+
+
+FSDP2_EVAL = FSDP2_SETUP + r"""
+from flantune import scoring
+from flantune.distributed import whole_parameters
+from flantune.show import load_tokenizer
+
 tok = load_tokenizer(None)
 inputs = tok(["a fine film", "dull and far too long, a waste of an evening"]).input_ids
 choices = tok(text_target=["negative", "positive"]).input_ids
@@ -175,34 +192,15 @@ def test_fsdp2_model_evaluates_like_the_unsharded_one(tmp_path):
     shared embedding: on the H100 a run under configs/accelerate/fsdp.yaml trained its 40 steps and then
     failed in rank scoring ("aten.embedding.default got mixed torch.Tensor and DTensor"). FSDP2 on CPU
     (gloo, one process): rank scores and generated text match the unsharded model's."""
-    script = tmp_path / "fsdp2_eval.py"
-    script.write_text(FSDP2_EVAL)
-    done = subprocess.run([sys.executable, str(script), "29536"], capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.split("RESULT ", 1)[1])
-    plain, sharded = result["plain"], result["sharded"]
+    plain, sharded = _run_fsdp2_script(FSDP2_EVAL, tmp_path, port=29536)
     assert plain["texts"] == sharded["texts"]
     for a, b in zip(plain["scores"], sharded["scores"]):
         assert a == pytest.approx(b, rel=1e-6)  # log-probabilities near -125, summed in another order
 
 
-FSDP2_PACKED = r"""
-import copy, json, os, sys
-import torch, torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+FSDP2_PACKED = FSDP2_SETUP + r"""
 from flantune import packing
-from flantune.config import load_config
-from flantune.modeling import load_model
 
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
-dist.init_process_group("gloo")
-plain = load_model(load_config(["model=tiny", "model.architecture.tie_word_embeddings=false"]), 0).eval()
-sharded = copy.deepcopy(plain)
-for block in [*sharded.encoder.block, *sharded.decoder.block]:  # as accelerate's TRANSFORMER_BASED_WRAP does
-    fully_shard(block, mesh=init_device_mesh("cpu", (1,)))
-fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
 g = torch.Generator().manual_seed(0)
 def segments(length, *rows):  # each row: its examples' lengths; 0 pads the rest
     return torch.tensor([[k for k, n in enumerate(row, 1) for _ in range(n)] + [0] * (length - sum(row)) for row in rows])
@@ -231,13 +229,7 @@ def test_fsdp2_trains_on_packed_rows_as_unsharded(tmp_path):
     it met the shared embedding still sharded under FSDP2 ("got mixed torch.Tensor and DTensor"), so packed
     rows were refused under FSDP. FSDP2 on CPU (gloo, one process): loss and gradients match the unsharded
     model's."""
-    script = tmp_path / "fsdp2_packed.py"
-    script.write_text(FSDP2_PACKED)
-    done = subprocess.run([sys.executable, str(script), "29537"], capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.split("RESULT ", 1)[1])
-    plain, sharded = result["plain"], result["sharded"]
+    plain, sharded = _run_fsdp2_script(FSDP2_PACKED, tmp_path, port=29537)
     assert sharded["losses"] == pytest.approx(plain["losses"], rel=1e-6)
     assert plain["grads"].keys() == sharded["grads"].keys()
     for name, grad in plain["grads"].items():
