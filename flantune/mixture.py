@@ -225,11 +225,14 @@ class TrainSet:
                                                  batch_rows=batch_rows, seed=self.seed)
         return self._plans[batch_rows]
 
+    def examples_per_row(self) -> float:
+        """sampling=packed: examples a row holds on average, from how many rows the first epoch's examples
+        pack into (every example of an epoch lands in one row)."""
+        return self.epoch_size / max(self.plan(1).rows_per_epoch, 1)
+
     def packed_rows_per_batch(self, batch_size: int) -> int:
-        """sampling=packed: how many rows a batch takes to hold `batch_size` examples on average, from how
-        many rows the first epoch's examples pack into (every example of an epoch lands in one row)."""
-        rows = self.plan(1).rows_per_epoch
-        return max(1, round(batch_size * rows / max(self.epoch_size, 1)))
+        """sampling=packed: how many whole rows a batch takes to hold `batch_size` examples on average."""
+        return max(1, round(batch_size / self.examples_per_row()))
 
     def sampler(self, batch_size: int):
         from flantune.batching import LengthGroupedSampler, StreamSampler, grouping_keys

@@ -263,26 +263,31 @@ def masks(input_segments: torch.Tensor, label_segments: torch.Tensor, dtype=torc
 
 
 def forward(model, inputs: dict):
-    """The model's outputs (and loss) on a batch, packed or not. Packed rows go through the model's own call
-    as well (`_encode_rows`), inside whatever DDP, FSDP or DeepSpeed wrap around it."""
+    """The model's outputs (and loss) on a batch, packed or not: packed rows go through the model's own call
+    too (`accept_rows`), inside whatever DDP, FSDP, DeepSpeed or autocast wrap around it."""
     if is_packed(inputs):
         accept_rows(getattr(model, "module", model))  # DDP's and DeepSpeed's wrappers call .module
     return model(**inputs)
 
 
 def accept_rows(model) -> None:
-    """Let `model(**inputs)` take packed rows (their segment ids), wherever it is called from."""
-    if not getattr(model, "_flantune_packed_rows", False):
-        # After FSDP2's own pre-forward hook, which it prepends: the root's weights are gathered by then.
-        model.register_forward_pre_hook(_encode_rows, with_kwargs=True)
-        model._flantune_packed_rows = True
+    """Let `model(**inputs)` take packed rows (their segment ids), wherever it is called from. The encoder
+    runs in the model's own forward, as usual: called beside it, it met FSDP2's shared embedding still
+    sharded ("got mixed torch.Tensor and DTensor") and ran outside the autocast that accelerate wraps
+    around the forward."""
+    if getattr(model, "_flantune_packed_rows", False):
+        return
+    from flantune.modeling import base_model_of
+
+    model.register_forward_pre_hook(_packed_masks, with_kwargs=True)
+    base_model_of(model).get_encoder().register_forward_pre_hook(_encoder_mask, with_kwargs=True)
+    model._flantune_packed_rows = True
 
 
-def _encode_rows(model, args: tuple, kwargs: dict):
-    """A forward pre-hook: packed rows' segment ids become the three attention masks, and the encoder runs
-    here, inside the model's call, where FSDP2 has gathered the shared embedding (called outside it, the
-    embedding is still sharded: "got mixed torch.Tensor and DTensor"). T5 would use one mask for the
-    encoder and across; given the encoder's outputs, the mask it is passed is the cross-attention's alone."""
+def _packed_masks(model, args: tuple, kwargs: dict):
+    """The model's forward pre-hook: segment ids become the three attention masks. T5 passes one mask to the
+    encoder and across, so the model gets the cross-attention's and its encoder is handed its own
+    (`_encoder_mask`), for these input ids only."""
     if SEGMENT_KEYS[0] not in kwargs:
         return None
     from flantune.modeling import base_model_of
@@ -291,10 +296,17 @@ def _encode_rows(model, args: tuple, kwargs: dict):
     input_segments, label_segments = (kwargs.pop(key) for key in SEGMENT_KEYS)
     dtype = next(model.parameters()).dtype
     encoder_mask, decoder_mask, cross_mask = masks(input_segments, label_segments, dtype)
-    encoder = base_model_of(model).get_encoder()
-    kwargs["encoder_outputs"] = encoder(input_ids=kwargs.pop("input_ids"), attention_mask=encoder_mask)
+    base_model_of(model).get_encoder()._flantune_packed_mask = (kwargs["input_ids"], encoder_mask)
     kwargs.update(attention_mask=cross_mask, decoder_attention_mask=decoder_mask)
     return args, kwargs
+
+
+def _encoder_mask(encoder, args: tuple, kwargs: dict):
+    pending = getattr(encoder, "_flantune_packed_mask", None)
+    if pending is None or pending[0] is not kwargs.get("input_ids"):
+        return None
+    encoder._flantune_packed_mask = None
+    return args, {**kwargs, "attention_mask": pending[1]}
 
 
 def example_count(inputs: dict) -> torch.Tensor | int:

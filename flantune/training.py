@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from flantune import packing, rundir
-from flantune.distributed import process_group, world_size
+from flantune.distributed import is_main, process_group, world_size
 from flantune.evaluation import SCORE, Evaluator
 from flantune.modeling import base_model_of
 
@@ -221,6 +221,20 @@ def _train_dataset(train_set, tokenizer, model, batch_rows: int):
                               tokenizer.pad_token_id, tokenizer.pad_token_id if start is None else start)
 
 
+def _say_if_rows_miss_batch_size(cfg, rows: int, examples_per_row: float) -> None:
+    """Whole rows a process can't always hold train.batch_size examples (each takes at least one): say so
+    where they miss it by more than a quarter, since the global batch then differs from the one asked for."""
+    held = rows * examples_per_row
+    missed = abs(held - cfg.train.batch_size) > cfg.train.batch_size / 4
+    if cfg.train.packed_rows_per_batch is None and missed and is_main():
+        from flantune.console import console
+
+        console(stderr=True).print(f"[bold yellow]Note:[/] a packed row holds {examples_per_row:.1f} examples on average, so "
+                        f"train.batch_size={cfg.train.batch_size} takes {rows} row(s) a process, about {held:.0f} "
+                        "examples. Set train.batch_size to a multiple of the examples a row holds, or "
+                        "train.packed_rows_per_batch to choose the rows.", highlight=False)
+
+
 def _sum_over_processes(trainer: FlantuneTrainer) -> None:
     """The token and example counts of every process, so throughput covers the whole run."""
     import torch
@@ -238,6 +252,7 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
     batch = cfg.train.batch_size
     if train_set.sampling == "packed":  # train.batch_size counts examples: as many whole rows as hold them
         batch = cfg.train.packed_rows_per_batch or train_set.packed_rows_per_batch(batch)
+        _say_if_rows_miss_batch_size(cfg, batch, train_set.examples_per_row())
     # Batches are formed at the global size and cut into per-process batches by accelerate, so N processes
     # of batch b train on exactly the batches one process of batch N*b would.
     global_batch = batch * world_size()

@@ -148,10 +148,12 @@ from flantune.modeling import load_model
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
 dist.init_process_group("gloo")
 plain = load_model(load_config(["model=tiny", "model.architecture.tie_word_embeddings=false"]), 0).eval()
-sharded = copy.deepcopy(plain)
-for block in [*sharded.encoder.block, *sharded.decoder.block]:
-    fully_shard(block, mesh=init_device_mesh("cpu", (1,)))
-fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
+
+
+def shard(model):
+    for block in [*model.encoder.block, *model.decoder.block]:
+        fully_shard(block, mesh=init_device_mesh("cpu", (1,)))
+    return fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
 """
 
 def _run_fsdp2_script(code: str, tmp_path: Path, port: int) -> tuple[dict, dict]:
@@ -169,6 +171,8 @@ FSDP2_EVAL = FSDP2_SETUP + r"""
 from flantune import scoring
 from flantune.distributed import whole_parameters
 from flantune.show import load_tokenizer
+
+sharded = shard(copy.deepcopy(plain))
 
 tok = load_tokenizer(None)
 inputs = tok(["a fine film", "dull and far too long, a waste of an evening"]).input_ids
@@ -200,6 +204,10 @@ def test_fsdp2_model_evaluates_like_the_unsharded_one(tmp_path):
 
 FSDP2_PACKED = FSDP2_SETUP + r"""
 from flantune import packing
+
+sharded = copy.deepcopy(plain)
+packing.accept_rows(sharded)  # before sharding, as the trainer does
+sharded = shard(sharded)
 
 g = torch.Generator().manual_seed(0)
 def segments(length, *rows):  # each row: its examples' lengths; 0 pads the rest

@@ -80,6 +80,22 @@ def test_packed_rows_give_the_loss_and_gradients_of_the_unpacked_batch(input_len
         assert torch.allclose(packed_grads[name], grad, atol=1e-6, rtol=1e-4), name
 
 
+def test_packed_rows_run_the_encoder_under_the_models_autocast():
+    """accelerate's bf16-mixed wraps the model's forward in autocast: the encoder must run inside that forward
+    (it ran beside it, in fp32, while the decoder ran in bf16)."""
+    ds = _examples([(12, 5), (19, 3), (8, 9)])
+    model, plain = _tiny(fast=True), _tiny(fast=True)
+    for m in (model, plain):
+        m.forward = torch.autocast("cpu", dtype=torch.bfloat16)(m.forward)  # what accelerate's prepare_model does
+    seen = {}
+    for stack in ("encoder", "decoder"):
+        q = getattr(model, stack).block[0].layer[0].SelfAttention.q
+        q.register_forward_hook(lambda module, args, out, stack=stack: seen.update({stack: out.dtype}))
+    packed_loss = packing.forward(model, _packed(ds, 64, 24)).loss
+    assert seen == {"encoder": torch.bfloat16, "decoder": torch.bfloat16}
+    assert packed_loss.item() == pytest.approx(plain(**_padded(ds)).loss.item(), rel=2e-2)  # bf16's rounding
+
+
 def test_a_row_holds_each_examples_tokens_in_order_with_its_own_decoder_start():
     ds = _examples([(4, 2), (2, 3)])
     row = _packed(ds, 16, 8)
@@ -243,3 +259,13 @@ def test_a_packed_run_trains_and_counts_examples_not_rows(cli, tmp_path, shared_
     # each task packs into rows of its own label length; both are within the lengths the overrides allow
     (_, samsum_labels), (_, emotion_labels) = throughput["packed_rows"]
     assert throughput["packed_rows"][0][0] == 512 and emotion_labels < samsum_labels <= 128
+
+
+def test_a_batch_size_that_whole_rows_miss_is_pointed_out(cli, tmp_path, shared_data):
+    """imdb reviews of up to 64 tokens pack several to a row of 512, so a batch of 2 takes one row, of
+    several examples: the run says so, and how to choose."""
+    code, _, err = cli("run", "task=imdb", "model=tiny", "train.sampling=packed", "train.batch_size=2",
+                       "train.max_steps=1", "data.max_train_examples=64", "data.max_eval_examples=8",
+                       "tasks.imdb.max_input_length=64", f"data_dir={shared_data}", f"output_dir={tmp_path / 'run'}")
+    assert code == 0, err
+    assert "train.batch_size=2 takes 1 row(s) a process" in err and "train.packed_rows_per_batch" in err
