@@ -180,7 +180,7 @@ def packed_plan(lengths: np.ndarray, examples_per_batch: int, seed: int):
     stream = lambda epoch: np.random.default_rng([seed, epoch]).permutation(len(lengths))
     shapes = packing.row_shapes(lengths, np.zeros(len(lengths)), seed=seed)
     rows = packing.PackedPlan(stream, lengths, shapes, seed=seed).rows_per_epoch
-    batch_rows = max(1, round(examples_per_batch * rows / len(lengths)))
+    batch_rows = packing.rows_per_batch(examples_per_batch, len(lengths) / rows)
     return packing.PackedPlan(stream, lengths, shapes, batch_rows=batch_rows, seed=seed), batch_rows
 
 

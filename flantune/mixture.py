@@ -232,7 +232,9 @@ class TrainSet:
 
     def packed_rows_per_batch(self, batch_size: int) -> int:
         """sampling=packed: how many whole rows a batch takes to hold `batch_size` examples on average."""
-        return max(1, round(batch_size / self.examples_per_row()))
+        from flantune.packing import rows_per_batch
+
+        return rows_per_batch(batch_size, self.examples_per_row())
 
     def sampler(self, batch_size: int):
         from flantune.batching import LengthGroupedSampler, StreamSampler, grouping_keys

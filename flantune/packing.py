@@ -112,6 +112,11 @@ def row_shapes(lengths: np.ndarray, groups: np.ndarray, input_length: int | None
     return RowShapes(shapes, kind)
 
 
+def rows_per_batch(examples_per_batch: int, examples_per_row: float) -> int:
+    """Whole rows that hold `examples_per_batch` examples on average (one at least)."""
+    return max(1, round(examples_per_batch / examples_per_row))
+
+
 def pack_rows(lengths: np.ndarray, items: np.ndarray, input_length: int, label_length: int,
               chunk: int = CHUNK) -> list[np.ndarray]:
     """`items` (example indices, in stream order) packed into rows: first-fit decreasing, by the share of a

@@ -229,10 +229,11 @@ def _say_if_rows_miss_batch_size(cfg, rows: int, examples_per_row: float) -> Non
     if cfg.train.packed_rows_per_batch is None and missed and is_main():
         from flantune.console import console
 
-        console(stderr=True).print(f"[bold yellow]Note:[/] a packed row holds {examples_per_row:.1f} examples on average, so "
-                        f"train.batch_size={cfg.train.batch_size} takes {rows} row(s) a process, about {held:.0f} "
-                        "examples. Set train.batch_size to a multiple of the examples a row holds, or "
-                        "train.packed_rows_per_batch to choose the rows.", highlight=False)
+        console(stderr=True).print(
+            f"[bold yellow]Note:[/] a packed row holds {examples_per_row:.1f} examples on average, so "
+            f"train.batch_size={cfg.train.batch_size} takes {rows} row(s) a process, about {held:.0f} examples. Set "
+            "train.batch_size to a multiple of the examples a row holds, or train.packed_rows_per_batch to choose "
+            "the rows.", highlight=False)
 
 
 def _sum_over_processes(trainer: FlantuneTrainer) -> None:
