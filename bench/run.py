@@ -116,6 +116,11 @@ def child(args) -> None:
         rows = packing.PackedRows(train.select_columns(["input_ids", "labels"]), plan, tok.pad_token_id,
                                   model.config.decoder_start_token_id)
         collator = packing.collate
+    # flantune's train.loss_normalization: tokens divides each batch's summed token loss by the label tokens a
+    # batch holds on average (flantune.mixture.TrainSet.label_tokens_per_batch); batch takes each batch's mean
+    tokens_per_batch = None
+    if args.recipe == "flantune" and args.loss_normalization == "tokens":
+        tokens_per_batch = lengths[:, 1].sum() / (plan.rows_per_epoch / batch if packed else len(lengths) / batch)
 
     class Clock(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
@@ -143,11 +148,15 @@ def child(args) -> None:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not packed:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if not packing.is_packed(inputs):  # without the segments' masks, examples would see each other
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            elif not packing.is_packed(inputs):  # without the segments' masks, examples would see each other
                 raise RuntimeError("the trainer dropped the packed rows' segment ids")
-            outputs = packing.forward(model, inputs)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
+            else:
+                outputs = packing.forward(model, inputs)
+                loss = outputs.loss
+            if tokens_per_batch:  # train.loss_normalization=tokens: the summed token loss over a fixed count
+                loss = loss * (inputs["labels"] != -100).sum() / tokens_per_batch
+            return (loss, outputs) if return_outputs else loss
 
     targs = Seq2SeqTrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
@@ -193,7 +202,7 @@ def run_child(recipe: str, dataset: str, args, save_model: str | None = None) ->
     cmd = [sys.executable, __file__, "--child", "--recipe", recipe_arg, "--dataset", dataset, "--data-dir", args.data_dir,
            "--examples", str(args.examples), "--valid-examples", str(args.valid_examples), "--batch", str(args.batch),
            "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads),
-           "--child-out", str(out)] + order + (["--save-model", save_model] if save_model else [])
+           "--loss-normalization", args.loss_normalization, "--child-out", str(out)] + order + (["--save-model", save_model] if save_model else [])
     # stderr goes to a file, not a pipe: os.wait4 (for this child's own ru_maxrss) waits before anything reads,
     # so a child writing more than a pipe's buffer to stderr would block forever.
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errfile:
@@ -241,9 +250,10 @@ def padding_over_epochs(args) -> list[dict]:
 
 
 def print_task_weights(lengths, tasks, names, shuffled, grouped, batch: int, seed: int) -> None:
-    """Each task's share of an epoch's gradient under each batching: a batch's loss is the mean over its
-    label tokens and every step counts the same, so a task's share of a step is its share of the batch's
-    label tokens."""
+    """Each task's share of an epoch's gradient under each batching. With train.loss_normalization=batch a
+    batch's loss is the mean over its label tokens and every step counts the same, so a task's share of a
+    step is its share of the batch's label tokens; with tokens every label token of the epoch weighs the
+    same, so a task's share is its share of the epoch's label tokens, whatever the batching."""
     from flantune.packing import PackedPlan, row_lengths, row_shapes
 
     cut = lambda order: [order[i:i + batch] for i in range(0, len(order), batch)]
@@ -261,7 +271,10 @@ def print_task_weights(lengths, tasks, names, shuffled, grouped, batch: int, see
             per_task = np.bincount(tasks[b].astype(np.int64), weights=lengths[b, 1], minlength=len(names))
             weights += per_task / per_task.sum()
         weights /= weights.sum()
-        print(f"  {label:26s} " + "  ".join(f"{n} {w:5.1%}" for n, w in zip(names, weights)))
+        print(f"  {label:26s} " + "  ".join(f"{n} {w:5.1%}" for n, w in zip(names, weights)) + "  (batch)")
+    tokens = np.bincount(tasks.astype(np.int64), weights=lengths[:, 1], minlength=len(names))
+    print(f"  {'any of these':26s} " + "  ".join(f"{n} {w:5.1%}" for n, w in zip(names, tokens / tokens.sum()))
+          + "  (tokens, the default)")
 
 
 def packed_padding(lengths: np.ndarray, tasks: np.ndarray, order: np.ndarray, seed: int) -> dict:
@@ -381,6 +394,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "cpu.json"))
     ap.add_argument("--padding-only", action="store_true", help="only the pad fractions over whole train splits")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--loss-normalization", default="tokens", choices=("tokens", "batch"),
+                    help="flantune's train.loss_normalization in the flantune recipes")
     ap.add_argument("--sampling", default="length_grouped", choices=("length_grouped", "input_length_grouped", "packed"),
                     help=argparse.SUPPRESS)  # the flantune recipe's
     ap.add_argument("--recipe", help=argparse.SUPPRESS)

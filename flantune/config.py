@@ -28,6 +28,7 @@ from flantune.overrides import parse_overrides
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
 CLASSIFY = ("rank", "generate")
 SAMPLING = ("length_grouped", "input_length_grouped", "random", "packed")
+LOSS_NORMALIZATIONS = ("tokens", "batch")
 METHODS_DIR, MODELS_DIR, MIXTURES_DIR = "method", "model", "mixture"
 
 
@@ -60,6 +61,7 @@ class TrainCfg:
     packed_input_length: Optional[int] = MISSING
     packed_label_length: Optional[int] = MISSING
     packed_rows_per_batch: Optional[int] = MISSING
+    loss_normalization: str = MISSING
     num_workers: int = MISSING
     compile: bool = MISSING
     cuda_graphs: Any = MISSING  # auto | true | false
@@ -334,6 +336,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "eval.classify", CLASSIFY)
     _choice(cfg, "eval.split", ROLES)
     _choice(cfg, "train.sampling", SAMPLING)
+    _choice(cfg, "train.loss_normalization", LOSS_NORMALIZATIONS)
     _choice(cfg, "method", tuple(group_options(METHODS_DIR)))
     for key, minimum in (("train.batch_size", 1), ("train.grad_accum", 1), ("eval.batch_size", 1),
                          ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1)):

@@ -236,6 +236,20 @@ class TrainSet:
 
         return rows_per_batch(batch_size, self.examples_per_row())
 
+    def label_tokens_per_batch(self, batch_size: int, processes: int = 1) -> float:
+        """The label tokens one process's batch of `batch_size` (examples, or rows when packed) holds on average
+        over the first epoch: what train.loss_normalization=tokens divides each batch's summed loss by, so an
+        epoch's steps add up to its token mean however its examples are batched."""
+        global_batch = batch_size * processes
+        if self.sampling == "packed":
+            plan = self.plan(global_batch)
+            examples = plan.examples(range(plan.rows_per_epoch))
+            batches = plan.rows_per_epoch // global_batch  # whole batches of rows by construction
+        else:
+            examples = self.epoch_stream(0)
+            batches = -(-len(examples) // global_batch)
+        return float(self.lengths[examples, 1].sum()) / max(batches * processes, 1)
+
     def sampler(self, batch_size: int):
         from flantune.batching import LengthGroupedSampler, StreamSampler, grouping_keys
 

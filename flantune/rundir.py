@@ -30,6 +30,19 @@ PREDICTIONS, MODEL, MERGED, BASE_MODEL, CHECKPOINTS = "predictions", "model", "m
 RESUME_FREE = ("resume", "overwrite", "output_dir", "compare", "report_to", "data_dir", "tasks_dir", "eval")
 
 
+def _as_made(saved: DictConfig) -> DictConfig:
+    """A saved config with the keys added since it was written set to what runs did before them, so resuming
+    an older run asks for its own behaviour rather than silently taking the new default."""
+    train = saved.get("train")
+    if not isinstance(train, DictConfig):
+        return saved
+    if "loss_normalization" not in train:  # each step's token mean, before train.loss_normalization
+        train.loss_normalization = "batch"
+    if "packed_rows_per_batch" not in train and train.get("sampling") == "packed":
+        train.packed_rows_per_batch = train.get("batch_size")  # batch_size counted packed rows before the key
+    return saved
+
+
 def default_output_dir(cfg: DictConfig, label: str, root: str = "runs") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{label}-{slug(cfg.model.name)}-{stamp}"
@@ -55,12 +68,15 @@ def check(cfg: DictConfig, label: str) -> Path:
                 f"resume=true, but {out} is not a flantune run directory (no {CONFIG}). Point output_dir at the run "
                 "to continue."
             )
-        saved = OmegaConf.load(out / CONFIG)
-        differ = _differences(OmegaConf.to_container(saved), OmegaConf.to_container(cfg))
+        saved = OmegaConf.to_container(_as_made(OmegaConf.load(out / CONFIG)))
+        now = OmegaConf.to_container(cfg)
+        differ = _differences(saved, now)
         if differ:
+            said = [f"{k} (the run: {_value(saved, k)}, now: {_value(now, k)})" for k in differ]
             raise FlantuneError(
                 f"resume=true continues {out} with the config it started with, but these keys differ now: "
-                f"{', '.join(differ)}. Resume with the same settings, or start a new run (another output_dir)."
+                f"{'; '.join(said)}. Resume with the run's settings (key=value on the command line), or start a new "
+                "run (another output_dir)."
             )
         return out
     if out.exists() and any(out.iterdir()):
@@ -95,6 +111,12 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             keys.append(path)
     return keys
+
+
+def _value(config: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:

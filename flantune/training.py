@@ -44,12 +44,16 @@ class EvaluateAtEnd(TrainerCallback):
 
 
 class FlantuneTrainer(Seq2SeqTrainer):
-    def __init__(self, *args, evaluator: Evaluator, sampler_factory, cuda_graphs: bool = False, **kwargs):
+    def __init__(self, *args, evaluator: Evaluator, sampler_factory, cuda_graphs: bool = False,
+                 label_tokens_per_batch: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.evaluator = evaluator
+        # train.loss_normalization=tokens: a batch's summed token loss is divided by this fixed count (None: batch)
+        self.label_tokens_per_batch = label_tokens_per_batch
         self.sampler_factory = sampler_factory
         self.cuda_graphs = cuda_graphs
         self.graphed = None  # flantune.cuda_graphs.GraphedSteps, made at the first step
+        self._logged_loss = None  # compute_loss's part of its step's logged loss
         self._flops_per_input_token: int | None = None
         self.useful_tokens = 0  # non-pad input tokens + label tokens actually trained on
         self.padded_tokens = 0  # the same, padding included
@@ -68,7 +72,8 @@ class FlantuneTrainer(Seq2SeqTrainer):
             loss = self._graphed_step(model, inputs, num_items_in_batch)
             if loss is not None:
                 return loss
-        return super().training_step(model, inputs, num_items_in_batch)
+        super().training_step(model, inputs, num_items_in_batch)
+        return self._logged_loss  # the step's token mean, whatever loss_normalization trains on
 
     def _graphed_step(self, model, inputs, num_items_in_batch):
         """The step as a replayed CUDA graph (flantune.cuda_graphs), scaled as `training_step` and
@@ -79,8 +84,9 @@ class FlantuneTrainer(Seq2SeqTrainer):
             self.graphed = GraphedSteps(model, accumulate=self.args.gradient_accumulation_steps > 1)
         model.train()
         inputs = self._prepare_inputs(inputs)
-        share = self.token_share(inputs, num_items_in_batch)
-        return self.graphed.step(inputs, share if share is not None else 1.0 / self.current_gradient_accumulation_steps)
+        trained, logged = self.batch_factors(inputs, num_items_in_batch)
+        loss = self.graphed.step(inputs, trained)
+        return None if loss is None else loss * (logged / trained)
 
     def floating_point_ops(self, inputs) -> int:
         # The trainer's estimate, 6 x input tokens x non-embedding parameters, counts the parameters by walking
@@ -93,24 +99,49 @@ class FlantuneTrainer(Seq2SeqTrainer):
             self._flops_per_input_token = super().floating_point_ops({main: inputs[main][:1, :1]})
         return self._flops_per_input_token * inputs[main].numel()
 
-    def token_share(self, inputs, num_items_in_batch):
-        """This batch's share of the label tokens of its optimizer step (every micro-batch and process), or
-        None where the trainer divides by the accumulation steps itself."""
-        if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
-            return None
-        return (inputs["labels"] != -100).sum() / num_items_in_batch
+    def _trainer_scales(self, num_items_in_batch) -> tuple[float, float]:
+        """How the trainer scales the model's mean loss: (in Trainer.compute_loss, in training_step). Where the
+        model takes the loss keywords, the trainer counts the step's label tokens (num_items_in_batch, over every
+        micro-batch and process), expects a loss already divided by them, and multiplies it by the processes to
+        undo DDP's mean of the gradients; otherwise training_step divides by the accumulation steps."""
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            return float(self.accelerator.num_processes), 1.0
+        return 1.0, 1.0 / self.current_gradient_accumulation_steps
+
+    def batch_factors(self, inputs, num_items_in_batch) -> tuple[Any, Any]:
+        """(trained, logged): what this micro-batch's mean token loss is multiplied by, all scaling told, in the
+        loss its backward pass takes and in the loss its step logs.
+
+        logged: the batch's share of its step's label tokens, so every step logs its token mean, as
+        transformers does (times the processes, since the trainer logs the mean over the processes).
+        trained, loss_normalization=tokens: its label tokens over `label_tokens_per_batch` and the accumulation
+        steps, so a step's gradient is that of its summed token loss over a fixed count, as T5's fixed loss
+        normaliser gives (t5x's loss_normalizing_factor). Every label token of an epoch then weighs the same
+        in whatever batch it lands, and batches grouped by length or packed by task weight a mixture's tasks
+        as random batches do. trained, batch: the logged factor (the step's token mean)."""
+        tokens = (inputs["labels"] != -100).sum()
+        processes = self.accelerator.num_processes
+        if num_items_in_batch is not None:
+            logged = tokens * processes / num_items_in_batch
+        else:
+            logged = 1.0 / self.current_gradient_accumulation_steps  # the mean of the micro-batches' means
+        if self.label_tokens_per_batch is None:
+            return logged, logged
+        return tokens / (self.label_tokens_per_batch * self.current_gradient_accumulation_steps), logged
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # T5's forward takes num_items_in_batch among its **kwargs but ignores it and returns its own batch's
         # mean, so the trainer, which then neither divides by the accumulation steps nor by the processes,
-        # would sum the means: grad_accum=2 trained and logged twice the loss. Weighting each batch's mean by
-        # its share of the step's tokens gives the step's token mean, as one batch of the same size would.
+        # would sum the means: grad_accum=2 trained and logged twice the loss. batch_factors gives each batch
+        # its part of the step's loss; this returns it as training_step will scale it.
         # Packed rows go through the same call (packing.accept_rows), so the trainer's scaling by the number of
         # processes, which undoes DDP's averaging of the gradients, applies to them too.
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        share = self.token_share(inputs, num_items_in_batch)
-        if share is not None:
-            loss = loss * share
+        inside, after = self._trainer_scales(num_items_in_batch)
+        mean = loss / inside
+        trained, logged = self.batch_factors(inputs, num_items_in_batch)
+        self._logged_loss = mean.detach() * logged
+        loss = mean * (trained / after)
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):
@@ -257,6 +288,8 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
     # Batches are formed at the global size and cut into per-process batches by accelerate, so N processes
     # of batch b train on exactly the batches one process of batch N*b would.
     global_batch = batch * world_size()
+    per_batch = train_set.label_tokens_per_batch(batch, world_size()) \
+        if cfg.train.loss_normalization == "tokens" else None
     trainer = FlantuneTrainer(
         model=model,
         args=training_arguments(p, out, batch),
@@ -266,6 +299,7 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
         processing_class=tokenizer,
         evaluator=evaluator,
         cuda_graphs=p.cuda_graphs,
+        label_tokens_per_batch=per_batch,
         sampler_factory=lambda: train_set.sampler(global_batch),
         callbacks=[EvaluateAtEnd()],
     )
@@ -294,6 +328,8 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
         "pad_fraction": 1 - trainer.useful_tokens / trainer.padded_tokens if trainer.padded_tokens else 0.0,
         "pad_fraction_random_batching": train_set.random_pad_fraction(cfg.train.batch_size),
         "resumed_from": resume_from,
+        "loss_normalization": cfg.train.loss_normalization,
+        "label_tokens_per_batch": per_batch,
         "processes": args.world_size,
         "parallelism": "fsdp" if trainer.is_fsdp_enabled else "deepspeed" if trainer.is_deepspeed_enabled
         else "ddp" if args.world_size > 1 else "single",

@@ -198,3 +198,52 @@ def test_bad_mixture_files(cli, tmp_path):
     assert code == 2 and "Did you mean 'flan8'?" in err
     with pytest.raises(FlantuneError, match="must be > 0"):
         mixing_rates({"a": 1, "b": 2}, "temperature", temperature=-1.0)
+
+
+def _epoch_losses(cli, out, monkeypatch, shared_data, *options: str) -> dict:
+    """One epoch of a 3-task mixture at a learning rate too small to move the weights, with every batch's mean
+    token loss, label tokens and loss taken by the backward pass recorded."""
+    from flantune.training import FlantuneTrainer
+
+    seen = []
+    compute_loss = FlantuneTrainer.compute_loss
+
+    def probe(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        mean = self._logged_loss / self.batch_factors(inputs, num_items_in_batch)[1]
+        seen.append((float(mean), int((inputs["labels"] != -100).sum()),
+                     float(loss.detach()) * self._trainer_scales(num_items_in_batch)[1]))
+        return loss
+
+    monkeypatch.setattr(FlantuneTrainer, "compute_loss", probe)
+    code, _, err = cli("run", "task=[imdb,samsum,emotion]", "model=tiny", "data.max_train_examples=40",
+                       "data.max_eval_examples=4", "tasks.imdb.max_input_length=64", "tasks.samsum.max_input_length=64",
+                       "train.batch_size=8", "train.lr=1e-12", "train.epochs=1", f"data_dir={shared_data}",
+                       f"output_dir={out}", *options)
+    assert code == 0, err
+    mean, tokens, trained = (np.array(v) for v in zip(*seen))
+    steps = json.loads((out / "metrics.json").read_text())["train"]["steps"]
+    history = json.loads((out / "log_history.json").read_text())
+    return {"token_mean": float((mean * tokens).sum() / tokens.sum()), "objective": float(trained.sum() / steps),
+            "logged": next(h["train_loss"] for h in history if "train_loss" in h), "tokens": int(tokens.sum())}
+
+
+def test_the_sampling_does_not_reweight_a_mixtures_tasks(cli, tmp_path, monkeypatch, shared_data):
+    """train.loss_normalization=tokens: an epoch's loss is its token mean whether batches are random, grouped by
+    length or packed by task, so grouping or packing a mixture doesn't change how much each task weighs. With
+    each batch's mean (batch), grouped batches weight the tasks by their batches instead: imdb's and emotion's
+    batches of two-token labels count as much as samsum's of 25. Either way a step logs its token mean."""
+    runs = {s: _epoch_losses(cli, tmp_path / s, monkeypatch, shared_data, f"train.sampling={s}")
+            for s in ("random", "length_grouped")}
+    runs["packed"] = _epoch_losses(cli, tmp_path / "packed", monkeypatch, shared_data, "train.sampling=packed",
+                                   "train.packed_rows_per_batch=1")  # every row a batch: no row waits for an epoch
+    mean = runs["random"]["token_mean"]
+    for sampling, run in runs.items():
+        assert run["tokens"] == runs["random"]["tokens"], sampling  # the same examples
+        assert run["token_mean"] == pytest.approx(mean, rel=1e-5), sampling
+        assert run["objective"] == pytest.approx(mean, rel=1e-5), sampling
+    batch_mean = _epoch_losses(cli, tmp_path / "batch", monkeypatch, shared_data, "train.sampling=length_grouped",
+                               "train.loss_normalization=batch")
+    assert batch_mean["token_mean"] == pytest.approx(mean, rel=1e-5)
+    assert abs(batch_mean["objective"] / mean - 1) > 1e-3  # 0.4% apart here
+    assert batch_mean["logged"] == pytest.approx(runs["length_grouped"]["logged"], rel=1e-6)

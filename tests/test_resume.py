@@ -81,3 +81,28 @@ def test_resume_refuses_a_changed_config(tmp_path, cli, shared_data):
     (out / "config.yaml").write_text("task: imdb\n")
     code, _, err = cli("run", *OPTIONS, f"data_dir={shared_data}", f"output_dir={out}", "resume=true")
     assert code == 2 and "resume=true continues" in err and "these keys differ" in err
+
+
+def test_resuming_a_run_made_before_a_key_asks_for_its_own_behaviour(tmp_path):
+    """A run whose config predates train.loss_normalization trained on each step's token mean, and a packed one
+    before train.packed_rows_per_batch took train.batch_size rows a batch: resuming it says which values keep
+    that, instead of going on under the new defaults; given them, it resumes."""
+    from omegaconf import OmegaConf
+
+    from flantune import rundir
+    from flantune.config import load_config
+    from flantune.errors import FlantuneError
+
+    out = tmp_path / "run"
+    made = OmegaConf.to_container(load_config(["task=imdb", "model=tiny", "train.sampling=packed", f"output_dir={out}"]))
+    del made["train"]["loss_normalization"], made["train"]["packed_rows_per_batch"]
+    out.mkdir()
+    OmegaConf.save(OmegaConf.create(made), out / "config.yaml")
+    options = ["task=imdb", "model=tiny", "train.sampling=packed", f"output_dir={out}", "resume=true"]
+    with pytest.raises(FlantuneError) as refused:
+        rundir.check(load_config(options), "imdb")
+    message = str(refused.value)
+    assert "train.loss_normalization (the run: batch, now: tokens)" in message
+    assert "train.packed_rows_per_batch (the run: 16, now: None)" in message
+    resumed = load_config([*options, "train.loss_normalization=batch", "train.packed_rows_per_batch=16"])
+    assert rundir.check(resumed, "imdb") == out
