@@ -251,3 +251,33 @@ def test_real_cuda_graphs_draw_new_dropout_masks_on_every_replay():
             losses.append(loss.item())
     assert len(graphed.graphs) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert len(set(losses)) == 3  # the same batch, three dropout masks
+
+
+@pytest.mark.parametrize("normalization", ["tokens", "batch"])
+def test_the_trainers_replayed_steps_train_and_log_as_its_eager_ones(cli, tmp_path, monkeypatch, shared_data,
+                                                                     normalization):
+    """FlantuneTrainer's graphed step scales each batch as compute_loss does, under gradient accumulation and
+    either loss normalisation: the same logged losses and gradient norms as the eager run (the stand-in
+    recorder on CPU)."""
+    import json
+
+    opts = ["task=[imdb,samsum]", "model=tiny", "train.max_steps=4", "train.logging_steps=1", "train.eval_steps=100",
+            "train.batch_size=4", "train.grad_accum=2", "data.max_train_examples=24", "data.max_eval_examples=4",
+            "tasks.imdb.max_input_length=64", "tasks.samsum.max_input_length=64", f"data_dir={shared_data}",
+            f"train.loss_normalization={normalization}"]
+    logs = {}
+    for graphed in (False, True):
+        with monkeypatch.context() as m:
+            if graphed:
+                m.setattr(cuda_graphs, "resolve", lambda setting, **kw: True)
+                m.setattr(cuda_graphs, "CudaRecorder", Rerun)
+            out = tmp_path / str(graphed)
+            code, _, err = cli("run", *opts, f"output_dir={out}")
+            assert code == 0, err
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert ("cuda_graphs" in metrics["train"]) == graphed
+        history = json.loads((out / "log_history.json").read_text())
+        logs[graphed] = [(h["loss"], h["grad_norm"]) for h in history if "loss" in h]
+    assert len(logs[False]) == 4
+    for eager, replayed in zip(logs[False], logs[True]):
+        assert replayed == pytest.approx(eager, rel=1e-5)
