@@ -120,7 +120,8 @@ def child(args) -> None:
     # batch holds on average (flantune.mixture.TrainSet.label_tokens_per_batch); batch takes each batch's mean
     tokens_per_batch = None
     if args.recipe == "flantune" and args.loss_normalization == "tokens":
-        tokens_per_batch = lengths[:, 1].sum() / (plan.rows_per_epoch / batch if packed else len(lengths) / batch)
+        trained = plan.examples(range(plan.rows_per_epoch)) if packed else np.arange(len(lengths))
+        tokens_per_batch = lengths[trained, 1].sum() / ((plan.rows_per_epoch if packed else len(lengths)) / batch)
 
     class Clock(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):

@@ -127,7 +127,9 @@ class FlantuneTrainer(Seq2SeqTrainer):
             logged = 1.0 / self.current_gradient_accumulation_steps  # the mean of the micro-batches' means
         if self.label_tokens_per_batch is None:
             return logged, logged
-        return tokens / (self.label_tokens_per_batch * self.current_gradient_accumulation_steps), logged
+        # The configured steps, not the current ones: an epoch's last, shorter accumulation window keeps the
+        # same count, so its tokens weigh what every other token does.
+        return tokens / (self.label_tokens_per_batch * self.args.gradient_accumulation_steps), logged
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # T5's forward takes num_items_in_batch among its **kwargs but ignores it and returns its own batch's

@@ -225,7 +225,8 @@ def _epoch_losses(cli, out, monkeypatch, shared_data, *options: str) -> dict:
     steps = json.loads((out / "metrics.json").read_text())["train"]["steps"]
     history = json.loads((out / "log_history.json").read_text())
     return {"token_mean": float((mean * tokens).sum() / tokens.sum()), "objective": float(trained.sum() / steps),
-            "logged": next(h["train_loss"] for h in history if "train_loss" in h), "tokens": int(tokens.sum())}
+            "logged": next(h["train_loss"] for h in history if "train_loss" in h), "tokens": int(tokens.sum()),
+            "trained_sum": float(trained.sum()), "batches": len(seen)}
 
 
 def test_the_sampling_does_not_reweight_a_mixtures_tasks(cli, tmp_path, monkeypatch, shared_data):
@@ -242,6 +243,10 @@ def test_the_sampling_does_not_reweight_a_mixtures_tasks(cli, tmp_path, monkeypa
         assert run["tokens"] == runs["random"]["tokens"], sampling  # the same examples
         assert run["token_mean"] == pytest.approx(mean, rel=1e-5), sampling
         assert run["objective"] == pytest.approx(mean, rel=1e-5), sampling
+    # 15 micro-batches of 8 in steps of 2: the last step's one micro-batch keeps the same count
+    accumulated = _epoch_losses(cli, tmp_path / "accum", monkeypatch, shared_data, "train.grad_accum=2")
+    assert accumulated["batches"] == 15
+    assert accumulated["trained_sum"] == pytest.approx(mean * 15 / 2, rel=1e-5)
     batch_mean = _epoch_losses(cli, tmp_path / "batch", monkeypatch, shared_data, "train.sampling=length_grouped",
                                "train.loss_normalization=batch")
     assert batch_mean["token_mean"] == pytest.approx(mean, rel=1e-5)
