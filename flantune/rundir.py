@@ -68,11 +68,10 @@ def check(cfg: DictConfig, label: str) -> Path:
                 f"resume=true, but {out} is not a flantune run directory (no {CONFIG}). Point output_dir at the run "
                 "to continue."
             )
-        saved = OmegaConf.to_container(_as_made(OmegaConf.load(out / CONFIG)))
-        now = OmegaConf.to_container(cfg)
-        differ = _differences(saved, now)
+        saved = _as_made(OmegaConf.load(out / CONFIG))
+        differ = _differences(OmegaConf.to_container(saved), OmegaConf.to_container(cfg))
         if differ:
-            said = [f"{k} (the run: {_value(saved, k)}, now: {_value(now, k)})" for k in differ]
+            said = [f"{k} (the run: {OmegaConf.select(saved, k)}, now: {OmegaConf.select(cfg, k)})" for k in differ]
             raise FlantuneError(
                 f"resume=true continues {out} with the config it started with, but these keys differ now: "
                 f"{'; '.join(said)}. Resume with the run's settings (key=value on the command line), or start a new "
@@ -111,12 +110,6 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             keys.append(path)
     return keys
-
-
-def _value(config: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = config.get(part) if isinstance(config, dict) else None
-    return config
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
