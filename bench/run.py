@@ -225,7 +225,7 @@ def run_child(recipe: str, dataset: str, args, save_model: str | None = None) ->
 
 def padding_over_epochs(args) -> list[dict]:
     """Pad fraction of one epoch of each full train split, and of a mixture of long and short tasks."""
-    from flantune.batching import LengthGroupedSampler, pad_fraction
+    from flantune.batching import LengthGroupedSampler, micro_batches, pad_fraction
 
     sets = {name: _lengths(_features(name, args.data_dir, None, "train", args.seed, 0)[2])
             for name in ("imdb", "samsum", "emotion")}
@@ -236,8 +236,13 @@ def padding_over_epochs(args) -> list[dict]:
     for name, lens in sets.items():
         grouped = np.fromiter(iter(LengthGroupedSampler(lens, args.batch, args.seed)), dtype=np.int64)
         shuffled = np.random.default_rng(args.seed).permutation(len(lens))
+        extra = {}
         if name.startswith("mixture"):
             print_task_weights(lens, tasks[name], list(sets)[:3], shuffled, grouped, args.batch, args.seed)
+            # the micro-batches a mixture's steps run as by default (train.micro_batches=auto)
+            micro = args.batch // micro_batches("auto", args.batch, mixture=True, sampling="length_grouped")
+            in_micro = np.fromiter(iter(LengthGroupedSampler(lens, micro, args.seed)), dtype=np.int64)
+            extra = {"micro_batch": micro, "flantune_micro_batches": pad_fraction(lens, in_micro, micro)}
         by_input = []  # sorting by input length alone, as a length-grouped sampler usually does
         for start in range(0, len(shuffled), args.batch * 256):
             chunk = shuffled[start:start + args.batch * 256]
@@ -246,7 +251,8 @@ def padding_over_epochs(args) -> list[dict]:
                      "random": pad_fraction(lens, shuffled, args.batch),
                      "sorted_by_input": pad_fraction(lens, np.concatenate(by_input), args.batch),
                      "flantune_kd": pad_fraction(lens, grouped, args.batch),
-                     **graph_shapes(lens, args.batch, args.seed), **packed_padding(lens, tasks[name], shuffled, args.seed)})
+                     **graph_shapes(lens, args.batch, args.seed),
+                     **packed_padding(lens, tasks[name], shuffled, args.seed), **extra})
     return rows
 
 
@@ -459,7 +465,9 @@ def print_padding(padding: list[dict], batch: int) -> None:
               f"{p['sorted_by_input']:6.1%}  flantune {p['flantune_kd']:6.1%}  GPU graph ladder over 2 epochs "
               f"{p['graphs_ladder']:6.1%} ({p['graph_shapes']} shapes, {p['graphed_batches']:.1%} of batches graphed)  "
               f"packed {p['packed']:6.1%} (rows of {', '.join(f'{E} + {D}' for E, D in p['packed_rows'])} tokens, "
-              f"{p['examples_per_row']:.1f} examples each, {len(p['packed_rows'])} shape(s))")
+              f"{p['examples_per_row']:.1f} examples each, {len(p['packed_rows'])} shape(s))"
+              + (f"  flantune's micro-batches of {p['micro_batch']} {p['flantune_micro_batches']:6.1%}"
+                 if "micro_batch" in p else ""))
 
 
 if __name__ == "__main__":

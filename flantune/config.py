@@ -62,6 +62,7 @@ class TrainCfg:
     packed_label_length: Optional[int] = MISSING
     packed_rows_per_batch: Optional[int] = MISSING
     loss_normalization: str = MISSING
+    micro_batches: Any = MISSING  # auto | N
     num_workers: int = MISSING
     compile: bool = MISSING
     cuda_graphs: Any = MISSING  # auto | true | false
@@ -344,6 +345,14 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps", "train.packed_input_length",
                 "train.packed_label_length", "train.packed_rows_per_batch"):
         _at_least(cfg, key, 1, allow_none=True)
+    micro = cfg.train.micro_batches
+    if micro != "auto" and (isinstance(micro, bool) or not isinstance(micro, int) or micro < 1):
+        raise FlantuneError(f"Config key 'train.micro_batches' is {micro!r}; choose auto or a number >= 1.")
+    if micro != "auto" and cfg.train.sampling != "packed" and cfg.train.batch_size % micro:
+        raise FlantuneError(
+            f"train.micro_batches={micro} does not divide train.batch_size={cfg.train.batch_size}: each micro-batch "
+            f"must hold as many examples as the others. Set train.micro_batches to a divisor of it, or auto."
+        )
     if cfg.train.cuda_graphs not in (True, False, "auto"):
         raise FlantuneError(f"Config key 'train.cuda_graphs' is {cfg.train.cuda_graphs!r}; choose auto, true or false.")
     if cfg.train.lr <= 0:

@@ -264,22 +264,24 @@ class TrainSet:
         starts = np.array([self.offsets[t] for t in self.sizes])
         return np.searchsorted(starts, rows, side="right") - 1
 
-    def seen(self, drawn: int, batch_size: int) -> dict[str, int]:
-        """Examples per task among the first `drawn` examples (packed: rows) the trainer drew."""
-        names = list(self.sizes)
+    def drawn(self, drawn: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The examples of the first `drawn` items (examples; packed: rows) the trainer drew, in order, and where
+        each item's examples start among them."""
         if self.sampling == "packed":
-            rows = self.plan(batch_size).examples(range(drawn))
-            return dict(zip(names, np.bincount(self.task_of(rows), minlength=len(names)).tolist()))
+            plan = self.plan(batch_size)
+            items = [plan.row(i) for i in range(drawn)]
+            starts = np.cumsum([0] + [len(x) for x in items])[:-1]
+            return (np.concatenate(items) if items else np.zeros(0, dtype=np.int64)), starts
         sampler = self.sampler(batch_size)
-        seen = np.zeros(len(names), dtype=np.int64)
-        epoch, left = 0, drawn
+        parts, epoch, left = [], 0, drawn
         while left > 0 and self.epoch_size:
             sampler.set_epoch(epoch)
             rows = np.fromiter(iter(sampler), dtype=np.int64)[:left]
-            seen += np.bincount(self.task_of(rows), minlength=len(names))
+            parts.append(rows)
             left -= len(rows)
             epoch += 1
-        return dict(zip(names, seen.tolist()))
+        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return rows, np.arange(len(rows))
 
     def random_pad_fraction(self, batch_size: int) -> float:
         """Pad fraction of the first epoch's examples under plain random batching, for comparison."""
@@ -287,13 +289,21 @@ class TrainSet:
 
         return pad_fraction(self.lengths, self.epoch_stream(0), batch_size)
 
-    def report(self, drawn: int, batch_size: int) -> dict[str, Any]:
-        """The mixture's settings and rates, and what the trainer's first `drawn` examples (or rows) held per task."""
-        seen = self.seen(drawn, batch_size)
+    def report(self, drawn: int, batch_size: int, step_items: int) -> dict[str, Any]:
+        """The mixture's settings and rates, what the trainer's first `drawn` items (examples, or rows) held per
+        task, and how many tasks a step of `step_items` items (its micro-batches on every process) held on average."""
+        rows, starts = self.drawn(drawn, batch_size)
+        tasks = self.task_of(rows)
+        names = list(self.sizes)
+        seen = dict(zip(names, np.bincount(tasks, minlength=len(names)).tolist()))
         total = sum(seen.values())
+        in_step = np.zeros((len(starts[::step_items]), len(names)), dtype=np.int64)
+        if len(rows):
+            in_step = np.add.reduceat(np.eye(len(names), dtype=np.int64)[tasks], starts[::step_items], axis=0)
         return {"mixing": self.mixing, "train_sizes": self.sizes, "requested_rates": self.rates,
                 "examples_per_epoch": self.counts, "examples_seen": seen,
-                "realised_rates": {t: (v / total if total else 0.0) for t, v in seen.items()}}
+                "realised_rates": {t: (v / total if total else 0.0) for t, v in seen.items()},
+                "tasks_per_step": float((in_step > 0).sum(axis=1).mean()) if len(in_step) else 0.0}
 
 
 def build_train_set(p, tokenizer) -> TrainSet:

@@ -38,6 +38,10 @@ def _as_made(saved: DictConfig) -> DictConfig:
         return saved
     if "loss_normalization" not in train:  # each step's token mean, before train.loss_normalization
         train.loss_normalization = "batch"
+    if "micro_batches" not in train:  # a step was one forward pass per process before train.micro_batches,
+        tasks = saved.get("task")  # which is what auto still is but for a mixture's grouped or packed batches
+        mixture = OmegaConf.is_list(tasks) and len(set(tasks)) > 1
+        train.micro_batches = 1 if mixture and train.get("sampling") != "random" else "auto"
     if "packed_rows_per_batch" not in train and train.get("sampling") == "packed":
         train.packed_rows_per_batch = train.get("batch_size")  # batch_size counted packed rows before the key
     return saved

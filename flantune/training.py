@@ -15,7 +15,7 @@ from transformers import (
     TrainerCallback,
 )
 
-from flantune import packing, rundir
+from flantune import batching, packing, rundir
 from flantune.distributed import is_main, process_group, world_size
 from flantune.evaluation import SCORE, Evaluator
 from flantune.modeling import base_model_of
@@ -180,8 +180,9 @@ class FlantuneTrainer(Seq2SeqTrainer):
         return metrics
 
 
-def training_arguments(p, out: Path, batch_size: int) -> Seq2SeqTrainingArguments:
-    """The trainer's arguments; `batch_size` is per process, in the train set's items (rows when packed)."""
+def training_arguments(p, out: Path, batch_size: int, micro_batches: int = 1) -> Seq2SeqTrainingArguments:
+    """The trainer's arguments; `batch_size` is a micro-batch per process, in the train set's items (rows when
+    packed), and a step accumulates `micro_batches` of them train.grad_accum times."""
     import torch
 
     cfg = p.cfg
@@ -191,7 +192,7 @@ def training_arguments(p, out: Path, batch_size: int) -> Seq2SeqTrainingArgument
         output_dir=str(out / rundir.CHECKPOINTS),
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=cfg.eval.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
+        gradient_accumulation_steps=t.grad_accum * micro_batches,
         learning_rate=t.lr,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -287,14 +288,17 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
     if train_set.sampling == "packed":  # train.batch_size counts examples: as many whole rows as hold them
         batch = cfg.train.packed_rows_per_batch or train_set.packed_rows_per_batch(batch)
         _say_if_rows_miss_batch_size(cfg, batch, train_set.examples_per_row())
+    micro_batches = batching.micro_batches(cfg.train.micro_batches, batch, mixture=len(p.tasks) > 1,
+                                           sampling=train_set.sampling)
+    micro = batch // micro_batches  # what the trainer sees as a batch; a step accumulates micro_batches of them
     # Batches are formed at the global size and cut into per-process batches by accelerate, so N processes
     # of batch b train on exactly the batches one process of batch N*b would.
-    global_batch = batch * world_size()
-    per_batch = train_set.label_tokens_per_batch(batch, world_size()) \
+    global_batch = micro * world_size()
+    per_batch = train_set.label_tokens_per_batch(micro, world_size()) \
         if cfg.train.loss_normalization == "tokens" else None
     trainer = FlantuneTrainer(
         model=model,
-        args=training_arguments(p, out, batch),
+        args=training_arguments(p, out, micro, micro_batches),
         train_dataset=_train_dataset(train_set, tokenizer, model, global_batch),
         eval_dataset=evaluator.sets[0].data,  # only to satisfy the trainer's checks: `evaluate` uses the evaluator
         data_collator=_collator(tokenizer, p.cuda_graphs, train_set.sampling == "packed"),
@@ -332,6 +336,8 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
         "resumed_from": resume_from,
         "loss_normalization": cfg.train.loss_normalization,
         "label_tokens_per_batch": per_batch,
+        "micro_batches": micro_batches,  # forward passes a step's batch ran as (train.micro_batches)
+        "micro_batch_size": micro,
         "processes": args.world_size,
         "parallelism": "fsdp" if trainer.is_fsdp_enabled else "deepspeed" if trainer.is_deepspeed_enabled
         else "ddp" if args.world_size > 1 else "single",
@@ -351,4 +357,5 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
     trainer.graphed = None  # the graphs and their pool: the final evaluation needs that memory more
     return Trained(trainer=trainer, model=trainer.model, throughput=throughput, log_history=trainer.state.log_history,
                    best_checkpoint=trainer.state.best_model_checkpoint,
-                   mixture=train_set.report(consumed, global_batch) if len(p.tasks) > 1 else None)
+                   mixture=train_set.report(consumed, global_batch, global_batch * args.gradient_accumulation_steps)
+                   if len(p.tasks) > 1 else None)

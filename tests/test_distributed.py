@@ -44,11 +44,13 @@ def _assert_same(one: dict, many: dict, examples: int | None = 320) -> None:
     assert many["train"]["processes"] == 2 and many["train"]["parallelism"] == "ddp"
     assert many["train"]["examples"] == one["train"]["examples"]
     assert examples is None or one["train"]["examples"] == examples  # 20 steps x global batch 16
-    a, b = one["tasks"]["imdb"], many["tasks"]["imdb"]
-    assert a.keys() == b.keys()
-    for key in a:
-        tol = TOLERANCE if key == "loss" else 0.0
-        assert b[key] == pytest.approx(a[key], abs=tol), key
+    assert one["tasks"].keys() == many["tasks"].keys()
+    for task in one["tasks"]:
+        a, b = one["tasks"][task], many["tasks"][task]
+        assert a.keys() == b.keys()
+        for key in a:
+            tol = TOLERANCE if key == "loss" else 0.0
+            assert b[key] == pytest.approx(a[key], abs=tol), (task, key)
     # the logged training loss and gradient norm too: Adam and gradient clipping hide a constant scale on the
     # gradients from the metrics above, not from the norm before clipping (packed rows trained on half the
     # gradient on two processes, and logged half the loss)
@@ -108,6 +110,18 @@ def test_packed_rows_split_between_two_processes_match_one(tmp_path, shared_data
                 *packed, "train.packed_rows_per_batch=2")
     assert one["train"]["examples"] > 20 * 4 * 2  # several examples a row
     _assert_same(one, many, examples=None)
+
+
+def test_a_mixtures_micro_batches_split_between_two_processes_match_one(tmp_path, shared_data):
+    """train.micro_batches=auto is decided on each process's batch: two processes of 8 examples run a mixture's
+    step as 2 micro-batches of 4 each, the micro-batches of 8 that one process of 16 runs with
+    train.micro_batches=2 (the accumulated token counts must add up across both)."""
+    mixture = ["task=[imdb,emotion]", "tasks.emotion.max_input_length=64"]
+    one = _run([sys.executable], tmp_path / "one", 16, shared_data, *mixture, "train.micro_batches=2")
+    many = _run([_bin("torchrun"), "--nproc_per_node=2", "--master_port=29538"], tmp_path / "many", 8, shared_data,
+                *mixture)
+    assert (many["train"]["micro_batches"], many["train"]["micro_batch_size"]) == (2, 4)
+    _assert_same(one, many)
 
 
 def test_fsdp2_preparation_keeps_a_separate_head(tmp_path):

@@ -190,6 +190,9 @@ def test_config_file_then_overrides(cli, tmp_path):
     (["train.lr=abc"], "Bad value for config key 'train.lr' (command line train.lr=abc)"),
     (["task=imbd", "model=tiny"], "Unknown task 'imbd'. Did you mean 'imdb'?"),
     (["task=imdb", "model=tiny", "eval.classify=vote"], "Config key 'eval.classify' is 'vote'"),
+    (["task=imdb", "model=tiny", "train.batch_size=8", "train.micro_batches=3"],
+     "train.micro_batches=3 does not divide train.batch_size=8"),
+    (["task=imdb", "model=tiny", "train.micro_batches=0"], "Config key 'train.micro_batches' is 0"),
     # the hub is unreachable here (and HF_HUB_OFFLINE=1 in the tests): the error says how to run offline
     (["task=imdb", "model=google/flan-t5-base"], "To run offline, pass a local folder (model=/path/to/flan-t5-base"),
 ])

@@ -226,7 +226,8 @@ def _epoch_losses(cli, out, monkeypatch, shared_data, *options: str) -> dict:
     history = json.loads((out / "log_history.json").read_text())
     return {"token_mean": float((mean * tokens).sum() / tokens.sum()), "objective": float(trained.sum() / steps),
             "logged": next(h["train_loss"] for h in history if "train_loss" in h), "tokens": int(tokens.sum()),
-            "trained_sum": float(trained.sum()), "batches": len(seen)}
+            "trained_sum": float(trained.sum()), "batches": len(seen), "seen": list(seen),
+            "mixture": json.loads((out / "mixture.json").read_text())}
 
 
 def test_the_sampling_does_not_reweight_a_mixtures_tasks(cli, tmp_path, monkeypatch, shared_data):
@@ -243,12 +244,67 @@ def test_the_sampling_does_not_reweight_a_mixtures_tasks(cli, tmp_path, monkeypa
         assert run["tokens"] == runs["random"]["tokens"], sampling  # the same examples
         assert run["token_mean"] == pytest.approx(mean, rel=1e-5), sampling
         assert run["objective"] == pytest.approx(mean, rel=1e-5), sampling
-    # 15 micro-batches of 8 in steps of 2: the last step's one micro-batch keeps the same count
-    accumulated = _epoch_losses(cli, tmp_path / "accum", monkeypatch, shared_data, "train.grad_accum=2")
+    # 15 batches of 8 in steps of 2: the last step's one batch keeps the same count
+    accumulated = _epoch_losses(cli, tmp_path / "accum", monkeypatch, shared_data, "train.grad_accum=2",
+                                "train.micro_batches=1")
     assert accumulated["batches"] == 15
     assert accumulated["trained_sum"] == pytest.approx(mean * 15 / 2, rel=1e-5)
+    # by default (train.micro_batches=auto) a grouped mixture's batch of 8 runs as 2 micro-batches of 4: 30 in
+    # steps of 4, and the epoch still trains on its token mean
+    micro = _epoch_losses(cli, tmp_path / "micro", monkeypatch, shared_data, "train.grad_accum=2")
+    assert micro["batches"] == 30
+    assert micro["trained_sum"] == pytest.approx(mean * 30 / 4, rel=1e-5)
     batch_mean = _epoch_losses(cli, tmp_path / "batch", monkeypatch, shared_data, "train.sampling=length_grouped",
                                "train.loss_normalization=batch")
     assert batch_mean["token_mean"] == pytest.approx(mean, rel=1e-5)
     assert abs(batch_mean["objective"] / mean - 1) > 1e-3  # 0.4% apart here
     assert batch_mean["logged"] == pytest.approx(runs["length_grouped"]["logged"], rel=1e-6)
+
+
+def test_micro_batches_are_the_steps_of_smaller_batches_accumulated(cli, tmp_path, monkeypatch, shared_data):
+    """train.micro_batches=auto runs a grouped mixture's batch of 8 as 2 micro-batches of 4: the same micro-batches
+    and trained losses as train.batch_size=4 train.grad_accum=2, and steps that hold more of the tasks than
+    whole batches of one task each."""
+    auto = _epoch_losses(cli, tmp_path / "auto", monkeypatch, shared_data)
+    by_hand = _epoch_losses(cli, tmp_path / "hand", monkeypatch, shared_data, "train.batch_size=4",
+                            "train.grad_accum=2", "train.micro_batches=1")
+    whole = _epoch_losses(cli, tmp_path / "whole", monkeypatch, shared_data, "train.micro_batches=1")
+    assert auto["seen"] == by_hand["seen"] and len(auto["seen"]) == 30
+    assert auto["mixture"]["tasks_per_step"] == by_hand["mixture"]["tasks_per_step"]
+    assert auto["mixture"]["tasks_per_step"] > whole["mixture"]["tasks_per_step"]
+    assert json.loads((tmp_path / "auto" / "metrics.json").read_text())["train"]["micro_batches"] == 2
+
+
+def test_auto_micro_batches_split_only_a_mixtures_one_task_batches():
+    from flantune.batching import micro_batches
+
+    assert micro_batches("auto", 16, mixture=True, sampling="length_grouped") == 4  # 4 of 4
+    assert micro_batches("auto", 64, mixture=True, sampling="length_grouped") == 4  # 4 of 16
+    assert micro_batches("auto", 12, mixture=True, sampling="packed") == 3  # 3 of 4 rows
+    assert micro_batches("auto", 10, mixture=True, sampling="length_grouped") == 2  # 2 of 5
+    assert micro_batches("auto", 8, mixture=True, sampling="length_grouped") == 2  # 2 of 4
+    assert micro_batches("auto", 7, mixture=True, sampling="length_grouped") == 1  # no even split into 4 or more
+    assert micro_batches("auto", 6, mixture=True, sampling="length_grouped") == 1
+    assert micro_batches("auto", 16, mixture=True, sampling="random") == 1  # random batches mix tasks
+    assert micro_batches("auto", 16, mixture=False, sampling="length_grouped") == 1
+    assert micro_batches(8, 16, mixture=False, sampling="length_grouped") == 8
+    with pytest.raises(FlantuneError, match="does not divide the 9 rows"):
+        micro_batches(2, 9, mixture=True, sampling="packed")
+
+
+def test_the_report_counts_the_tasks_a_step_held():
+    """Three tasks apart in length: grouped batches of 16 hold one task each, micro-batches of 4 in steps of 16
+    hold several, and random batches nearly always all three."""
+    sizes = {"long": 400, "summary": 400, "short": 400}
+    mixing = {"scheme": "proportional"}
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([np.stack([rng.integers(lo, hi, 400), rng.integers(a, b, 400)], 1)
+                              for lo, hi, a, b in ((300, 512, 1, 3), (80, 250, 10, 60), (10, 40, 1, 3))])
+    grouped = _train_set(sizes, mixing, sampling="length_grouped")
+    grouped.lengths = lengths
+    random = _train_set(sizes, mixing, sampling="random")
+    one_task = grouped.report(1200, 16, 16)["tasks_per_step"]
+    mixed = grouped.report(1200, 4, 16)["tasks_per_step"]
+    shuffled = random.report(1200, 16, 16)["tasks_per_step"]
+    assert one_task < 1.2 < 2.2 < mixed < shuffled
+    assert sum(grouped.report(1200, 4, 16)["examples_seen"].values()) == 1200

@@ -84,9 +84,10 @@ def test_resume_refuses_a_changed_config(tmp_path, cli, shared_data):
 
 
 def test_resuming_a_run_made_before_a_key_asks_for_its_own_behaviour(tmp_path):
-    """A run whose config predates train.loss_normalization trained on each step's token mean, and a packed one
-    before train.packed_rows_per_batch took train.batch_size rows a batch: resuming it says which values keep
-    that, instead of going on under the new defaults; given them, it resumes."""
+    """A run whose config predates train.loss_normalization trained on each step's token mean, a packed one
+    before train.packed_rows_per_batch took train.batch_size rows a batch, and one before train.micro_batches
+    took one forward pass a step: resuming it says which values keep that, instead of going on under the new
+    defaults; given them, it resumes."""
     from omegaconf import OmegaConf
 
     from flantune import rundir
@@ -95,7 +96,8 @@ def test_resuming_a_run_made_before_a_key_asks_for_its_own_behaviour(tmp_path):
 
     out = tmp_path / "run"
     made = OmegaConf.to_container(load_config(["task=imdb", "model=tiny", "train.sampling=packed", f"output_dir={out}"]))
-    del made["train"]["loss_normalization"], made["train"]["packed_rows_per_batch"]
+    for key in ("loss_normalization", "packed_rows_per_batch", "micro_batches"):
+        del made["train"][key]
     out.mkdir()
     OmegaConf.save(OmegaConf.create(made), out / "config.yaml")
     options = ["task=imdb", "model=tiny", "train.sampling=packed", f"output_dir={out}", "resume=true"]
@@ -104,5 +106,15 @@ def test_resuming_a_run_made_before_a_key_asks_for_its_own_behaviour(tmp_path):
     message = str(refused.value)
     assert "train.loss_normalization (the run: batch, now: tokens)" in message
     assert "train.packed_rows_per_batch (the run: 16, now: None)" in message
+    assert "micro_batches" not in message  # auto is one forward pass a step for a single task
     resumed = load_config([*options, "train.loss_normalization=batch", "train.packed_rows_per_batch=16"])
     assert rundir.check(resumed, "imdb") == out
+    mixture = ["task=[imdb,emotion]", "model=tiny", f"output_dir={tmp_path / 'mix'}"]
+    made = OmegaConf.to_container(load_config(mixture))
+    del made["train"]["micro_batches"]
+    (tmp_path / "mix").mkdir()
+    OmegaConf.save(OmegaConf.create(made), tmp_path / "mix" / "config.yaml")
+    with pytest.raises(FlantuneError, match=r"train.micro_batches \(the run: 1, now: auto\)"):
+        rundir.check(load_config([*mixture, "resume=true"]), "imdb+emotion")
+    given = load_config([*mixture, "resume=true", "train.micro_batches=1"])
+    assert rundir.check(given, "imdb+emotion") == tmp_path / "mix"
