@@ -9,6 +9,7 @@ rebuild it without running any model.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -40,19 +41,21 @@ def evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: boo
 
 def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False) -> tuple[Path, Plan]:
     """`evaluate`, and the plan it evaluated (its tasks and evaluation rows, which the baselines reuse)."""
-    from flantune.engine import check, load_data, make_evaluator
+    from flantune.engine import check, inputs_of, load_data, make_evaluator
     from flantune.modeling import count_parameters, load_model, load_tokenizer, model_label, prepare_for_training
 
     p = check(cfg)
     out = Path(out or cfg.output_dir or rundir.default_output_dir(cfg, p.label, root="evals"))
-    _refuse_existing(out, cfg)
+    rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=inputs_of(cfg))
     load_data(p, train=False)
     tokenizer = load_tokenizer(cfg)
     evaluator = make_evaluator(p, tokenizer, cfg.eval.split)
     model = load_model(cfg, cfg.seed)
     model = prepare_for_training(model, p.precision, False).eval()  # the same attention path as training
     result = evaluator.run(model)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and cfg.overwrite:
+        shutil.rmtree(out)  # checked above: flantune made it and holds nothing this evaluation read
+    rundir.mark(out, "evaluation")
     (out / rundir.CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
     write_predictions(result, out / rundir.PREDICTIONS)
     _, total = count_parameters(model)
@@ -64,16 +67,6 @@ def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bo
         "measured_together": measured_together,
     })
     return out, p
-
-
-def _refuse_existing(out: Path, cfg: DictConfig) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite or not (out / rundir.CONFIG).is_file():
-            raise FlantuneError(
-                f"The output directory {out} already exists and is not empty. Choose another output_dir"
-                + (", or overwrite=true to replace this flantune directory." if (out / rundir.CONFIG).is_file() else ".")
-            )
-        shutil.rmtree(out)
 
 
 # ---- systems ------------------------------------------------------------------------------------------------
@@ -188,8 +181,12 @@ def write_report(systems: list[System], cfg: DictConfig, out: Path) -> Path:
 
 
 def systems_in_report(report_dir: Path) -> list[System]:
-    folders = sorted((report_dir / SYSTEMS).iterdir(), key=lambda p: int(p.name.split("-", 1)[0]))
-    return [system_from_dir(f) for f in folders]
+    """The systems a report saved, in order: its systems/<n>-<name>/ folders (anything else there is not one)."""
+    folders = [f for f in (report_dir / SYSTEMS).iterdir() if f.is_dir() and re.match(r"\d+-", f.name)]
+    if not folders:
+        raise FlantuneError(f"{report_dir / SYSTEMS} holds no saved systems (<n>-<name>/ folders). Give a report "
+                            "directory that `flantune compare` or `flantune report` wrote, or run directories.")
+    return [system_from_dir(f) for f in sorted(folders, key=lambda f: int(f.name.split("-", 1)[0]))]
 
 
 def _with_model(cfg: DictConfig, model: str) -> DictConfig:
@@ -212,10 +209,18 @@ def _training_record(system: System, run: Path) -> System:
 def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path) -> Path:
     """Evaluate the base model and every fine-tuned run on the same machine, one after the other, add the
     baselines, and write the report."""
-    _refuse_existing(out, cfg)
+    from flantune.engine import check, inputs_of
+
+    models = [base, *finetuned]
+    subs = [_with_model(cfg, model) for model in models]
+    for sub in subs:  # every model's source, before the first is evaluated
+        check(sub)
+    rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=[path for sub in subs for path in inputs_of(sub)])
+    if out.exists() and cfg.overwrite:
+        shutil.rmtree(out)
+    rundir.mark(out, "report")
     systems = []
-    for i, model in enumerate([base, *finetuned]):
-        sub = _with_model(cfg, model)
+    for i, (model, sub) in enumerate(zip(models, subs)):
         path, p = _evaluate(sub, out / "evaluations" / f"{i}-{_slug(model)}", measured_together=True)
         if i == 0:
             base_plan = p  # the models differ, their tasks and evaluation rows don't
@@ -267,13 +272,30 @@ def report(dirs: list[str], cfg: DictConfig, out: Path | None) -> Path:
     for path in paths:
         if not path.is_dir():
             raise FlantuneError(f"{path} is not a directory: give run, evaluation or report directories.")
+    rebuilt_in_place = False
     if len(paths) == 1 and (paths[0] / SYSTEMS).is_dir():
         systems = systems_in_report(paths[0])
-        out = out or paths[0]
+        out = Path(out or paths[0])
+        rebuilt_in_place = out.resolve() == paths[0].resolve()
     else:
-        systems = [system_from_dir(p) for p in paths]
-        out = out or default_report_dir("-vs-".join(p.name for p in paths[:3]))
-    return write_report(systems, cfg, Path(out))
+        systems = _distinct_names([system_from_dir(p) for p in paths], paths)
+        out = Path(out or default_report_dir("-vs-".join(p.name for p in paths[:3])))
+    if not rebuilt_in_place:
+        rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=paths)
+        if out.exists() and cfg.overwrite:
+            shutil.rmtree(out)
+    rundir.mark(out, "report")
+    return write_report(systems, cfg, out)
+
+
+def _distinct_names(systems: list[System], paths: list[Path]) -> list[System]:
+    """Systems named by their model's label collide when two runs share a base model: name those by their
+    directory as well."""
+    names = [s.name for s in systems]
+    for system, path in zip(systems, paths):
+        if names.count(system.name) > 1:
+            system.name = f"{system.name} ({path.resolve().name})"
+    return systems
 
 
 def config_for(options: list[str], config_files: list[str], runs: list[str]) -> DictConfig:

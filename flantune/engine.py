@@ -33,8 +33,10 @@ from flantune.errors import FlantuneError, did_you_mean
 from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_predictions
 from flantune.mixture import check_mixing, mixing_settings
 from flantune.modeling import (
+    T5_FAMILY,
     ModelInfo,
     apply_method,
+    check_lora_targets,
     check_model_source,
     config_model_type,
     count_parameters,
@@ -92,6 +94,13 @@ def check(cfg: DictConfig) -> Plan:
     data_dir = resolve_data_dir(cfg.data_dir)
     check_model_source(cfg)
     model_type = config_model_type(cfg)
+    if model_type not in T5_FAMILY:
+        raise FlantuneError(
+            f"model.path '{cfg.model.path}' is a {model_type} model; flantune fine-tunes T5-family sequence-to-sequence "
+            f"models ({', '.join(T5_FAMILY)}), e.g. model=flan-t5-base or a FLAN-T5 save_pretrained folder."
+        )
+    check_lora_targets(cfg)
+    check_metric_sources(tasks)
     precision = resolve_precision(cfg, model_type)
     if sharded_parameters():
         if precision == "bf16":
@@ -124,6 +133,17 @@ def check(cfg: DictConfig) -> Plan:
                 model_type=model_type, cuda_graphs=graphs)
 
 
+def check_metric_sources(tasks: list[Task]) -> None:
+    """Metrics of the evaluate library load now (from the hub or its cache), not when training has ended."""
+    from flantune.metrics import EVALUATE_PREFIX
+    from flantune.metrics.passthrough import load_evaluate_metric
+
+    for task in tasks:
+        for spec in task.metrics:
+            if spec.name.startswith(EVALUATE_PREFIX):
+                load_evaluate_metric(spec.name[len(EVALUATE_PREFIX):])
+
+
 def load_data(p: Plan, *, train: bool) -> Plan:
     """Every split the run reads, checked against its task (columns, labels, empty splits)."""
     cfg = p.cfg
@@ -137,6 +157,15 @@ def load_data(p: Plan, *, train: bool) -> Plan:
 
 def plan(cfg: DictConfig, *, train: bool = True) -> Plan:
     return load_data(check(cfg), train=train)
+
+
+def inputs_of(cfg: DictConfig) -> list[str]:
+    """The local paths a command reads, which its output directory must not hold when overwrite=true deletes it."""
+    from flantune.modeling import adapter_base, is_local_path
+
+    model = str(cfg.model.path) if cfg.model.path else None
+    paths = [model, adapter_base(model) if model else None, cfg.model.tokenizer, cfg.data_dir, cfg.tasks_dir]
+    return [str(p) for p in paths if p and str(p) != "@sample" and is_local_path(str(p))]
 
 
 def autocast_for(precision: str):
@@ -164,7 +193,7 @@ def run(cfg: DictConfig) -> Path:
     """Train, evaluate and write the run directory; returns its path."""
     p = check(cfg)
     # One process decides the run directory (a default one is time-stamped) and the others use it.
-    out = on_main_then_share(lambda: rundir.check(cfg, p.label))
+    out = on_main_then_share(lambda: rundir.check(cfg, p.label, reads=inputs_of(cfg)))
     prep_started = time.perf_counter()
     with main_first():  # the first process fills the datasets cache, the others read it
         load_data(p, train=True)
@@ -186,7 +215,7 @@ def run(cfg: DictConfig) -> Path:
         # The same sets tokenised the same way: reuse the validation evaluator (it keeps no state between runs).
         final_evaluator = validation if cfg.eval.split == "validation" else make_evaluator(p, tokenizer, cfg.eval.split)
     prep_seconds += time.perf_counter() - prep_started  # reading, checking and tokenising every split
-    model = load_model(cfg, cfg.seed)
+    model = load_model(cfg, cfg.seed, train=True)
     if cfg.method == "lora" and cfg.model.random_init and is_main():
         # A random base can't be downloaded again: keep it beside the adapter so PeftModel can load both.
         model.save_pretrained(out / rundir.BASE_MODEL)

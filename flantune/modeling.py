@@ -44,32 +44,51 @@ def _load_target(path: str) -> str:
 
 
 def adapter_base(path: str) -> str | None:
-    """The base model of a saved LoRA adapter folder, or None if the folder holds a full model."""
+    """The base model of a saved LoRA adapter folder, or None if the folder holds a full model. A run's
+    random-init base is saved beside the adapter (base_model/) under an absolute path: if the run has moved
+    since, the copy beside it is the one."""
     import json
 
     folder = Path(path).expanduser()
-    if is_local_path(path) and (folder / ADAPTER).is_file():
-        return json.loads((folder / ADAPTER).read_text())["base_model_name_or_path"]
-    return None
+    if not (is_local_path(path) and (folder / ADAPTER).is_file()):
+        return None
+    base = json.loads((folder / ADAPTER).read_text())["base_model_name_or_path"]
+    beside = folder.parent / "base_model"
+    if base and Path(base).is_absolute() and not Path(base).exists() and (beside / "config.json").is_file():
+        return str(beside)
+    return base
 
 
 def check_model_source(cfg: DictConfig) -> None:
-    """Before any heavy work: a local model folder must exist; random init needs an architecture."""
+    """Before any heavy work: a local model folder must exist and hold a model; random init needs an
+    architecture; a local tokenizer folder must exist."""
     m = cfg.model
+    if m.tokenizer and is_local_path(str(m.tokenizer)) and not Path(str(m.tokenizer)).expanduser().is_dir():
+        raise FlantuneError(f"Tokenizer folder '{m.tokenizer}' (model.tokenizer) does not exist. Give a folder with "
+                            "tokenizer files, a hub id, or leave it out for the model's own tokenizer.")
     if m.path is None:
         if not (m.random_init and m.architecture):
             raise FlantuneError("model.path is unset: give model=NAME, a local folder or a hub id.")
         return
-    if is_local_path(str(m.path)):
-        folder = Path(str(m.path)).expanduser()
-        if not folder.is_dir():
-            raise FlantuneError(f"Model folder '{m.path}' does not exist. Give model= a save_pretrained output folder, "
-                                "a flantune run directory, or a hub id.")
-        if not (folder / "config.json").is_file() and not (folder / ADAPTER).is_file():
-            raise FlantuneError(
-                f"Model folder '{m.path}' has no config.json (nor a LoRA {ADAPTER}). Give model= a save_pretrained "
-                "output folder, a flantune run directory, or a hub id."
-            )
+    if not is_local_path(str(m.path)):
+        return
+    folder = Path(str(m.path)).expanduser()
+    if not folder.is_dir():
+        raise FlantuneError(f"Model folder '{m.path}' does not exist. Give model= a save_pretrained output folder, "
+                            "a flantune run directory, or a hub id.")
+    adapter = (folder / ADAPTER).is_file()
+    if not (folder / "config.json").is_file() and not adapter:
+        raise FlantuneError(
+            f"Model folder '{m.path}' has no config.json (nor a LoRA {ADAPTER}). Give model= a save_pretrained "
+            "output folder, a flantune run directory, or a hub id."
+        )
+    stems = ("adapter_model",) if adapter else ("model", "pytorch_model")
+    if not m.random_init and not any(list(folder.glob(f"{stem}*.{ext}")) for stem in stems
+                                     for ext in ("safetensors", "bin", "safetensors.index.json", "bin.index.json")):
+        raise FlantuneError(
+            f"Model folder '{m.path}' holds no weights (no {stems[0]}*.safetensors or *.bin). Give model= a complete "
+            "save_pretrained output, or add model.random_init=true to train its architecture from random weights."
+        )
 
 
 def load_tokenizer(cfg: DictConfig):
@@ -122,7 +141,9 @@ def keep_separate_head(model):
     return model
 
 
-def load_model(cfg: DictConfig, seed: int):
+def load_model(cfg: DictConfig, seed: int, *, train: bool = False):
+    """The model to evaluate, or with train=True to fine-tune: a LoRA adapter given as the model then goes on
+    training as the same adapter (method=lora) or is merged into its base for full fine-tuning."""
     from transformers import AutoModelForSeq2SeqLM
 
     m = cfg.model
@@ -133,7 +154,10 @@ def load_model(cfg: DictConfig, seed: int):
             from peft import PeftModel
 
             base = AutoModelForSeq2SeqLM.from_pretrained(base_name)
-            model = PeftModel.from_pretrained(base, str(Path(str(m.path)).expanduser()))
+            model = PeftModel.from_pretrained(base, str(Path(str(m.path)).expanduser()),
+                                              is_trainable=train and cfg.method == "lora")
+            if train and cfg.method == "full":
+                model = model.merge_and_unload().requires_grad_(True)  # peft froze the base's weights
         else:
             model = AutoModelForSeq2SeqLM.from_pretrained(_load_target(str(m.path)))
     except OSError as exc:
@@ -186,6 +210,34 @@ def prepare_for_training(model, precision: str, compile_blocks_: bool):
     return model
 
 
+def check_lora_targets(cfg: DictConfig) -> None:
+    """Before any heavy work: every name in lora.target_modules names modules of this model (peft takes a module
+    whose name is the entry or ends with '.entry'), so a typo is an error rather than layers left untrained."""
+    if cfg.method != "lora" or not OmegaConf.is_list(cfg.lora.target_modules):
+        return  # a string is peft's regular expression or 'all-linear'
+    m = cfg.model
+    if m.path is not None and adapter_base(str(m.path)):
+        return  # a saved adapter trains on with its own targets
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, T5Config
+
+    arch = OmegaConf.to_container(m.architecture, resolve=True) if m.architecture else {}
+    try:
+        config = T5Config(**arch) if m.path is None else AutoConfig.from_pretrained(_load_target(str(m.path)), **arch)
+    except OSError as exc:
+        raise FlantuneError(f"Could not load the config of model '{m.path}' ({first_line(exc)}). {OFFLINE_HINT}") from exc
+    with torch.device("meta"):  # module names without allocating weights
+        model = AutoModelForSeq2SeqLM.from_config(config)
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in cfg.lora.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)})
+        raise FlantuneError(
+            f"lora.target_modules names {', '.join(missing)}, which this {config.model_type} model has no modules "
+            f"called. Its linear layers are: {', '.join(linear)} (e.g. \"lora.target_modules=[q,v]\")."
+        )
+
+
 def config_model_type(cfg: DictConfig) -> str:
     """The model_type without loading weights (config.json only), for checks made before heavy work."""
     m = cfg.model
@@ -203,7 +255,7 @@ def config_model_type(cfg: DictConfig) -> str:
 
 def apply_method(model, cfg: DictConfig):
     """Full fine-tuning returns the model as is; LoRA wraps it in a peft model."""
-    if cfg.method == "full":
+    if cfg.method == "full" or hasattr(model, "peft_config"):  # a saved adapter trains on as it is
         return model
     from peft import LoraConfig, TaskType, get_peft_model
 

@@ -9,6 +9,7 @@
     merged/                LoRA merged into the base model (merge=true)
     base_model/            the random-init base of a LoRA run (only when it can't be downloaded again)
     checkpoints/           the trainer's checkpoints (resume=true continues from the last complete one)
+    .flantune              the mark of a directory flantune made: the only kind overwrite=true replaces
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from flantune.errors import FlantuneError
 
 CONFIG, METRICS, LOG_HISTORY, MIXTURE = "config.yaml", "metrics.json", "log_history.json", "mixture.json"
 PREDICTIONS, MODEL, MERGED, BASE_MODEL, CHECKPOINTS = "predictions", "model", "merged", "base_model", "checkpoints"
+MARK = ".flantune"  # {"kind": "run" | "evaluation" | "report"}, written when flantune creates the directory
+RUN_KEYS = {"task", "model", "method", "train", "eval"}  # top-level keys every saved flantune config has
 # Keys that may differ between a run and its resumption.
 RESUME_FREE = ("resume", "overwrite", "output_dir", "compare", "report_to", "data_dir", "tasks_dir", "eval")
 
@@ -59,18 +63,63 @@ def slug(text: str, limit: int = 60, fallback: str = "model") -> str:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / CONFIG).is_file()
+    """A directory whose config.yaml is a flantune config (a run or an evaluation)."""
+    try:
+        saved = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(saved, dict) and RUN_KEYS <= set(saved)
 
 
-def check(cfg: DictConfig, label: str) -> Path:
+def made_by_flantune(path: Path) -> bool:
+    """What overwrite=true may delete: a directory flantune marked when it made it, or a run or evaluation
+    directory made before the mark."""
+    return (path / MARK).is_file() or is_run_dir(path)
+
+
+def mark(path: Path, kind: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / MARK).is_file():
+        write_json(path / MARK, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def check_output_dir(out: Path, *, overwrite: bool, reads: Iterable[Any] = (), what: str = "output_dir",
+                     instead: str = "") -> None:
+    """An output directory that can be written: not a file, and existing only if overwrite=true may replace
+    it, which needs flantune to have made it and nothing the command reads (its model, data, the working
+    directory) to lie inside it."""
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise FlantuneError(f"{what}={out} can't be a directory: {folder} is a file. Choose another {what}.")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FlantuneError(f"The output directory {out} already exists and is not empty. {instead}Use "
+                            f"overwrite=true to replace it, or another {what}.")
+    if not made_by_flantune(out):
+        raise FlantuneError(
+            f"overwrite=true would delete {out}, which flantune did not make (no {MARK} mark, no flantune "
+            f"{CONFIG}); refusing. Choose another {what}."
+        )
+    inside = out.resolve()
+    for path in (Path.cwd(), *(Path(str(r)).expanduser() for r in reads if r)):
+        resolved = path.resolve()
+        if resolved == inside or inside in resolved.parents:
+            raise FlantuneError(
+                f"overwrite=true would delete {out}, but this command reads {path}, which is inside it"
+                f"{' (the working directory)' if path == Path.cwd() else ''}; refusing. Choose another {what}."
+            )
+
+
+def check(cfg: DictConfig, label: str, reads: Iterable[Any] = ()) -> Path:
     """The run directory, checked but not touched: an existing one is an error unless resume=true or
-    overwrite=true (and overwrite only replaces a flantune run directory)."""
+    overwrite=true (and overwrite only replaces a directory flantune made, holding nothing the run reads)."""
     out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, label)
     if cfg.resume:
         if not is_run_dir(out):
             raise FlantuneError(
-                f"resume=true, but {out} is not a flantune run directory (no {CONFIG}). Point output_dir at the run "
-                "to continue."
+                f"resume=true, but {out} is not a flantune run directory (no readable flantune {CONFIG}). Point "
+                "output_dir at the run to continue."
             )
         saved = _as_made(OmegaConf.load(out / CONFIG))
         differ = _differences(OmegaConf.to_container(saved), OmegaConf.to_container(cfg))
@@ -82,24 +131,14 @@ def check(cfg: DictConfig, label: str) -> Path:
                 "run (another output_dir)."
             )
         return out
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise FlantuneError(
-                f"The output directory {out} already exists and is not empty. Use resume=true to continue that run, "
-                "overwrite=true to replace it, or another output_dir."
-            )
-        if not is_run_dir(out):
-            raise FlantuneError(
-                f"overwrite=true would delete {out}, which is not a flantune run directory (no {CONFIG}); refusing. "
-                "Choose another output_dir."
-            )
+    check_output_dir(out, overwrite=cfg.overwrite, reads=reads, instead="Use resume=true to continue that run. ")
     return out
 
 
-def create(out: Path, cfg: DictConfig) -> None:
+def create(out: Path, cfg: DictConfig, kind: str = "run") -> None:
     if cfg.overwrite and not cfg.resume and out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    mark(out, kind)
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -108,3 +108,40 @@ def test_report_bad_inputs(compared_run, cli, tmp_path):
     assert code == 2 and "different tasks" in err
     code, _, err = cli("eval", "model=./no/such/model", "task=imdb")
     assert code == 2 and "does not exist" in err
+
+
+def test_reports_never_replace_what_flantune_did_not_make(compared_run, cli, tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "systems").mkdir(parents=True)
+    (mine / "systems" / "keep.txt").write_text("my file")
+    code, _, err = cli("report", str(compared_run / "report"), f"output_dir={mine}")
+    assert code == 2 and "already exists" in err
+    code, _, err = cli("report", str(compared_run / "report"), f"output_dir={mine}", "overwrite=true")
+    assert code == 2 and "flantune did not make" in err and (mine / "systems" / "keep.txt").is_file()
+    # a report flantune wrote is replaced on request, and a stray folder in its systems/ is not a system
+    again = tmp_path / "again"
+    assert cli("report", str(compared_run / "report"), f"output_dir={again}")[0] == 0
+    (again / "systems" / "old").mkdir()
+    code, _, err = cli("report", str(again), f"output_dir={again}")
+    assert code == 0, err
+    code, _, err = cli("report", str(compared_run / "report"), f"output_dir={again}", "overwrite=true")
+    assert code == 0, err
+    assert not (again / "systems" / "old").exists()
+
+
+def test_a_report_of_two_runs_of_one_base_names_them_apart(compared_run, cli, tmp_path):
+    # both systems are labelled by their base model, "tiny (random init)"
+    code, _, err = cli("report", str(compared_run), str(compared_run / "report" / "evaluations" / "0-base"),
+                       f"output_dir={tmp_path / 'pair'}")
+    assert code == 0, err
+    names = [s["name"] for s in _report(tmp_path / "pair")["systems"]]
+    assert names[:2] == ["tiny (random init) (run)", "tiny (random init) (0-base)"]
+
+
+def test_compare_checks_every_model_before_evaluating_any(compared_run, cli, tmp_path, shared_data):
+    not_run = tmp_path / "not-a-run"
+    not_run.mkdir()
+    out = tmp_path / "report"
+    code, _, err = cli("compare", "base=tiny", f"finetuned=[{compared_run},{not_run}]", f"output_dir={out}",
+                       f"data_dir={shared_data}")
+    assert code == 2 and "not-a-run" in err and not out.exists()

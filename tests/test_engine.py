@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from flantune.config import load_config
+from flantune.config import load_config, to_yaml
 from flantune.engine import make_evaluator, plan
 from flantune.evaluation import EvalResult, read_predictions
 
@@ -131,6 +131,21 @@ def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data):
     evaluated = read_predictions(tmp_path / "eval" / "predictions" / "imdb.jsonl")
     assert [p["prediction"] for p in evaluated] == [p["prediction"] for p in saved]
 
+    # Moved, the run's adapter still finds the random base saved beside it, and a run given it as the model
+    # trains on the same adapter (method=lora; peft would otherwise stack a second one on it) or merges it
+    # into the base and trains every weight (method=full).
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    short = ["train.max_steps=2", "train.eval_steps=2", "data.max_train_examples=32", "data.max_eval_examples=8",
+             "tasks.imdb.max_input_length=64", f"data_dir={shared_data}"]
+    for method in ("lora", "full"):
+        code, _, err = cli("run", "task=imdb", f"model={moved}", f"method={method}", *short,
+                           f"output_dir={tmp_path / method}")
+        assert code == 0, err
+        again = json.loads((tmp_path / method / "metrics.json").read_text())
+        want = metrics["trainable_parameters"] if method == "lora" else again["total_parameters"]
+        assert again["trainable_parameters"] == want
+
 
 def test_generation_task_samsum(cli, tmp_path, shared_data):
     out = _run(cli, tmp_path, "task=samsum", "model=tiny", "train.max_steps=10", "train.eval_steps=10",
@@ -210,8 +225,33 @@ def test_existing_output_dir_is_never_overwritten_silently(cli, tmp_path):
     code, _, err = cli("run", "task=imdb", "model=tiny", "data_dir=@sample", f"output_dir={out}")
     assert code == 2 and "already exists" in err and "resume=true" in err and "overwrite=true" in err
     code, _, err = cli("run", "task=imdb", "model=tiny", "data_dir=@sample", f"output_dir={out}", "overwrite=true")
-    assert code == 2 and "not a flantune run directory" in err
+    assert code == 2 and "flantune did not make" in err
+    (out / "config.yaml").write_text("lr: 0.1\n")  # another tool's config.yaml doesn't make it a flantune run
+    code, _, err = cli("run", "task=imdb", "model=tiny", "data_dir=@sample", f"output_dir={out}", "overwrite=true")
+    assert code == 2 and "flantune did not make" in err
     assert (out / "notes.txt").read_text() == "my notes"
+    code, _, err = cli("run", "task=imdb", "model=tiny", "data_dir=@sample", f"output_dir={out / 'notes.txt' / 'x'}")
+    assert code == 2 and "notes.txt is a file" in err and "Traceback" not in err
+
+
+def test_overwrite_never_deletes_what_the_command_reads(cli, tmp_path, monkeypatch):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from flantune import rundir
+
+    run = tmp_path / "run"  # a run directory flantune made, whose model/ the command is given
+    rundir.mark(run, "run")
+    (run / rundir.CONFIG).write_text(to_yaml(load_config(["model=tiny"])), encoding="utf-8")
+    T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=8, d_ff=16, d_kv=4, num_heads=2, num_layers=1,
+                                        decoder_start_token_id=0)).save_pretrained(run / "model")
+    for command in ("run", "eval"):
+        code, _, err = cli(command, "task=imdb", f"model={run}", "data_dir=@sample", f"output_dir={run}",
+                           "overwrite=true")
+        assert code == 2 and "but this command reads" in err and "Traceback" not in err
+        assert (run / "model" / "config.json").is_file()
+    monkeypatch.chdir(run)  # nor the directory it runs in
+    code, _, err = cli("run", "task=imdb", "model=tiny", "data_dir=@sample", "output_dir=.", "overwrite=true")
+    assert code == 2 and "(the working directory)" in err and (run / rundir.MARK).is_file()
 
 
 def test_precision_auto_is_bf16_on_a_gpu_and_fp32_on_cpu():

@@ -76,11 +76,16 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, shared_da
 
 
 def test_resume_refuses_a_changed_config(tmp_path, cli, shared_data):
+    from flantune.config import load_config, to_yaml
+
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.yaml").write_text("task: imdb\n")
+    (out / "config.yaml").write_text(to_yaml(load_config([*OPTIONS, "train.lr=0.01"])))
     code, _, err = cli("run", *OPTIONS, f"data_dir={shared_data}", f"output_dir={out}", "resume=true")
-    assert code == 2 and "resume=true continues" in err and "these keys differ" in err
+    assert code == 2 and "resume=true continues" in err and "train.lr (the run: 0.01, now: 0.001)" in err
+    (out / "config.yaml").write_text("task: imdb\n")  # not a flantune config: another tool's file
+    code, _, err = cli("run", *OPTIONS, f"data_dir={shared_data}", f"output_dir={out}", "resume=true")
+    assert code == 2 and "is not a flantune run directory" in err
 
 
 def test_resuming_a_run_made_before_a_key_asks_for_its_own_behaviour(tmp_path):

@@ -31,7 +31,7 @@ def evaluate_stats(predictions, references, *, choices=None, evaluate_name=None,
 
 
 @lru_cache(maxsize=None)  # a bootstrap aggregates hundreds of times: load each metric once
-def _load(name: str):
+def load_evaluate_metric(name: str):
     try:
         import evaluate
     except ImportError as exc:
@@ -61,7 +61,7 @@ def evaluate_aggregate(stats, *, choices=None, evaluate_name, **params) -> dict[
     name = evaluate_name[len(PREFIX):] if evaluate_name.startswith(PREFIX) else evaluate_name
     if len(stats["predictions"]) == 0:
         return {}  # the output names are unknown without running the metric: nothing to report
-    module = _load(name)
+    module = load_evaluate_metric(name)
     references = list(stats["references"])
     if all(len(r) == 1 for r in references) and _wants_flat_references(module):
         references = [r[0] for r in references]
