@@ -297,3 +297,21 @@ def test_flops_estimate_is_the_trainers_with_the_parameters_counted_once(tmp_pat
     monkeypatch.setattr(type(model), "num_parameters", lambda self, **kw: counted.append(kw) or original(self, **kw))
     assert [trainer.floating_point_ops(b) for b in batches * 2] == expected * 2
     assert expected[0] > 0 and len(counted) == 1
+
+
+def test_a_model_or_metric_that_cannot_serve_is_an_error_before_the_data(cli, tmp_path, shared_data):
+    bert = tmp_path / "bert"  # a complete-looking folder of another architecture
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (bert / "model.safetensors").write_bytes(b"")
+    code, _, err = cli("run", "task=imdb", f"model={bert}", "data_dir=@sample", f"output_dir={tmp_path / 'a'}")
+    assert code == 2 and "is a bert model" in err and not (tmp_path / "a").exists()
+    # an evaluate: metric loads before training (offline here, so it can't), not after it
+    plugin = tmp_path / "tasks"
+    plugin.mkdir()
+    yaml_text = (Path(__file__).parents[1] / "examples" / "plugin_folder" / "rotten_tomatoes.yaml").read_text()
+    (plugin / "rotten_tomatoes.yaml").write_text(
+        yaml_text.replace("metrics: [accuracy, macro_f1, per_class]", "metrics: [accuracy, 'evaluate:accuracyy']"))
+    code, _, err = cli("run", "task=rotten_tomatoes", "model=tiny", f"tasks_dir={plugin}", f"data_dir={shared_data}",
+                       f"output_dir={tmp_path / 'b'}")
+    assert code == 2 and "Could not load the metric 'evaluate:accuracyy'" in err and not (tmp_path / "b").exists()
