@@ -37,9 +37,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from flantune.config import load_config, to_yaml
+    from flantune.config import load_config, task_names, to_yaml
 
-    print(to_yaml(load_config(args.options, args.config)), end="")
+    cfg = load_config(args.options, args.config)
+    registry = discover(cfg.tasks_dir)
+    for name in task_names(cfg):  # an unknown task is the same error as in `flantune run`
+        registry.get(name)
+    print(to_yaml(cfg), end="")
     return 0
 
 

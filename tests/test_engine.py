@@ -184,6 +184,8 @@ def test_config_command_prints_the_resolved_config(cli):
     assert cfg.method == "lora" and cfg.train.lr == 1e-3 and cfg.model.path == "google/flan-t5-base"
     code, out, _ = cli("config", "task=imdb", "method=full")
     assert OmegaConf.create(out).train.lr == 1e-4  # LoRA's default learning rate is higher than full's
+    code, _, err = cli("config", "task=[imdb,imbd]")  # `config` knows the tasks as `run` does
+    assert code == 2 and "Unknown task 'imbd'. Did you mean 'imdb'?" in err
 
 
 def test_config_file_then_overrides(cli, tmp_path):
