@@ -128,169 +128,170 @@ _TASK_KEYS = {f.name for f in fields(Task)} - {"origin"}
 _REQUIRED = ("name", "description", "kind", "source", "splits", "templates", "metrics", "primary_metric")
 
 
-def _fail(origin: str, where: str, problem: str) -> FlantuneError:
-    return FlantuneError(f"Malformed task file {origin}: field '{where}' {problem}")
+def _fail(context: str, where: str, problem: str) -> FlantuneError:
+    return FlantuneError(f"{context}: field '{where}' {problem}")
 
 
-def _check_keys(origin: str, where: str, mapping: dict, allowed: set[str]) -> None:
+def _check_keys(context: str, where: str, mapping: dict, allowed: set[str]) -> None:
     for key in mapping:
         if key not in allowed:
             prefix = f"{where}." if where else ""
             raise _fail(
-                origin,
+                context,
                 f"{prefix}{key}",
                 f"is not a known field.{did_you_mean(key, allowed)} Known fields: {', '.join(sorted(allowed))}.",
             )
 
 
-def _str(origin: str, where: str, value: Any, *, optional: bool = False) -> str | None:
+def _str(context: str, where: str, value: Any, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise _fail(origin, where, f"must be a non-empty string, got {value!r}.")
+        raise _fail(context, where, f"must be a non-empty string, got {value!r}.")
     return value
 
 
-def _int(origin: str, where: str, value: Any, *, minimum: int = 1) -> int:
+def _int(context: str, where: str, value: Any, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(origin, where, f"must be a whole number >= {minimum}, got {value!r}.")
+        raise _fail(context, where, f"must be a whole number >= {minimum}, got {value!r}.")
     return value
 
 
-def _check_jinja(origin: str, where: str, text: str, *, expression: bool = False) -> None:
+def _check_jinja(context: str, where: str, text: str, *, expression: bool = False) -> None:
     from flantune import templates  # jinja2 is cheap to import
 
     try:
         templates.compile_expression(text) if expression else templates.compile_template(text)
     except Exception as exc:  # jinja2.TemplateSyntaxError and friends
-        raise _fail(origin, where, f"is not valid Jinja2: {exc}.") from exc
+        raise _fail(context, where, f"is not valid Jinja2: {exc}.") from exc
 
 
 def task_from_dict(data: Any, origin: str) -> Task:
+    context = f"Malformed task file {origin}"  # opens every error message
     if not isinstance(data, dict):
-        raise FlantuneError(f"Malformed task file {origin}: expected a mapping of fields, got {type(data).__name__}.")
-    _check_keys(origin, "", data, _TASK_KEYS)
+        raise FlantuneError(f"{context}: expected a mapping of fields, got {type(data).__name__}.")
+    _check_keys(context, "", data, _TASK_KEYS)
     for key in _REQUIRED:
         if key not in data or data[key] is None:
-            raise _fail(origin, key, "is required but missing.")
+            raise _fail(context, key, "is required but missing.")
 
-    name = _str(origin, "name", data["name"])
+    name = _str(context, "name", data["name"])
     if not name.replace("_", "").replace("-", "").isalnum():
-        raise _fail(origin, "name", f"must use letters, digits, '_' or '-' only, got {name!r}.")
+        raise _fail(context, "name", f"must use letters, digits, '_' or '-' only, got {name!r}.")
     kind = data["kind"]
     if kind not in KINDS:
-        raise _fail(origin, "kind", f"must be one of {', '.join(KINDS)}, got {kind!r}.{did_you_mean(kind, KINDS)}")
+        raise _fail(context, "kind", f"must be one of {', '.join(KINDS)}, got {kind!r}.{did_you_mean(kind, KINDS)}")
 
     src = data["source"]
     if not isinstance(src, dict):
-        raise _fail(origin, "source", "must be a mapping with hub / config / revision / mirror.")
-    _check_keys(origin, "source", src, {f.name for f in fields(Source)})
-    source = Source(**{k: _str(origin, f"source.{k}", v, optional=True) for k, v in src.items()})
+        raise _fail(context, "source", "must be a mapping with hub / config / revision / mirror.")
+    _check_keys(context, "source", src, {f.name for f in fields(Source)})
+    source = Source(**{k: _str(context, f"source.{k}", v, optional=True) for k, v in src.items()})
     if not source.hub and not source.mirror:
-        raise _fail(origin, "source", "needs a hub dataset id (source.hub) or a mirror folder name (source.mirror).")
+        raise _fail(context, "source", "needs a hub dataset id (source.hub) or a mirror folder name (source.mirror).")
 
     splits = data["splits"]
     if not isinstance(splits, dict):
-        raise _fail(origin, "splits", "must map roles (train, validation, test) to split names.")
-    _check_keys(origin, "splits", splits, set(ROLES))
+        raise _fail(context, "splits", "must map roles (train, validation, test) to split names.")
+    _check_keys(context, "splits", splits, set(ROLES))
     for role in ROLES:
         if role not in splits:
-            raise _fail(origin, f"splits.{role}", "is required (use the hub's slicing syntax, e.g. validation[:80%]).")
-        _str(origin, f"splits.{role}", splits[role])
+            raise _fail(context, f"splits.{role}", "is required (use the hub's slicing syntax, e.g. validation[:80%]).")
+        _str(context, f"splits.{role}", splits[role])
         try:
             check_split_syntax(splits[role])
         except FlantuneError as exc:
-            raise _fail(origin, f"splits.{role}", str(exc)) from exc
+            raise _fail(context, f"splits.{role}", str(exc)) from exc
 
     holdout = None
     if data.get("holdout") is not None:
         h = data["holdout"]
         if not isinstance(h, dict):
-            raise _fail(origin, "holdout", "must be a mapping with from, to, size and seed.")
-        _check_keys(origin, "holdout", h, {"from", "to", "size", "seed"})
+            raise _fail(context, "holdout", "must be a mapping with from, to, size and seed.")
+        _check_keys(context, "holdout", h, {"from", "to", "size", "seed"})
         for key in ("from", "to", "size", "seed"):
             if key not in h:
-                raise _fail(origin, f"holdout.{key}", "is required.")
+                raise _fail(context, f"holdout.{key}", "is required.")
         if h["to"] not in ROLES:
-            raise _fail(origin, "holdout.to", f"must be one of {', '.join(ROLES)}, got {h['to']!r}.")
+            raise _fail(context, "holdout.to", f"must be one of {', '.join(ROLES)}, got {h['to']!r}.")
         size = h["size"]
         if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
-            raise _fail(origin, "holdout.size", f"must be a row count or a fraction in (0, 1), got {size!r}.")
+            raise _fail(context, "holdout.size", f"must be a row count or a fraction in (0, 1), got {size!r}.")
         holdout = Holdout(
-            from_=_str(origin, "holdout.from", h["from"]), to=h["to"], size=size,
-            seed=_int(origin, "holdout.seed", h["seed"], minimum=0),
+            from_=_str(context, "holdout.from", h["from"]), to=h["to"], size=size,
+            seed=_int(context, "holdout.seed", h["seed"], minimum=0),
         )
 
     raw_templates = data["templates"]
     if not isinstance(raw_templates, list) or not raw_templates:
-        raise _fail(origin, "templates", "must be a non-empty list of {name, input[, target]}.")
+        raise _fail(context, "templates", "must be a non-empty list of {name, input[, target]}.")
     templates_: list[Template] = []
     for i, t in enumerate(raw_templates):
         where = f"templates[{i}]"
         if not isinstance(t, dict):
-            raise _fail(origin, where, "must be a mapping with name and input.")
-        _check_keys(origin, where, t, {"name", "input", "target"})
-        tname = _str(origin, f"{where}.name", t.get("name"))
-        _str(origin, f"{where}.input", t.get("input"))
-        _check_jinja(origin, f"{where}.input", t["input"])
+            raise _fail(context, where, "must be a mapping with name and input.")
+        _check_keys(context, where, t, {"name", "input", "target"})
+        tname = _str(context, f"{where}.name", t.get("name"))
+        _str(context, f"{where}.input", t.get("input"))
+        _check_jinja(context, f"{where}.input", t["input"])
         if t.get("target") is not None:
-            _check_jinja(origin, f"{where}.target", _str(origin, f"{where}.target", t["target"]))
+            _check_jinja(context, f"{where}.target", _str(context, f"{where}.target", t["target"]))
         templates_.append(Template(name=tname, input=t["input"], target=t.get("target")))
     names = [t.name for t in templates_]
     if len(set(names)) != len(names):
-        raise _fail(origin, "templates", f"has duplicate template names: {names}.")
+        raise _fail(context, "templates", f"has duplicate template names: {names}.")
     eval_template = data.get("eval_template")
     if eval_template is not None and eval_template not in names:
-        raise _fail(origin, "eval_template", f"names no template: {eval_template!r}.{did_you_mean(eval_template, names)}")
+        raise _fail(context, "eval_template", f"names no template: {eval_template!r}.{did_you_mean(eval_template, names)}")
 
     choices = None
     label_column = data.get("label_column")
     if kind == "classification":
-        _str(origin, "label_column", label_column)
+        _str(context, "label_column", label_column)
         raw_choices = data.get("choices")
         if not isinstance(raw_choices, dict) or len(raw_choices) < 2:
-            raise _fail(origin, "choices", "must map each label id to its answer text, with at least two choices.")
+            raise _fail(context, "choices", "must map each label id to its answer text, with at least two choices.")
         choices = {}
         for k, v in raw_choices.items():
             if isinstance(k, bool) or not isinstance(k, int):
-                raise _fail(origin, f"choices.{k}", "must be keyed by integer label ids.")
-            choices[k] = _str(origin, f"choices.{k}", v)
+                raise _fail(context, f"choices.{k}", "must be keyed by integer label ids.")
+            choices[k] = _str(context, f"choices.{k}", v)
         if len(set(choices.values())) != len(choices):
-            raise _fail(origin, "choices", "has the same answer text twice.")
+            raise _fail(context, "choices", "has the same answer text twice.")
         for key in ("target", "references"):
             if data.get(key) is not None:
-                raise _fail(origin, key, "is not used by classification tasks: the target is the label's choice text.")
+                raise _fail(context, key, "is not used by classification tasks: the target is the label's choice text.")
     else:
         target = data.get("target")
         if target is None and any(t.target is None for t in templates_):
-            raise _fail(origin, "target", "is required (a Jinja template of the target text) unless every template has its own.")
+            raise _fail(context, "target", "is required (a Jinja template of the target text) unless every template has its own.")
         if target is not None:
-            _check_jinja(origin, "target", _str(origin, "target", target))
+            _check_jinja(context, "target", _str(context, "target", target))
     if kind == "extractive_qa":
-        _check_jinja(origin, "references", _str(origin, "references", data.get("references")), expression=True)
+        _check_jinja(context, "references", _str(context, "references", data.get("references")), expression=True)
     elif data.get("references") is not None and kind != "classification":
-        _check_jinja(origin, "references", _str(origin, "references", data["references"]), expression=True)
+        _check_jinja(context, "references", _str(context, "references", data["references"]), expression=True)
     if data.get("filter") is not None:
-        _check_jinja(origin, "filter", _str(origin, "filter", data["filter"]), expression=True)
-    preprocess = _str(origin, "preprocess", data.get("preprocess"), optional=True)
+        _check_jinja(context, "filter", _str(context, "filter", data["filter"]), expression=True)
+    preprocess = _str(context, "preprocess", data.get("preprocess"), optional=True)
     if preprocess is not None and ":" not in preprocess:
-        raise _fail(origin, "preprocess", f"must be 'package.module:function', got {preprocess!r}.")
+        raise _fail(context, "preprocess", f"must be 'package.module:function', got {preprocess!r}.")
 
-    metrics = _metric_specs(origin, data["metrics"])
-    primary = _str(origin, "primary_metric", data["primary_metric"])
+    metrics = _metric_specs(context, data["metrics"])
+    primary = _str(context, "primary_metric", data["primary_metric"])
     from flantune.metrics import metric_outputs, known_metric_names
 
     for spec in metrics:
         if spec.name not in known_metric_names() and not spec.name.startswith("evaluate:"):
             raise _fail(
-                origin, "metrics",
+                context, "metrics",
                 f"names an unknown metric {spec.name!r}.{did_you_mean(spec.name, known_metric_names())} "
                 f"Known: {', '.join(known_metric_names())}, or evaluate:<name> for a metric of the evaluate library.",
             )
     outputs = metric_outputs(metrics, choices)
     if outputs is not None and primary not in outputs:
         raise _fail(
-            origin, "primary_metric",
+            context, "primary_metric",
             f"{primary!r} is not computed by this task's metrics.{did_you_mean(primary, outputs)} "
             f"They compute: {', '.join(outputs)}.",
         )
@@ -298,16 +299,16 @@ def task_from_dict(data: Any, origin: str) -> Task:
     baselines = data.get("baselines") or []
     if not isinstance(baselines, list) or not all(isinstance(b, dict) and b.get("name") in BASELINES
                                                   for b in baselines):
-        raise _fail(origin, "baselines", f"must be a list of {{name: {' | '.join(BASELINES)}, ...}} mappings.")
+        raise _fail(context, "baselines", f"must be a list of {{name: {' | '.join(BASELINES)}, ...}} mappings.")
     for b in baselines:
         if b["name"] == "lead" and not isinstance(b.get("column"), str):
-            raise _fail(origin, "baselines", "a lead baseline needs the column holding the document (column: ...).")
+            raise _fail(context, "baselines", "a lead baseline needs the column holding the document (column: ...).")
     version = data.get("version", 1)
     return Task(
         name=name,
-        description=_str(origin, "description", data["description"]),
+        description=_str(context, "description", data["description"]),
         kind=kind,
-        version=_int(origin, "version", version),
+        version=_int(context, "version", version),
         source=source,
         splits=dict(splits),
         holdout=holdout,
@@ -317,22 +318,22 @@ def task_from_dict(data: Any, origin: str) -> Task:
         references=data.get("references"),
         label_column=label_column,
         choices=choices,
-        id_column=_str(origin, "id_column", data.get("id_column"), optional=True),
+        id_column=_str(context, "id_column", data.get("id_column"), optional=True),
         filter=data.get("filter"),
         preprocess=preprocess,
         metrics=metrics,
         primary_metric=primary,
-        max_input_length=_int(origin, "max_input_length", data.get("max_input_length", 512)),
-        max_target_length=_int(origin, "max_target_length", data.get("max_target_length", 128)),
-        max_new_tokens=_int(origin, "max_new_tokens", data.get("max_new_tokens", 64)),
+        max_input_length=_int(context, "max_input_length", data.get("max_input_length", 512)),
+        max_target_length=_int(context, "max_target_length", data.get("max_target_length", 128)),
+        max_new_tokens=_int(context, "max_new_tokens", data.get("max_new_tokens", 64)),
         baselines=tuple(dict(b) for b in baselines),
         origin=origin,
     )
 
 
-def _metric_specs(origin: str, raw: Any) -> tuple[MetricSpec, ...]:
+def _metric_specs(context: str, raw: Any) -> tuple[MetricSpec, ...]:
     if not isinstance(raw, list) or not raw:
-        raise _fail(origin, "metrics", "must be a non-empty list of metric names (or {name: ..., <params>}).")
+        raise _fail(context, "metrics", "must be a non-empty list of metric names (or {name: ..., <params>}).")
     specs = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
@@ -340,7 +341,7 @@ def _metric_specs(origin: str, raw: Any) -> tuple[MetricSpec, ...]:
         elif isinstance(item, dict) and isinstance(item.get("name"), str):
             specs.append(MetricSpec(item["name"], {k: v for k, v in item.items() if k != "name"}))
         else:
-            raise _fail(origin, f"metrics[{i}]", f"must be a metric name or a mapping with 'name', got {item!r}.")
+            raise _fail(context, f"metrics[{i}]", f"must be a metric name or a mapping with 'name', got {item!r}.")
     return tuple(specs)
 
 
