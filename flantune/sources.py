@@ -11,12 +11,14 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from flantune.errors import FlantuneError, did_you_mean
-from flantune.task import Task
+from flantune.errors import FlantuneError, did_you_mean, first_line
+from flantune.splits import check_split_syntax
+from flantune.task import ROLES, Task
 
 MIRROR_SUFFIXES = (".parquet", ".jsonl", ".csv")
 SAMPLE_DATA_DIR = "@sample"
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".csv": "csv"}
+_FORMATS = {".parquet": "parquet", ".jsonl": "JSON lines", ".csv": "CSV"}
 
 
 def sample_data_dir() -> Path:
@@ -56,29 +58,102 @@ def mirror_files(task: Task, data_dir: Path) -> dict[str, Path]:
     return files
 
 
+def _roles_reading(task: Task, split: str) -> list[str]:
+    """The roles (train, validation, test) whose split spec reads `split`."""
+    return [role for role in ROLES if split in check_split_syntax(task.splits[role])] or ["<role>"]
+
+
+def _roles_text(task: Task, split: str) -> str:
+    roles = _roles_reading(task, split)
+    return " and ".join(roles) + (" roles" if len(roles) > 1 else " role")
+
+
+def _carve_hint(task: Task, split: str, there: list[str]) -> str:
+    """How to point the roles that read `split` at a split that is there, e.g. tasks.x.splits.test='...'
+    (an evaluation role is carved from a split other than train where there is one)."""
+    hints = []
+    for role in _roles_reading(task, split):
+        source = there[0] if role == "train" else next((s for s in there if s != "train"), there[0])
+        part = ":80%" if role == "train" else "80%:"
+        hints.append(f"tasks.{task.name}.splits.{role}='{source}[{part}]'")
+    return " and ".join(hints)
+
+
 def mirror_file(task: Task, split: str, data_dir: Path) -> Path:
     files = mirror_files(task, data_dir)
     if split in files:
         return files[split]
     folder = data_dir / task.source.mirror
-    there = ", ".join(sorted(files)) if files else "none"
+    if files:
+        fix = (f"Carve it from a split that is there with the hub's slicing syntax, e.g. "
+               f"{_carve_hint(task, split, sorted(files))},")
+    else:
+        fix = f"Check data_dir, and that the task's folder there is named '{task.source.mirror}' (source.mirror),"
     raise FlantuneError(
-        f"Task '{task.name}' needs split '{split}', but the mirror {folder} has no {split}.parquet/.jsonl/.csv "
-        f"(splits there: {there}).{did_you_mean(split, files)} Carve it from a split that is there with the hub's "
-        f"slicing syntax, e.g. tasks.{task.name}.splits.train='{next(iter(files), 'validation')}[:80%]', "
-        "or read from the hub by leaving data_dir unset."
+        f"Task '{task.name}' needs split '{split}' (read by its {_roles_text(task, split)}), but the mirror {folder} "
+        f"has no {split}.parquet/.jsonl/.csv (splits there: {', '.join(sorted(files)) or 'none'})."
+        f"{did_you_mean(split, files)} {fix} or read from the hub by leaving data_dir unset."
     )
 
 
 def mirror_sizes(task: Task, data_dir: Path) -> dict[str, int]:
     """Row counts of the mirror's splits, read from parquet metadata (cheap: no data is loaded)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     sizes = {}
     for split, path in mirror_files(task, data_dir).items():
         if path.suffix == ".parquet":
-            sizes[split] = pq.ParquetFile(path).metadata.num_rows
+            try:
+                sizes[split] = pq.ParquetFile(path).metadata.num_rows
+            except pa.ArrowException:  # corrupt: left out here, `flantune show` and runs say why
+                continue
     return sizes
+
+
+def _has_no_rows(path: Path) -> bool:
+    """Whether a mirror file holds no rows: 0 bytes, a 0-row parquet, a blank .jsonl or a header-only .csv.
+    Reads a parquet file's metadata (an ArrowException if it is corrupt) or a text file's first lines."""
+    if path.stat().st_size == 0:
+        return True
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows == 0
+    header_lines = 1 if path.suffix == ".csv" else 0
+    seen = 0
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                seen += 1
+                if seen > header_lines:
+                    return False
+    return True
+
+
+def _read_mirror_file(task: Task, split: str, path: Path, data_dir: Path):
+    import datasets
+    import pyarrow as pa
+
+    where = f"Task '{task.name}' reads split '{split}' (for its {_roles_text(task, split)}) from {path}"
+    try:
+        if not _has_no_rows(path):
+            return _load_file(str(path), _BUILDERS[path.suffix])
+    except (datasets.exceptions.DatasetGenerationError, pa.ArrowException, ValueError, StopIteration) as exc:
+        # datasets wraps the reader's error: its cause says what is wrong with the file.
+        generation = isinstance(exc, datasets.exceptions.DatasetGenerationError)
+        cause = exc.__cause__ if generation and exc.__cause__ is not None else exc
+        raise FlantuneError(
+            f"{where}, which can't be read as {_FORMATS[path.suffix]} ({type(cause).__name__}: {first_line(cause)}). "
+            "Replace it with a good copy of the split, or read from the hub by leaving data_dir unset."
+        ) from exc
+    others = sorted(s for s in mirror_files(task, data_dir) if s != split)
+    carve = (f", carve it from another split with the hub's slicing syntax, e.g. {_carve_hint(task, split, others)},"
+             if others else "")
+    raise FlantuneError(
+        f"{where}, which has no rows. Put the split's rows in that file{carve} or read from the hub by leaving "
+        "data_dir unset."
+    )
 
 
 @lru_cache(maxsize=64)
@@ -98,8 +173,7 @@ def _load_hub(hub: str, config: str | None, revision: str | None, split: str):
 def load_split(task: Task, split: str, data_dir: Path | None):
     """One whole split of the task's dataset, as a datasets.Dataset (memory-mapped Arrow)."""
     if data_dir is not None:
-        path = mirror_file(task, split, data_dir)
-        return _load_file(str(path), _BUILDERS[path.suffix])
+        return _read_mirror_file(task, split, mirror_file(task, split, data_dir), data_dir)
     if not task.source.hub:
         raise FlantuneError(
             f"Task '{task.name}' ({task.origin}) has no hub dataset (source.hub); give data_dir=DIR with its "
