@@ -18,7 +18,7 @@ from importlib import metadata, resources
 from pathlib import Path
 
 from flantune.errors import FlantuneError, did_you_mean
-from flantune.task import Task, load_task_file, task_from_dict
+from flantune.task import Task, read_task_file, task_from_dict
 
 ENTRY_POINT_GROUP = "flantune.tasks"
 TASKS_PATH_ENV = "FLANTUNE_TASKS_PATH"
@@ -30,6 +30,7 @@ class Problem:
     origin: str
     message: str
     name: str | None = None  # the task name it concerns, where known
+    guessed: bool = False  # the name is a task file's name, as the file didn't get as far as naming its task
 
 
 @dataclass
@@ -66,12 +67,18 @@ class Registry:
             if problem.name == name:
                 raise FlantuneError(problem.message)
         # A plugin that failed to load may have held the task (the built-in ones too: flantune run from a
-        # source checkout that isn't installed with `pip install -e .`).
+        # source checkout that isn't installed with `pip install -e .`), and so may a task file that failed
+        # before naming its task. A broken file that names another task is listed by name.
         unloaded = [p.message for p in self.problems if p.name is None]
+        unnamed = [p.message for p in self.problems if p.name is not None and p.guessed]
+        named = [f"{p.origin} (task '{p.name}')" for p in self.problems if p.name is not None and not p.guessed]
         raise FlantuneError(
-            f"Unknown task '{name}'.{did_you_mean(name, self.tasks)} Known tasks: "
-            f"{', '.join(sorted(self.tasks)) or 'none'}. "
+            f"Unknown task '{name}'.{did_you_mean(name, [*self.tasks, *(p.name for p in self.problems if p.name)])} "
+            f"Known tasks: {', '.join(sorted(self.tasks)) or 'none'}. "
             + (f"{len(unloaded)} task plugin(s) failed to load and may hold it: {' '.join(unloaded)} " if unloaded else "")
+            + (f"{len(unnamed)} task file(s) failed to load before naming their task and may hold it: "
+               f"{' '.join(unnamed)} " if unnamed else "")
+            + (f"{len(named)} task file(s) failed to load: {', '.join(named)}. " if named else "")
             + "Run `flantune tasks` to list them, or add your own with tasks_dir=DIR (a folder of task YAML files)."
         )
 
@@ -80,11 +87,20 @@ def _task_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in TASK_SUFFIXES and not p.name.startswith("."))
 
 
+def _declared_name(data) -> str | None:
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name.strip() else None
+
+
 def _add_file(registry: Registry, path: Path, origin: str) -> None:
+    """The file's task, or its problem under the task name it declares (its file name where it declares none)."""
+    name = None
     try:
-        registry.add(load_task_file(path, origin=origin))
+        data = read_task_file(path, origin=origin)
+        name = _declared_name(data)
+        registry.add(task_from_dict(data, origin=origin))
     except FlantuneError as exc:
-        registry.problems.append(Problem(origin, str(exc), path.stem))
+        registry.problems.append(Problem(origin, str(exc), name or path.stem, guessed=name is None))
 
 
 def _add_folder(registry: Registry, folder: Path, label: str | None = None) -> None:
@@ -116,7 +132,10 @@ def _add_entry_point(registry: Registry, ep: metadata.EntryPoint) -> None:
             if isinstance(item, Task):
                 registry.add(item if item.origin != "?" else _with_origin(item, where))
             elif isinstance(item, dict):
-                registry.add(task_from_dict(item, origin=where))
+                try:
+                    registry.add(task_from_dict(item, origin=where))
+                except FlantuneError as exc:  # only this task is skipped; asking for its name shows why
+                    registry.problems.append(Problem(where, str(exc), _declared_name(item)))
             else:
                 _add_file(registry, Path(item), f"{where}: {item}")
     except FlantuneError as exc:

@@ -373,7 +373,8 @@ def task_to_dict(task: Task) -> dict[str, Any]:
     return data
 
 
-def load_task_file(path: Path, origin: str | None = None) -> Task:
+def read_task_file(path: Path, origin: str | None = None) -> Any:
+    """A task file's parsed YAML, not yet validated."""
     origin = origin or str(path)
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -382,8 +383,13 @@ def load_task_file(path: Path, origin: str | None = None) -> Task:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise FlantuneError(f"Malformed task file {origin}: it is not valid YAML{where} ({problem}).") from exc
-    return task_from_dict(data, origin=origin)
+    return data
+
+
+def load_task_file(path: Path, origin: str | None = None) -> Task:
+    origin = origin or str(path)
+    return task_from_dict(read_task_file(path, origin), origin=origin)
 
 
 __all__ = ["Task", "Template", "Source", "Holdout", "MetricSpec", "task_from_dict", "task_to_dict", "load_task_file",
-           "KINDS", "ROLES"]
+           "read_task_file", "KINDS", "ROLES"]

@@ -238,3 +238,67 @@ def test_a_missing_mirror_split_hint_names_the_role_that_reads_it(cli, shared_da
     assert code == 2 and "Traceback" not in err
     assert "needs split 'test' (read by its test role)" in err and "has no test.parquet" in err
     assert "tasks.mlqa_hi_en.splits.test='validation[80%:]'" in err and "splits.train" not in err
+
+
+def _rt_file(folder: Path, file_name: str = "rotten_tomatoes.yaml", **changes) -> Path:
+    """The folder plugin's rotten_tomatoes task with fields changed (None removes one), written to folder/file_name."""
+    import yaml
+
+    data = yaml.safe_load((FOLDER_PLUGIN / "rotten_tomatoes.yaml").read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / file_name).write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
+BROKEN_RT = {  # a field changed -> words of the error it gives
+    "metric": ({"metrics": ["accuracy", "acuracy"]}, "unknown metric 'acuracy'"),
+    "jinja": ({"templates": [{"name": "t", "input": "{{ text "}]}, "is not valid Jinja2"),
+    "choices": ({"choices": None}, "field 'choices' must map each label id"),
+    "kind": ({"kind": "clasification"}, "Did you mean 'classification'?"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_RT))
+def test_a_broken_task_file_named_otherwise_is_the_error_for_the_task_it_names(case, tmp_path, cli):
+    changes, expected = BROKEN_RT[case]
+    _rt_file(tmp_path, "rt.yaml", **changes)
+    code, _, err = cli("show", "task=rotten_tomatoes", f"tasks_dir={tmp_path}")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err and "Unknown task" not in err
+    assert "Malformed task file" in err and "rt.yaml" in err and expected in err
+
+
+def test_an_unknown_task_error_names_the_task_files_that_failed_to_load(tmp_path, cli):
+    _rt_file(tmp_path, "rt.yaml", metrics=["acuracy"])
+    (tmp_path / "unparsable.yaml").write_text("name: [rotten\n")
+    code, _, err = cli("show", "task=rotten_tomato", f"tasks_dir={tmp_path}")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err
+    assert "Unknown task 'rotten_tomato'. Did you mean 'rotten_tomatoes'?" in err
+    assert f"1 task file(s) failed to load: {tmp_path / 'rt.yaml'} (task 'rotten_tomatoes')" in err
+    # A file that failed before naming its task may hold the one asked for: its problem is in the error.
+    assert "1 task file(s) failed to load before naming their task and may hold it" in err
+    assert "unparsable.yaml: it is not valid YAML at line 2" in err
+
+
+def test_a_plugin_task_dict_that_fails_is_the_error_for_its_name_and_skips_only_itself():
+    from types import SimpleNamespace
+
+    from flantune.errors import FlantuneError
+    from flantune.registry import Registry, _add_entry_point
+    from flantune.task import task_to_dict
+
+    good = task_to_dict(discover(FOLDER_PLUGIN).get("rotten_tomatoes"))
+    bad = {**good, "name": "rt_bad", "metrics": ["acuracy"]}
+    ep = SimpleNamespace(name="rt", value="rt_plugin:tasks", dist=None, load=lambda: [bad, good])
+    registry = Registry()
+    _add_entry_point(registry, ep)
+    registry.finish()
+    assert "rotten_tomatoes" in registry.tasks
+    with pytest.raises(FlantuneError, match="unknown metric 'acuracy'"):
+        registry.get("rt_bad")
