@@ -8,6 +8,7 @@ torch; the checks that need the data's columns happen in `flantune.data`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,11 @@ class Task:
 
     def with_overrides(self, overrides: dict[str, Any]) -> Task:
         """A copy with fields replaced (from the command line: tasks.<name>.<field>=value)."""
+        if not isinstance(overrides, dict):
+            raise FlantuneError(
+                f"tasks.{self.name}={overrides!r} on the command line: tasks.{self.name} must be a mapping of task "
+                f"fields, e.g. tasks.{self.name}.max_input_length=256 or tasks.{self.name}.splits.train='train[:50%]'."
+            )
         if not overrides:
             return self
         data = task_to_dict(self)
@@ -121,7 +127,19 @@ class Task:
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value
-        return task_from_dict(data, origin=f"{self.origin} (with command-line overrides)")
+        given = ", ".join(_dotted_keys(f"tasks.{self.name}", overrides))
+        return task_from_dict(
+            data, origin=f"{self.origin} (with command-line overrides)",
+            context=f"Task '{self.name}' ({self.origin}) as changed on the command line by {given}",
+            known_splits=(name for role in ROLES for name in check_split_syntax(self.splits[role])),
+        )
+
+
+def _dotted_keys(prefix: str, value: Any) -> list[str]:
+    """The dotted keys of a nested mapping's leaves: tasks.x.splits.train, tasks.x.max_input_length."""
+    if isinstance(value, dict) and value:
+        return [k for key, v in value.items() for k in _dotted_keys(f"{prefix}.{key}", v)]
+    return [prefix]
 
 
 _TASK_KEYS = {f.name for f in fields(Task)} - {"origin"}
@@ -166,8 +184,11 @@ def _check_jinja(context: str, where: str, text: str, *, expression: bool = Fals
         raise _fail(context, where, f"is not valid Jinja2: {exc}.") from exc
 
 
-def task_from_dict(data: Any, origin: str) -> Task:
-    context = f"Malformed task file {origin}"  # opens every error message
+def task_from_dict(data: Any, origin: str, *, context: str | None = None, known_splits: Iterable[str] = ()) -> Task:
+    """A validated Task. `context` opens its error messages (by default "Malformed task file <origin>");
+    `known_splits` are split names holdout.from may name besides those the splits read (with_overrides passes
+    the task file's own, so that overriding every split leaves the file's holdout valid)."""
+    context = context or f"Malformed task file {origin}"
     if not isinstance(data, dict):
         raise FlantuneError(f"{context}: expected a mapping of fields, got {type(data).__name__}.")
     _check_keys(context, "", data, _TASK_KEYS)
@@ -214,6 +235,14 @@ def task_from_dict(data: Any, origin: str) -> Task:
                 raise _fail(context, f"holdout.{key}", "is required.")
         if h["to"] not in ROLES:
             raise _fail(context, "holdout.to", f"must be one of {', '.join(ROLES)}, got {h['to']!r}.")
+        # A holdout on a split that no role reads holds out nothing, so its rows would be trained on.
+        read = sorted({*known_splits, *(name for role in ROLES for name in check_split_syntax(splits[role]))})
+        if h["from"] not in read:
+            raise _fail(
+                context, "holdout.from",
+                f"must name a split the task's splits read ({', '.join(read)}), got {h['from']!r}."
+                f"{did_you_mean(str(h['from']), read)} A holdout on any other split holds out no rows.",
+            )
         size = h["size"]
         if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
             raise _fail(context, "holdout.size", f"must be a row count or a fraction in (0, 1), got {size!r}.")

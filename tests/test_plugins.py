@@ -302,3 +302,40 @@ def test_a_plugin_task_dict_that_fails_is_the_error_for_its_name_and_skips_only_
     assert "rotten_tomatoes" in registry.tasks
     with pytest.raises(FlantuneError, match="unknown metric 'acuracy'"):
         registry.get("rt_bad")
+
+
+# Bad input is a one-paragraph error (exit code 2) before any heavy work. Runs name a data_dir that doesn't exist
+# (checked just after the tasks), so that a check that lets bad input through fails fast instead of training.
+FAIL_FAST = ("model=tiny", "data_dir=/nonexistent/data")
+
+
+def test_a_holdout_from_a_split_no_role_reads_is_an_error(tmp_path, cli, registry):
+    holdout = {"from": "trian", "to": "validation", "size": 0.1, "seed": 0}
+    _rt_file(tmp_path, splits={"train": "train", "validation": "train", "test": "test"}, holdout=holdout)
+    code, _, err = cli("show", "task=rotten_tomatoes", f"tasks_dir={tmp_path}")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err
+    assert "field 'holdout.from' must name a split the task's splits read (test, train), got 'trian'." in err
+    assert "Did you mean 'train'?" in err
+    code, _, err = cli("run", "task=imdb", *FAIL_FAST, "tasks.imdb.holdout.from=trian")
+    err = " ".join(err.split())
+    assert code == 2 and "tasks.imdb.holdout.from" in err and "got 'trian'" in err
+    # Carving every role from other splits leaves the task file's holdout as it was: not an error.
+    carved = registry.get("imdb").with_overrides({"splits": {"train": "test[:80%]", "validation": "test[80%:90%]",
+                                                             "test": "test[90%:]"}})
+    assert carved.holdout == registry.get("imdb").holdout
+
+
+def test_a_task_override_that_is_not_a_mapping_is_an_error(cli):
+    code, _, err = cli("run", "task=imdb", *FAIL_FAST, "tasks.imdb=5")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err
+    assert "tasks.imdb must be a mapping of task fields, e.g. tasks.imdb.max_input_length=256" in err
+
+
+def test_a_bad_task_override_names_the_task_and_the_override(cli):
+    code, _, err = cli("run", "task=imdb", *FAIL_FAST, "tasks.imdb.max_input_length=abc")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err and "Malformed task file" not in err
+    assert ("Task 'imdb' (built-in) as changed on the command line by tasks.imdb.max_input_length: "
+            "field 'max_input_length' must be a whole number >= 1, got 'abc'.") in err
