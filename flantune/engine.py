@@ -75,7 +75,7 @@ def resolve_tasks(cfg: DictConfig) -> list[Task]:
                 f"tasks.{name}... changes task '{name}', which is not in this run ({', '.join(names)})."
                 f"{did_you_mean(name, names)}"
             )
-    return [registry.get(n).with_overrides(overrides.get(n) or {}) for n in names]
+    return [registry.get(n).with_overrides(overrides.get(n, {})) for n in names]
 
 
 def run_label(cfg: DictConfig, tasks: list[Task]) -> str:
