@@ -140,16 +140,39 @@ def group_options(group: str) -> list[str]:
 
 def read_yaml(path: Path, what: str) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise FlantuneError(f"{what} '{path}' does not exist.") from exc
+    except IsADirectoryError as exc:
+        raise FlantuneError(f"{what} '{path}' is a directory: give the path of a YAML file.") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise FlantuneError(f"{what} '{path}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} on line {line}): "
+                            "save it as UTF-8 YAML.") from exc
+    except OSError as exc:
+        raise FlantuneError(f"{what} '{path}' could not be read: {exc.strerror or first_line(exc)}.") from exc
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise FlantuneError(f"{what} '{path}' is not valid YAML: {first_line(exc)}.") from exc
+        raise FlantuneError(f"{what} '{path}' is not valid YAML: {_yaml_problem(exc)}.") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise FlantuneError(f"{what} '{path}' must be a mapping of settings, got {type(data).__name__}.")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What yaml found wrong and where: 'expected ..., but found ... at line 3, column 1 (while parsing ...
+    that starts at line 2, column 7)'."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return first_line(exc)
+    text = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None and (start.line, start.column) != (mark.line, mark.column):
+        text += f" ({context} that starts at line {start.line + 1}, column {start.column + 1})"
+    return text
 
 
 def _schema_keys(node: Any, prefix: str = "") -> set[str]:
@@ -171,6 +194,20 @@ def known_keys() -> set[str]:
     if _KNOWN is None:
         _KNOWN = _schema_keys(OmegaConf.structured(RunCfg))
     return _KNOWN
+
+
+def _check_section(key: str, value: Any, where: str) -> None:
+    """A key that holds settings (train, model, tasks, ...) must be given a mapping, not a value."""
+    sections = {k.rpartition(".")[0] for k in known_keys()} | set(FREE_KEYS)
+    if key not in sections or isinstance(value, dict):
+        return
+    children = sorted(k.rpartition(".")[2] for k in known_keys() if k.rpartition(".")[0] == key)
+    leaf = key.rpartition(".")[2]
+    raise FlantuneError(
+        f"Config key '{key}' ({where}) holds settings, not a value: got {value!r}. Set the keys under it (in YAML, "
+        f"indented 'key: value' lines under '{leaf}:'; on the command line, {key}.KEY=VALUE)"
+        + (f"; its keys: {', '.join(children)}." if children else ".")
+    )
 
 
 def check_key(key: str, where: str) -> None:
@@ -243,8 +280,9 @@ def _group_patch(group: str, value: Any, where: str) -> dict:
 
 
 def _merge(cfg: DictConfig, patch: dict, where: str) -> DictConfig:
-    for key, _ in _flatten(patch):
+    for key, value in _flatten(patch):
         check_key(key, where)
+        _check_section(key, value, where)
     try:
         return OmegaConf.merge(cfg, patch)
     except OmegaConfBaseException as exc:
@@ -252,13 +290,15 @@ def _merge(cfg: DictConfig, patch: dict, where: str) -> DictConfig:
 
 
 def _describe_omegaconf_error(exc: OmegaConfBaseException, where: str) -> str:
-    key = getattr(exc, "full_key", None) or "?"
-    return (f"Bad value for config key '{key}' ({where}): {first_line(exc)}. Check the value's type "
+    key = getattr(exc, "full_key", None)
+    subject = f"config key '{key}' ({where})" if key else f"a config key ({where})"
+    return (f"Bad value for {subject}: {first_line(exc)}. Check the value's type "
             f"(a number for rates and sizes, true/false for switches); `flantune config` prints every key.")
 
 
 def _set(cfg: DictConfig, key: str, value: Any, where: str) -> None:
     check_key(key, where)
+    _check_section(key, value, where)
     try:
         OmegaConf.update(cfg, key, value, merge=False, force_add=any(key.startswith(f + ".") for f in FREE_KEYS))
     except OmegaConfBaseException as exc:

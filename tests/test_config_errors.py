@@ -1,0 +1,61 @@
+"""Bad configuration input is a one-paragraph error (exit code 2, no traceback) before any data or model work:
+the checks of flantune/config.py, the --config and mixture files it reads, and `--debug` in either place."""
+
+from __future__ import annotations
+
+import pytest
+
+# The audit's run options: its bad values used to fail only after tokenising and building the model.
+RUN = ["task=imdb", "model=tiny", "data_dir=@sample", "data.max_train_examples=32", "data.max_eval_examples=8",
+       "train.max_steps=2"]
+
+
+def _refused(cli, tmp_path, *options: str, command: str = "run") -> str:
+    """The error of `flantune COMMAND RUN... OPTIONS`, checked to be a clear one given before the run
+    directory was made; returned on one line."""
+    out = tmp_path / "run"
+    code, _, err = cli(command, *options, *RUN, f"output_dir={out}")
+    assert code == 2, err
+    assert "Traceback" not in err and err.startswith(f"flantune {command}: error: ")
+    assert not out.exists()
+    return " ".join(err.split())
+
+
+# ---- --config files ----------------------------------------------------------------------------------------------
+
+
+def test_a_directory_given_as_config_file(cli, tmp_path):
+    err = _refused(cli, tmp_path, "--config", str(tmp_path))
+    assert f"Config file '{tmp_path}' is a directory: give the path of a YAML file." in err
+
+
+def test_a_config_file_that_is_not_utf8(cli, tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"train:\n  lr: 0.1 # \xe9t\xe9\n")
+    err = _refused(cli, tmp_path, "--config", str(path))
+    assert f"Config file '{path}' is not UTF-8 text (byte 0xe9 on line 2): save it as UTF-8 YAML." in err
+
+
+def test_invalid_yaml_names_the_line(cli, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: 0.1\n   batch_size: 4\n")  # one space too many
+    err = _refused(cli, tmp_path, "--config", str(path))
+    assert f"Config file '{path}' is not valid YAML: mapping values are not allowed here at line 3, column 14." in err
+    path.write_text("task: [imdb, samsum\ntrain: {lr: 0.1}\n")
+    err = _refused(cli, tmp_path, "--config", str(path))
+    assert "expected ',' or ']', but got ':' at line 2, column 6 (while parsing a flow sequence that starts at " \
+           "line 1, column 7)." in err
+
+
+@pytest.mark.parametrize("text", ["train: 5\n", "train:\n"])
+def test_a_value_where_a_section_belongs(cli, tmp_path, text):
+    path = tmp_path / "scalar.yaml"
+    path.write_text(text)
+    err = _refused(cli, tmp_path, "--config", str(path))
+    assert f"Config key 'train' (--config {path}) holds settings, not a value" in err
+    assert "'?'" not in err and "its keys: batch_size, compile," in err
+
+
+def test_a_value_where_a_section_belongs_on_the_command_line(cli, tmp_path):
+    err = _refused(cli, tmp_path, "train=5")
+    assert "Config key 'train' (command line train=5) holds settings, not a value: got 5." in err
