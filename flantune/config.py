@@ -380,11 +380,22 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "train.loss_normalization", LOSS_NORMALIZATIONS)
     _choice(cfg, "method", tuple(group_options(METHODS_DIR)))
     for key, minimum in (("train.batch_size", 1), ("train.grad_accum", 1), ("eval.batch_size", 1),
-                         ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1)):
+                         ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1),
+                         ("train.epochs", 0), ("train.weight_decay", 0), ("train.max_grad_norm", 0),
+                         ("train.num_workers", 0), ("data.template_seed", 0)):
         _at_least(cfg, key, minimum)
-    for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps", "train.packed_input_length",
-                "train.packed_label_length", "train.packed_rows_per_batch"):
+    for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps", "train.save_total_limit",
+                "train.packed_input_length", "train.packed_label_length", "train.packed_rows_per_batch"):
         _at_least(cfg, key, 1, allow_none=True)
+    if not 0 <= cfg.seed < 2**32:  # numpy's seed range (transformers' set_seed seeds numpy too)
+        raise FlantuneError(f"Config key 'seed' is {cfg.seed}; it must be in [0, 2**32).")
+    save, every = cfg.train.save_steps, cfg.train.eval_steps
+    if save is not None and save % every:
+        raise FlantuneError(
+            f"train.save_steps={save} is not a multiple of train.eval_steps={every}: the best checkpoint is chosen "
+            f"by the evaluations, so every save must fall on one. Set train.save_steps to a multiple of {every}, or "
+            f"null (the default: save at each evaluation)."
+        )
     micro = cfg.train.micro_batches
     if micro != "auto" and (isinstance(micro, bool) or not isinstance(micro, int) or micro < 1):
         raise FlantuneError(f"Config key 'train.micro_batches' is {micro!r}; choose auto or a number >= 1.")
@@ -399,9 +410,36 @@ def validate(cfg: DictConfig) -> None:
         raise FlantuneError(f"Config key 'train.lr' is {cfg.train.lr}; a learning rate must be positive.")
     if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
         raise FlantuneError("Set train.epochs > 0 or train.max_steps > 0: as configured, nothing would train.")
-    if not 0 <= cfg.lora.dropout < 1:
-        raise FlantuneError(f"Config key 'lora.dropout' is {cfg.lora.dropout}; it must be in [0, 1).")
-    task_names(cfg)  # a task must be named
+    for key in ("lora.dropout", "train.warmup_ratio"):
+        value = OmegaConf.select(cfg, key)
+        if not 0 <= value < 1:
+            raise FlantuneError(f"Config key '{key}' is {value}; it must be in [0, 1).")
+    if cfg.merge and cfg.method != "lora":
+        raise FlantuneError(
+            f"merge=true writes a LoRA adapter merged into its base model (merged/), but method={cfg.method} has no "
+            "adapter: its model/ already holds every weight. Drop merge=true, or train with method=lora."
+        )
+    report_to = cfg.report_to
+    integrations = list(report_to) if OmegaConf.is_list(report_to) else [report_to]
+    if not all(isinstance(name, str) for name in integrations):
+        raise FlantuneError(f"Config key 'report_to' is {report_to!r}; give none, all, an integration name "
+                            "(tensorboard, wandb, ...) or a list of names.")
+    _check_mixing(cfg, task_names(cfg))  # a task must be named
+
+
+def _check_mixing(cfg: DictConfig, tasks: list[str]) -> None:
+    """The mixing settings, whatever the number of tasks: a typo there is a mistake even where one task makes
+    them moot (and a later task=[...] would bring them into play)."""
+    from flantune.mixture import check_mixing, mixing_settings
+
+    settings = mixing_settings(cfg)
+    unknown = [t for t in settings["weights"] if t not in tasks]
+    if unknown:  # check_mixing looks at the weights only for scheme=weights
+        raise FlantuneError(
+            f"mixing.weights names task '{unknown[0]}', which is not in this run ({', '.join(tasks)})."
+            f"{did_you_mean(unknown[0], tasks)}"
+        )
+    check_mixing(tasks, **settings)
 
 
 def task_names(cfg: DictConfig) -> list[str]:

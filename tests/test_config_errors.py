@@ -59,3 +59,40 @@ def test_a_value_where_a_section_belongs(cli, tmp_path, text):
 def test_a_value_where_a_section_belongs_on_the_command_line(cli, tmp_path):
     err = _refused(cli, tmp_path, "train=5")
     assert "Config key 'train' (command line train=5) holds settings, not a value: got 5." in err
+
+
+# ---- values load_config checks (every command) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options, message", [
+    (["train.save_steps=3", "train.eval_steps=2"],
+     "train.save_steps=3 is not a multiple of train.eval_steps=2: the best checkpoint is chosen by the evaluations"),
+    (["train.num_workers=-1"], "Config key 'train.num_workers' is -1; it must be at least 0."),
+    (["data.template_seed=-1"], "Config key 'data.template_seed' is -1; it must be at least 0."),
+    (["seed=-1"], "Config key 'seed' is -1; it must be in [0, 2**32)."),
+    (["seed=4294967296"], "Config key 'seed' is 4294967296; it must be in [0, 2**32)."),
+    (["train.warmup_ratio=5"], "Config key 'train.warmup_ratio' is 5.0; it must be in [0, 1)."),
+    (["train.weight_decay=-0.1"], "Config key 'train.weight_decay' is -0.1; it must be at least 0."),
+    (["train.max_grad_norm=-1"], "Config key 'train.max_grad_norm' is -1.0; it must be at least 0."),
+    (["train.epochs=-1"], "Config key 'train.epochs' is -1.0; it must be at least 0."),
+    (["train.save_total_limit=0"], "Config key 'train.save_total_limit' is 0; it must be at least 1."),
+    (["mixing.scheme=propotional"], "mixing.scheme is 'propotional'; choose one of proportional, temperature, equal, "
+                                    "weights. Did you mean 'proportional'?"),
+    (["mixing.weights.imbd=2"], "mixing.weights names task 'imbd', which is not in this run (imdb). Did you mean "
+                                "'imdb'?"),
+    (["mixing.cap=0"], "mixing.cap is 0; it must be a positive number of examples"),
+    (["merge=true"], "merge=true writes a LoRA adapter merged into its base model (merged/), but method=full has no "
+                     "adapter"),
+    (["report_to=5"], "Config key 'report_to' is 5; give none, all, an integration name"),
+    (["report_to=null"], "Config key 'report_to' is None"),
+])
+def test_bad_values_are_refused_before_the_run_starts(cli, tmp_path, options, message):
+    assert message in _refused(cli, tmp_path, *options)
+
+
+def test_good_values_next_to_the_refused_ones_pass(cli):
+    for options in (["train.save_steps=400", "train.eval_steps=200"], ["method=lora", "merge=true"],
+                    ["train.warmup_ratio=0.1", "train.max_grad_norm=0", "seed=0"], ["mixing.weights.imdb=2"],
+                    ["report_to=[tensorboard,wandb]"]):
+        code, _, err = cli("config", *RUN, *options)
+        assert code == 0, (options, err)
