@@ -3,7 +3,14 @@ the checks of flantune/config.py, the --config and mixture files it reads, and `
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+
+from flantune.cli import main
+from flantune.config import load_config, validate_with_transformers
+from flantune.errors import FlantuneError
 
 # The audit's run options: its bad values used to fail only after tokenising and building the model.
 RUN = ["task=imdb", "model=tiny", "data_dir=@sample", "data.max_train_examples=32", "data.max_eval_examples=8",
@@ -96,3 +103,49 @@ def test_good_values_next_to_the_refused_ones_pass(cli):
                     ["report_to=[tensorboard,wandb]"]):
         code, _, err = cli("config", *RUN, *options)
         assert code == 0, (options, err)
+
+
+# ---- values checked against transformers' own lists (validate_with_transformers) ---------------------------------
+
+
+@pytest.mark.parametrize("options, message", [
+    (["train.lr_scheduler=cosin"], "Config key 'train.lr_scheduler' is 'cosin'; choose one of linear, cosine,"),
+    (["train.lr_scheduler=cosin"], "Did you mean 'cosine'?"),
+    (["train.optim=adamw", "precision=bf16-mixed"], "Config key 'train.optim' is 'adamw'; choose one of adamw_torch,"),
+    (["report_to=tensorbord"], "Config key 'report_to' names 'tensorbord', which transformers doesn't report to. "
+                               "Did you mean 'tensorboard'?"),
+    (["report_to=[tensorboard,tensorbord]"], "Config key 'report_to' names 'tensorbord'"),
+    (["model.architecture.d_model=abc"], "Config key 'model.architecture.d_model' is 'abc'; T5Config says: Field "
+                                         "'d_model' expected int, got str"),
+    (["model.architecture.d_modell=64"], "Unknown config key 'model.architecture.d_modell': T5Config has no field "
+                                         "'d_modell'. Did you mean 'd_model'?"),
+])
+def test_values_for_transformers_are_checked_against_its_lists(options, message):
+    cfg = load_config([*RUN, *options])  # the cheap checks let these through: they need transformers' lists
+    with pytest.raises(FlantuneError) as caught:
+        validate_with_transformers(cfg)
+    assert message in " ".join(str(caught.value).split())
+
+
+def test_report_to_a_missing_package_says_what_to_install(monkeypatch):
+    from transformers.integrations import integration_utils
+
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)
+    with pytest.raises(FlantuneError, match=r"report_to=tensorboard can't report here: the tensorboard package is "
+                                            r"not installed: pip install tensorboard \(or pip install "
+                                            r"'flantune\[tensorboard\]'\)\. Or set report_to=none\."):
+        validate_with_transformers(load_config([*RUN, "report_to=tensorboard"]))
+
+
+def test_the_shipped_configs_pass_the_transformers_checks():
+    for options in ([], ["model=tiny"], ["method=lora"], ["train.lr_scheduler=cosine", "train.optim=adafactor",
+                                                          "report_to=[none]", "model.architecture.hidden_size=64"]):
+        validate_with_transformers(load_config(["task=imdb", *options]))
+
+
+def test_config_still_answers_without_importing_torch_or_transformers():
+    code = ("import sys; from flantune.cli import main; main(['config', 'model=tiny', 'mixing.scheme=equal']);"
+            "print('HEAVY', [m for m in ('torch', 'transformers') if m in sys.modules], file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stderr
