@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+        # SUPPRESS: unset here, the subcommand leaves alone the top-level `flantune --debug COMMAND`.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
         if name in ("run", "config", "eval", "compare"):
             p.add_argument("--config", action="append", default=[], metavar="FILE",
                            help="a YAML file of settings, applied before the key=value overrides (repeatable)")

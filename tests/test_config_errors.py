@@ -149,3 +149,17 @@ def test_config_still_answers_without_importing_torch_or_transformers():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stderr
+
+
+# ---- --debug -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--debug", "config", "train.lrr=1"], ["config", "--debug", "train.lrr=1"]])
+def test_debug_raises_before_or_after_the_command(args):
+    with pytest.raises(FlantuneError, match="Unknown config key 'train.lrr'"):
+        main(args)
+
+
+def test_without_debug_the_error_is_one_paragraph(cli):
+    code, _, err = cli("config", "train.lrr=1")
+    assert code == 2 and "Traceback" not in err and "Unknown config key 'train.lrr'" in err
