@@ -332,7 +332,10 @@ def load_config(overrides: list[str] | None = None, config_files: list[str] | No
     if mixture is not None:
         from flantune.mixture import mixture_patch
 
-        cfg = _merge(cfg, mixture_patch(str(mixture), where), f"configs/mixture/{mixture}.yaml")
+        mixture = str(mixture)
+        source = f"configs/mixture/{mixture}.yaml" if mixture in group_options(MIXTURES_DIR) \
+            else f"mixture file {Path(mixture).expanduser().resolve()}"
+        cfg = _merge(cfg, mixture_patch(mixture, where), source)
 
     for name, data in files:
         data = dict(data)

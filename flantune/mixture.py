@@ -56,6 +56,14 @@ def _read_mixture(name: str) -> dict:
     data = read_yaml(path, "Mixture file")
     if not isinstance(data.get("tasks", []), (list, dict)):
         raise FlantuneError(f"Mixture file {path}: 'tasks' must be a list of task names or a mapping task -> weight.")
+    if isinstance(data.get("include"), str):  # one mixture, written without brackets
+        data["include"] = [data["include"]]
+    if not isinstance(data.get("include") or [], list):
+        raise FlantuneError(f"Mixture file {path}: 'include' must be a list of mixture names or files, e.g. "
+                            f"include: [classify3], got {data['include']!r}.")
+    if not isinstance(data.get("mixing") or {}, dict):
+        raise FlantuneError(f"Mixture file {path}: 'mixing' must be a mapping of settings, e.g. mixing: {{scheme: "
+                            f"equal}}, got {data['mixing']!r}.")
     for key in data:
         if key not in MIXTURE_KEYS:
             raise FlantuneError(

@@ -163,3 +163,29 @@ def test_debug_raises_before_or_after_the_command(args):
 def test_without_debug_the_error_is_one_paragraph(cli):
     code, _, err = cli("config", "train.lrr=1")
     assert code == 2 and "Traceback" not in err and "Unknown config key 'train.lrr'" in err
+
+
+# ---- mixture files -----------------------------------------------------------------------------------------------
+
+
+def test_a_mixture_file_error_names_the_file_itself(cli, tmp_path):
+    path = tmp_path / "mixTemp.yaml"
+    path.write_text("tasks: [imdb, emotion]\nmixing: {temperature: abc, scheme: temperature}\n")
+    code, _, err = cli("config", f"mixture={path}")
+    assert code == 2 and "Traceback" not in err
+    assert f"Bad value for config key 'mixing.temperature' (mixture file {path}):" in err
+    assert "configs/mixture/" not in err
+
+
+def test_a_mixture_file_may_include_one_mixture_without_brackets(cli, tmp_path):
+    path = tmp_path / "mix.yaml"
+    path.write_text("tasks: [samsum]\ninclude: classify3\n")
+    code, out, err = cli("config", f"mixture={path}")
+    assert code == 0, err
+    assert load_config([f"mixture={path}"]).task == ["imdb", "emotion", "paws", "samsum"]
+    path.write_text("tasks: [samsum]\ninclude: 5\n")
+    code, _, err = cli("config", f"mixture={path}")
+    assert code == 2 and f"Mixture file {path}: 'include' must be a list of mixture names or files" in err
+    path.write_text("tasks: [samsum]\nmixing: equal\n")
+    code, _, err = cli("config", f"mixture={path}")
+    assert code == 2 and f"Mixture file {path}: 'mixing' must be a mapping of settings" in err
