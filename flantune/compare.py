@@ -306,10 +306,10 @@ def config_for(options: list[str], config_files: list[str], runs: list[str]) -> 
         if (Path(run) / rundir.CONFIG).is_file():
             files.insert(0, str(Path(run) / rundir.CONFIG))
             break
-    cfg = load_config(list(options), files)
-    # An evaluation never resumes or merges, whatever the run did, and doesn't write into the run's folder.
-    for key in ("resume", "merge", "compare"):
-        OmegaConf.update(cfg, key, False, merge=False)
+    # An evaluation never resumes, merges or mixes, whatever the run did (its mixing weights may name tasks a
+    # task= option leaves out); the user's own options come after these.
+    resets = ["resume=false", "merge=false", "compare=false", "mixing.scheme=proportional", "mixing.weights={}"]
+    cfg = load_config([*resets, *options], files)
     if not any(o.split("=", 1)[0].strip() == "output_dir" for o in options):
         OmegaConf.update(cfg, "output_dir", None, merge=False)
     return cfg

@@ -436,12 +436,6 @@ def _check_mixing(cfg: DictConfig, tasks: list[str]) -> None:
     from flantune.mixture import check_mixing, mixing_settings
 
     settings = mixing_settings(cfg)
-    unknown = [t for t in settings["weights"] if t not in tasks]
-    if unknown:  # check_mixing looks at the weights only for scheme=weights
-        raise FlantuneError(
-            f"mixing.weights names task '{unknown[0]}', which is not in this run ({', '.join(tasks)})."
-            f"{did_you_mean(unknown[0], tasks)}"
-        )
     check_mixing(tasks, **settings)
 
 

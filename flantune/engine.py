@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flantune import rundir
-from flantune.config import task_names, to_yaml
+from flantune.config import task_names, to_yaml, validate_with_transformers
 from flantune.console import console
 from flantune.data import load_rows
 from flantune.distributed import (
@@ -80,7 +80,8 @@ def resolve_tasks(cfg: DictConfig) -> list[Task]:
 
 def run_label(cfg: DictConfig, tasks: list[Task]) -> str:
     if cfg.mixture:
-        return str(cfg.mixture)
+        name = str(cfg.mixture)  # a named mixture, or a mixture file's path: its name is the file's
+        return Path(name).stem if name.endswith((".yaml", ".yml")) else name
     if len(tasks) <= 3:
         return "+".join(t.name for t in tasks)
     return f"mix{len(tasks)}"
@@ -127,6 +128,7 @@ def check(cfg: DictConfig) -> Plan:
         )
     from flantune import cuda_graphs
 
+    validate_with_transformers(cfg)  # last: it imports transformers' trainer, seconds the checks above don't need
     graphs = cuda_graphs.resolve(cfg.train.cuda_graphs, precision=precision, processes=world_size(),
                                  gradient_checkpointing=cfg.gradient_checkpointing, compile_blocks=cfg.train.compile)
     return Plan(cfg=cfg, tasks=tasks, label=run_label(cfg, tasks), data_dir=data_dir, precision=precision,

@@ -122,6 +122,7 @@ def mixture_patch(name: str, where: str) -> dict:
     mixing = dict(data.get("mixing") or {})
     if weights and "weights" not in mixing:
         mixing["weights"] = weights
+        mixing.setdefault("scheme", "weights")  # a file that weighs its tasks means those weights
     return {"task": tasks, "mixture": Path(name).stem if name.endswith((".yaml", ".yml")) else name,
             "mixing": mixing}
 
@@ -138,8 +139,6 @@ def check_mixing(tasks: list[str], scheme: str, cap: int | None = None, temperat
         raise FlantuneError(f"mixing.cap is {cap}; it must be a positive number of examples (or null for no cap).")
     if scheme == "temperature" and not temperature > 0:
         raise FlantuneError(f"mixing.temperature is {temperature}; it must be > 0 (1 = proportional).")
-    if scheme != "weights":
-        return
     weights = dict(weights or {})
     unknown = [t for t in weights if t not in tasks]
     if unknown:
@@ -147,6 +146,13 @@ def check_mixing(tasks: list[str], scheme: str, cap: int | None = None, temperat
             f"mixing.weights names task '{unknown[0]}', which is not in this run ({', '.join(tasks)})."
             f"{did_you_mean(unknown[0], tasks)}"
         )
+    if scheme != "weights":
+        if weights and len(tasks) > 1:
+            raise FlantuneError(
+                f"mixing.weights is set, but mixing.scheme={scheme} doesn't read weights. Add mixing.scheme=weights "
+                "(with a weight for every task), or leave the weights out."
+            )
+        return
     missing = [t for t in tasks if t not in weights]
     if missing:
         raise FlantuneError(f"mixing.scheme=weights needs a weight for every task; missing: {', '.join(missing)}.")

@@ -189,3 +189,32 @@ def test_a_mixture_file_may_include_one_mixture_without_brackets(cli, tmp_path):
     path.write_text("tasks: [samsum]\nmixing: equal\n")
     code, _, err = cli("config", f"mixture={path}")
     assert code == 2 and f"Mixture file {path}: 'mixing' must be a mapping of settings" in err
+
+
+def test_mixing_weights_take_effect_or_are_an_error(tmp_path):
+    with pytest.raises(FlantuneError, match="mixing.scheme=proportional doesn't read weights"):
+        load_config(["task=[imdb,emotion]", "mixing.weights.imdb=10", "mixing.weights.emotion=1"])
+    mixture = tmp_path / "weighed.yaml"  # a mixture file that weighs its tasks means those weights
+    mixture.write_text("tasks: {imdb: 1, emotion: 3}\n")
+    cfg = load_config([f"mixture={mixture}"])
+    assert cfg.mixing.scheme == "weights" and dict(cfg.mixing.weights) == {"imdb": 1, "emotion": 3}
+    from flantune.engine import run_label
+
+    assert run_label(cfg, []) == "weighed"  # runs/weighed-..., not a run directory beside the file
+
+
+def test_an_evaluation_of_one_task_of_a_weighted_mixture_run(tmp_path):
+    from flantune.compare import config_for
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        "task: [imdb, emotion]\nmethod: lora\nmerge: true\nmixing:\n  scheme: weights\n  weights: {imdb: 1, emotion: 3}\n")
+    cfg = config_for(["task=imdb"], [], [str(run)])  # the run's weights name emotion, which this leaves out
+    assert cfg.task == "imdb" and not cfg.merge and not cfg.mixing.weights
+
+
+@pytest.mark.parametrize("option, message", [("train.lr_scheduler=cosin", "Did you mean 'cosine'?"),
+                                             ("report_to=tensorbord", "Did you mean 'tensorboard'?")])
+def test_run_checks_transformers_values_before_its_run_directory(cli, tmp_path, option, message):
+    assert message in _refused(cli, tmp_path, option)
