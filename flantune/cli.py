@@ -52,7 +52,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # key=value options may also follow --config FILE, which a single positional list can't take in
+    args, extra = parser.parse_known_args(argv)
+    if args.command is not None:
+        args.options += [e for e in extra if "=" in e and not e.startswith("-")]
+    unknown = [e for e in extra if "=" not in e or e.startswith("-")]
+    if unknown or (extra and args.command is None):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if args.command is None:
         parser.print_help()
         return 2

@@ -196,6 +196,11 @@ def test_config_file_then_overrides(cli, tmp_path):
     cfg = OmegaConf.create(out)
     assert (cfg.task, cfg.method, cfg.model.path, cfg.train.lr, cfg.train.batch_size) == \
         ("samsum", "lora", "google/flan-t5-large", 5e-4, 2)
+    # options on both sides of --config
+    code, out, err = cli("config", "train.max_steps=7", "--config", str(path), "train.batch_size=2")
+    assert code == 0, err
+    cfg = OmegaConf.create(out)
+    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.train.lr) == (7, 2, 5e-4)
 
 
 @pytest.mark.parametrize("options, message", [
