@@ -226,7 +226,7 @@ def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path) -> Path
             base_plan = p  # the models differ, their tasks and evaluation rows don't
         name = ("base: " if i == 0 else "fine-tuned: ") + _label(model, sub)
         system = system_from_dir(path, name=name)
-        if i > 0 and (Path(model) / rundir.CONFIG).is_file():
+        if i > 0 and rundir.is_run_dir(Path(model)):
             _training_record(system, Path(model))
         systems.append(system)
     systems.extend(baselines(base_plan, systems[0]))
@@ -303,7 +303,7 @@ def config_for(options: list[str], config_files: list[str], runs: list[str]) -> 
     --config files and key=value options on top."""
     files = list(config_files)
     for run in runs:
-        if (Path(run) / rundir.CONFIG).is_file():
+        if rundir.is_run_dir(Path(run)):  # a flantune config.yaml, not another tool's
             files.insert(0, str(Path(run) / rundir.CONFIG))
             break
     # An evaluation never resumes, merges or mixes, whatever the run did (its mixing weights may name tasks a
