@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flantune import rundir
-from flantune.config import task_names, to_yaml, validate_with_transformers
+from flantune.config import task_names, to_yaml
 from flantune.console import console
 from flantune.data import load_rows
 from flantune.distributed import (
@@ -49,6 +49,7 @@ from flantune.modeling import (
 from flantune.registry import discover
 from flantune.sources import resolve_data_dir
 from flantune.task import Task
+from flantune.transformers_checks import validate_with_transformers
 
 
 @dataclass

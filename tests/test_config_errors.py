@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from flantune.cli import main
-from flantune.config import load_config, validate_with_transformers
+from flantune.config import load_config
 from flantune.errors import FlantuneError
+from flantune.transformers_checks import validate_with_transformers
 
 # The audit's run options: its bad values used to fail only after tokenising and building the model.
 RUN = ["task=imdb", "model=tiny", "data_dir=@sample", "data.max_train_examples=32", "data.max_eval_examples=8",
