@@ -19,7 +19,7 @@ from sklearn.metrics import classification_report, f1_score
 from flantune.errors import FlantuneError
 from flantune.metrics import get_metric, score
 from flantune.metrics.classification import classification_stats
-from flantune.metrics.passthrough import _load, evaluate_aggregate, evaluate_stats
+from flantune.metrics.passthrough import evaluate_aggregate, evaluate_stats, load_evaluate_metric
 from flantune.metrics.qa import mlqa_stats, normalize_mlqa, normalize_squad, squad_stats
 from flantune.metrics.text import bleu_stats
 
@@ -339,7 +339,7 @@ def test_zero_examples_aggregate_to_nan(name, params, preds, refs, choices):
 def _fake_evaluate(monkeypatch, load):
     # A stand-in module: importing the real evaluate takes seconds and its load() needs the hub.
     monkeypatch.setitem(sys.modules, "evaluate", types.SimpleNamespace(load=load))
-    _load.cache_clear()  # loaded metrics are cached by name; don't reuse another test's fake
+    load_evaluate_metric.cache_clear()  # loaded metrics are cached by name; don't reuse another test's fake
 
 
 def test_evaluate_load_failure_explains_the_offline_fix(monkeypatch):
