@@ -10,10 +10,16 @@ from flantune.registry import discover
 from flantune.sources import resolve_data_dir
 
 
+# The options of the commands that take a fixed set (cli.OPTIONS shows them in --help).
+TASKS_DEFAULTS = {"data_dir": None, "tasks_dir": None}
+SHOW_DEFAULTS = {"task": None, "n": 3, "split": "train", "data_dir": None, "tasks_dir": None, "tokenizer": None,
+                 "template": None, "seed": 0, "stats_rows": 2000}
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from flantune.listing import print_tasks
 
-    opts = simple_options(args.options, {"data_dir": None, "tasks_dir": None}, "tasks")
+    opts = simple_options(args.options, TASKS_DEFAULTS, "tasks")
     print_tasks(discover(opts["tasks_dir"]), resolve_data_dir(opts["data_dir"]))
     return 0
 
@@ -22,9 +28,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from flantune.errors import FlantuneError
     from flantune.show import show
 
-    defaults = {"task": None, "n": 3, "split": "train", "data_dir": None, "tasks_dir": None, "tokenizer": None,
-                "template": None, "seed": 0, "stats_rows": 2000}
-    opts = simple_options(args.options, defaults, "show")
+    opts = simple_options(args.options, SHOW_DEFAULTS, "show")
     if not opts["task"]:
         raise FlantuneError("`flantune show` needs task=NAME, e.g. flantune show task=imdb n=3 split=train.")
     for key in ("n", "stats_rows", "seed"):

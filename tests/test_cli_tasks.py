@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,3 +120,15 @@ def test_debug_shows_the_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "flantune", "show", "--debug", "task=imbd"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "FlantuneError" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["tasks", "show"])
+def test_each_commands_help_names_every_option_it_takes(command, capsys):
+    from flantune import commands
+    from flantune.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    shown = capsys.readouterr().out
+    for key in getattr(commands, f"{command.upper()}_DEFAULTS"):
+        assert f"{key}=" in shown, key
