@@ -104,16 +104,28 @@ def load_tokenizer(cfg: DictConfig):
 
 def _from_config(cfg: DictConfig, seed: int):
     import torch
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM, T5Config
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = model_config(cfg)
+    torch.manual_seed(seed)
+    return _untie_like_checkpoint(AutoModelForSeq2SeqLM.from_config(config))
+
+
+def model_config(cfg: DictConfig):
+    """The model's config without its weights: the config.json at model.path (a LoRA adapter's base's), or T5's
+    for an architecture alone, with model.architecture's fields on top."""
+    from transformers import AutoConfig, T5Config
 
     m = cfg.model
     arch = OmegaConf.to_container(m.architecture, resolve=True) if m.architecture else {}
     if m.path is None:
-        config = T5Config(**arch)
-    else:
-        config = AutoConfig.from_pretrained(str(m.path), **arch)
-    torch.manual_seed(seed)
-    return _untie_like_checkpoint(AutoModelForSeq2SeqLM.from_config(config))
+        return T5Config(**arch)
+    try:
+        return AutoConfig.from_pretrained(adapter_base(str(m.path)) or _load_target(str(m.path)), **arch)
+    except OSError as exc:
+        raise FlantuneError(
+            f"Could not load the config of model '{m.path}' ({first_line(exc)}). {OFFLINE_HINT}"
+        ) from exc
 
 
 def _untie_like_checkpoint(model):
@@ -219,13 +231,9 @@ def check_lora_targets(cfg: DictConfig) -> None:
     if m.path is not None and adapter_base(str(m.path)):
         return  # a saved adapter trains on with its own targets
     import torch
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM, T5Config
+    from transformers import AutoModelForSeq2SeqLM
 
-    arch = OmegaConf.to_container(m.architecture, resolve=True) if m.architecture else {}
-    try:
-        config = T5Config(**arch) if m.path is None else AutoConfig.from_pretrained(_load_target(str(m.path)), **arch)
-    except OSError as exc:
-        raise FlantuneError(f"Could not load the config of model '{m.path}' ({first_line(exc)}). {OFFLINE_HINT}") from exc
+    config = model_config(cfg)
     with torch.device("meta"):  # module names without allocating weights
         model = AutoModelForSeq2SeqLM.from_config(config)
     names = [name for name, _ in model.named_modules()]
@@ -242,15 +250,8 @@ def config_model_type(cfg: DictConfig) -> str:
     """The model_type without loading weights (config.json only), for checks made before heavy work."""
     m = cfg.model
     if m.random_init and m.path is None:
-        return "t5"
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(adapter_base(str(m.path)) or _load_target(str(m.path))).model_type
-    except OSError as exc:
-        raise FlantuneError(
-            f"Could not load the config of model '{m.path}' ({first_line(exc)}). {OFFLINE_HINT}"
-        ) from exc
+        return "t5"  # without importing transformers
+    return model_config(cfg).model_type
 
 
 def apply_method(model, cfg: DictConfig):
