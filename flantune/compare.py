@@ -53,9 +53,7 @@ def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bo
     model = load_model(cfg, cfg.seed)
     model = prepare_for_training(model, p.precision, False).eval()  # the same attention path as training
     result = evaluator.run(model)
-    if out.exists() and cfg.overwrite:
-        shutil.rmtree(out)  # checked above: flantune made it and holds nothing this evaluation read
-    rundir.mark(out, "evaluation")
+    rundir.create(out, cfg, "evaluation")  # replaces it if overwrite=true: checked above
     (out / rundir.CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
     write_predictions(result, out / rundir.PREDICTIONS)
     _, total = count_parameters(model)
@@ -216,9 +214,7 @@ def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path) -> Path
     for sub in subs:  # every model's source, before the first is evaluated
         check(sub)
     rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=[path for sub in subs for path in inputs_of(sub)])
-    if out.exists() and cfg.overwrite:
-        shutil.rmtree(out)
-    rundir.mark(out, "report")
+    rundir.create(out, cfg, "report")
     systems = []
     for i, (model, sub) in enumerate(zip(models, subs)):
         path, p = _evaluate(sub, out / "evaluations" / f"{i}-{_slug(model)}", measured_together=True)
@@ -280,11 +276,11 @@ def report(dirs: list[str], cfg: DictConfig, out: Path | None) -> Path:
     else:
         systems = _distinct_names([system_from_dir(p) for p in paths], paths)
         out = Path(out or default_report_dir("-vs-".join(p.name for p in paths[:3])))
-    if not rebuilt_in_place:
+    if rebuilt_in_place:
+        rundir.mark(out, "report")
+    else:
         rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=paths)
-        if out.exists() and cfg.overwrite:
-            shutil.rmtree(out)
-    rundir.mark(out, "report")
+        rundir.create(out, cfg, "report")
     return write_report(systems, cfg, out)
 
 

@@ -83,23 +83,23 @@ def mark(path: Path, kind: str) -> None:
         write_json(path / MARK, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
-def check_output_dir(out: Path, *, overwrite: bool, reads: Iterable[Any] = (), what: str = "output_dir",
-                     instead: str = "") -> None:
+def check_output_dir(out: Path, *, overwrite: bool, reads: Iterable[Any] = (), instead: str = "") -> None:
     """An output directory that can be written: not a file, and existing only if overwrite=true may replace
     it, which needs flantune to have made it and nothing the command reads (its model, data, the working
     directory) to lie inside it."""
     for folder in (out, *out.parents):
         if folder.exists() and not folder.is_dir():
-            raise FlantuneError(f"{what}={out} can't be a directory: {folder} is a file. Choose another {what}.")
+            raise FlantuneError(f"output_dir={out} can't be a directory: {folder} is a file. Choose another "
+                                "output_dir.")
     if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:
         raise FlantuneError(f"The output directory {out} already exists and is not empty. {instead}Use "
-                            f"overwrite=true to replace it, or another {what}.")
+                            f"overwrite=true to replace it, or another output_dir.")
     if not made_by_flantune(out):
         raise FlantuneError(
             f"overwrite=true would delete {out}, which flantune did not make (no {MARK} mark, no flantune "
-            f"{CONFIG}); refusing. Choose another {what}."
+            f"{CONFIG}); refusing. Choose another output_dir."
         )
     inside = out.resolve()
     for path in (Path.cwd(), *(Path(str(r)).expanduser() for r in reads if r)):
@@ -107,7 +107,7 @@ def check_output_dir(out: Path, *, overwrite: bool, reads: Iterable[Any] = (), w
         if resolved == inside or inside in resolved.parents:
             raise FlantuneError(
                 f"overwrite=true would delete {out}, but this command reads {path}, which is inside it"
-                f"{' (the working directory)' if path == Path.cwd() else ''}; refusing. Choose another {what}."
+                f"{' (the working directory)' if path == Path.cwd() else ''}; refusing. Choose another output_dir."
             )
 
 
@@ -136,6 +136,7 @@ def check(cfg: DictConfig, label: str, reads: Iterable[Any] = ()) -> Path:
 
 
 def create(out: Path, cfg: DictConfig, kind: str = "run") -> None:
+    """The checked output directory (`check` or `check_output_dir`), made and marked; replaced if overwrite=true."""
     if cfg.overwrite and not cfg.resume and out.exists():
         shutil.rmtree(out)
     mark(out, kind)
