@@ -427,16 +427,11 @@ def validate(cfg: DictConfig) -> None:
     if not all(isinstance(name, str) for name in integrations):
         raise FlantuneError(f"Config key 'report_to' is {report_to!r}; give none, all, an integration name "
                             "(tensorboard, wandb, ...) or a list of names.")
-    _check_mixing(cfg, task_names(cfg))  # a task must be named
-
-
-def _check_mixing(cfg: DictConfig, tasks: list[str]) -> None:
-    """The mixing settings, whatever the number of tasks: a typo there is a mistake even where one task makes
-    them moot (and a later task=[...] would bring them into play)."""
+    # The mixing settings, whatever the number of tasks: a typo there is a mistake even where one task makes
+    # them moot (and a later task=[...] would bring them into play).
     from flantune.mixture import check_mixing, mixing_settings
 
-    settings = mixing_settings(cfg)
-    check_mixing(tasks, **settings)
+    check_mixing(task_names(cfg), **mixing_settings(cfg))  # task_names: a task must be named
 
 
 def task_names(cfg: DictConfig) -> list[str]:

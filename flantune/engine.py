@@ -31,7 +31,6 @@ from flantune.distributed import (
 )
 from flantune.errors import FlantuneError, did_you_mean
 from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_predictions
-from flantune.mixture import check_mixing, mixing_settings
 from flantune.modeling import (
     T5_FAMILY,
     ModelInfo,
@@ -90,16 +89,15 @@ def run_label(cfg: DictConfig, tasks: list[Task]) -> str:
 
 def check(cfg: DictConfig) -> Plan:
     """The checks that need no data: tasks exist, the model source exists, the precision is allowed."""
-    tasks = resolve_tasks(cfg)
-    if len(tasks) > 1:
-        check_mixing([t.name for t in tasks], **mixing_settings(cfg))
+    tasks = resolve_tasks(cfg)  # the mixing settings were checked with the config (config.validate)
     data_dir = resolve_data_dir(cfg.data_dir)
     check_model_source(cfg)
     model_type = config_model_type(cfg)
     if model_type not in T5_FAMILY:
         raise FlantuneError(
-            f"model.path '{cfg.model.path}' is a {model_type} model; flantune fine-tunes T5-family sequence-to-sequence "
-            f"models ({', '.join(T5_FAMILY)}), e.g. model=flan-t5-base or a FLAN-T5 save_pretrained folder."
+            f"model.path '{cfg.model.path}' is a {model_type} model; flantune fine-tunes T5-family "
+            f"sequence-to-sequence models ({', '.join(T5_FAMILY)}), e.g. model=flan-t5-base or a FLAN-T5 "
+            "save_pretrained folder."
         )
     check_lora_targets(cfg)
     check_metric_sources(tasks)
