@@ -51,6 +51,7 @@ class TrainCfg:
     warmup_ratio: float = MISSING
     weight_decay: float = MISSING
     lr_scheduler: str = MISSING
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
     optim: str = MISSING
     max_grad_norm: float = MISSING
     logging_steps: int = MISSING
@@ -125,8 +126,8 @@ class RunCfg:
     mixing: MixingCfg = field(default_factory=MixingCfg)
 
 
-# Mappings whose keys are the user's (task names, T5Config fields): not checked against the schema.
-FREE_KEYS = ("tasks", "model.architecture", "mixing.weights")
+# Mappings whose keys are the user's (task names, T5Config fields, a scheduler's arguments): not checked against the schema.
+FREE_KEYS = ("tasks", "model.architecture", "mixing.weights", "train.lr_scheduler_kwargs")
 
 
 def configs_root() -> Path:

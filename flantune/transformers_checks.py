@@ -1,5 +1,5 @@
 """The config values flantune hands to transformers, checked against transformers' own lists before any heavy
-work: the scheduler, the optimizer, report_to and model.architecture. Apart from flantune/config.py because
+work: the scheduler and its arguments, the optimizer, report_to and model.architecture. Apart from flantune/config.py because
 importing transformers' trainer imports torch, seconds that `flantune config` and `flantune tasks` don't spend."""
 
 from __future__ import annotations
@@ -22,9 +22,32 @@ def validate_with_transformers(cfg: DictConfig) -> None:
     from transformers.training_args import OptimizerNames
 
     check_choice(cfg, "train.lr_scheduler", tuple(s.value for s in SchedulerType))
+    _check_scheduler_arguments(cfg)
     check_choice(cfg, "train.optim", tuple(o.value for o in OptimizerNames))
     _check_report_to(cfg.report_to)
     _check_architecture(cfg)
+
+
+def _check_scheduler_arguments(cfg: DictConfig) -> None:
+    """Some schedulers need arguments of their own (cosine_with_min_lr a floor, warmup_stable_decay its decay
+    steps), and a misspelt one is a TypeError: the scheduler is built on a one-weight optimizer to find out
+    here rather than when training starts."""
+    import torch
+    from transformers.optimization import get_scheduler
+
+    name = cfg.train.lr_scheduler
+    kwargs = OmegaConf.to_container(cfg.train.lr_scheduler_kwargs, resolve=True)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
+    try:
+        get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=100, scheduler_specific_kwargs=kwargs)
+    except (TypeError, ValueError) as exc:
+        given = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "none"
+        raise FlantuneError(
+            f"train.lr_scheduler={name} can't be built with train.lr_scheduler_kwargs ({given}): "
+            f"{first_line(exc).rstrip('.')}. Set the scheduler's arguments as train.lr_scheduler_kwargs.NAME=VALUE "
+            f"(for instance train.lr_scheduler_kwargs.min_lr_rate=0.1 for cosine_with_min_lr), or choose another "
+            f"train.lr_scheduler."
+        ) from exc
 
 
 def _check_report_to(report_to: Any) -> None:
@@ -72,7 +95,7 @@ def _check_architecture(cfg: DictConfig) -> None:
                 f"{did_you_mean(key, fields)} Its fields: {', '.join(T5Config.__annotations__)}."
             )
     try:
-        T5Config(**arch)
+        config = T5Config(**arch)
     except Exception as exc:  # huggingface_hub's StrictDataclassFieldValidationError, or a ValueError
         key = next((k for k in arch if f"'{k}'" in str(exc) or f"`{k}`" in str(exc)), None)
         what = f"Config key 'model.architecture.{key}' is {arch[key]!r}" if key else "model.architecture is refused"
@@ -80,3 +103,12 @@ def _check_architecture(cfg: DictConfig) -> None:
         hint = " Give the field a value of its type (a whole number for sizes and counts, a number for rates)."
         raise FlantuneError(f"{what}; T5Config says: {detail.removeprefix('TypeError: ')}."
                             + (hint if detail.startswith("TypeError") else "")) from exc
+    # T5Config takes any activation name in feed_forward_proj; the model's build would fail on an unknown one.
+    from transformers.activations import ACT2FN
+
+    if "feed_forward_proj" in arch and config.dense_act_fn not in ACT2FN:
+        raise FlantuneError(
+            f"Config key 'model.architecture.feed_forward_proj' is {arch['feed_forward_proj']!r}: "
+            f"'{config.dense_act_fn}' is not an activation transformers knows.{did_you_mean(config.dense_act_fn, ACT2FN)} "
+            f"Give ACTIVATION or gated-ACTIVATION, as FLAN-T5's gated-gelu, with one of: {', '.join(sorted(ACT2FN))}."
+        )

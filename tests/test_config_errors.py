@@ -118,6 +118,14 @@ def test_good_values_next_to_the_refused_ones_pass(cli):
     (["report_to=[tensorboard,tensorbord]"], "Config key 'report_to' names 'tensorbord'"),
     (["model.architecture.d_model=abc"], "Config key 'model.architecture.d_model' is 'abc'; T5Config says: Field "
                                          "'d_model' expected int, got str"),
+    (["train.lr_scheduler=cosine_with_min_lr"], "train.lr_scheduler=cosine_with_min_lr can't be built with "
+                                                "train.lr_scheduler_kwargs (none): One of min_lr or min_lr_rate"),
+    (["train.lr_scheduler=warmup_stable_decay"], "missing 1 required positional argument: 'num_decay_steps'. Set the "
+                                                 "scheduler's arguments as train.lr_scheduler_kwargs.NAME=VALUE"),
+    (["train.lr_scheduler_kwargs.min_lr_rat=0.1"], "(min_lr_rat=0.1): get_linear_schedule_with_warmup() got an "
+                                                   "unexpected keyword argument 'min_lr_rat'"),
+    (["model.architecture.feed_forward_proj=gated-gelu_neww"], "'gelu_neww' is not an activation transformers knows. "
+                                                               "Did you mean 'gelu_new'"),
     (["model.architecture.d_modell=64"], "Unknown config key 'model.architecture.d_modell': T5Config has no field "
                                          "'d_modell'. Did you mean 'd_model'?"),
 ])
@@ -140,7 +148,9 @@ def test_report_to_a_missing_package_says_what_to_install(monkeypatch):
 
 def test_the_shipped_configs_pass_the_transformers_checks():
     for options in ([], ["model=tiny"], ["method=lora"], ["train.lr_scheduler=cosine", "train.optim=adafactor",
-                                                          "report_to=[none]", "model.architecture.hidden_size=64"]):
+                                                          "report_to=[none]", "model.architecture.hidden_size=64"],
+                    ["train.lr_scheduler=cosine_with_min_lr", "train.lr_scheduler_kwargs.min_lr_rate=0.1",
+                     "model.architecture.feed_forward_proj=relu"]):
         validate_with_transformers(load_config(["task=imdb", *options]))
 
 

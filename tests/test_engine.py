@@ -4,6 +4,7 @@ against generation, reloading full and LoRA models, generation and QA tasks."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -283,6 +284,18 @@ def test_gradient_accumulation_trains_like_the_whole_batch(cli, tmp_path, shared
     assert len(logs[1]) == 3
     for whole, accumulated in zip(logs[1], logs[2]):
         assert accumulated == pytest.approx(whole, rel=1e-5)
+
+
+def test_the_schedulers_own_arguments_reach_it(cli, tmp_path, shared_data):
+    """train.lr_scheduler_kwargs goes to transformers' scheduler: cosine_with_min_lr ends at min_lr_rate x lr,
+    where plain cosine ends at 0."""
+    out = _run(cli, tmp_path, "task=imdb", "model=tiny", "train.max_steps=4", "train.logging_steps=1",
+               "train.eval_steps=100", "train.lr=1e-3", "train.lr_scheduler=cosine_with_min_lr",
+               "train.lr_scheduler_kwargs.min_lr_rate=0.25", "data.max_train_examples=64", "data.max_eval_examples=8",
+               "tasks.imdb.max_input_length=64", f"data_dir={shared_data}")
+    rates = [h["learning_rate"] for h in json.loads((out / "log_history.json").read_text()) if "learning_rate" in h]
+    # each step logs the rate it trained at: after k of the 4 steps, 0.25 + 0.75 x the cosine's (1 + cos(pi k / 4)) / 2
+    assert rates == pytest.approx([1e-3 * (0.25 + 0.75 * (1 + math.cos(math.pi * k / 4)) / 2) for k in range(4)])
 
 
 def test_flops_estimate_is_the_trainers_with_the_parameters_counted_once(tmp_path, monkeypatch):
