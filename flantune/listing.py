@@ -14,7 +14,7 @@ from flantune.console import console as make_console
 from flantune.errors import FlantuneError
 from flantune.registry import Registry
 from flantune.sources import mirror_sizes
-from flantune.splits import select_rows
+from flantune.splits import check_split_syntax, select_rows
 from flantune.task import ROLES, Task
 
 
@@ -31,16 +31,18 @@ def source_text(task: Task) -> str:
 def split_sizes(task: Task, data_dir: Path | None) -> dict[str, str]:
     """role -> 'spec (rows)' where the mirror tells the row count, else just the spec."""
     sizes = mirror_sizes(task, data_dir) if data_dir is not None else {}
+    readable = {split: n for split, n in sizes.items() if n is not None}
     out = {}
     for role in ROLES:
         spec = task.splits[role]
         text = spec
         if sizes:
             try:
-                rows = sum(len(r) for _, r in select_rows(spec, role, sizes, task.holdout))
+                rows = sum(len(r) for _, r in select_rows(spec, role, readable, task.holdout))
                 text += f" ({rows:,}{' before filter' if task.filter else ''})"
             except FlantuneError:
-                text += " (missing here)"
+                unreadable = (sizes.keys() - readable.keys()) & set(check_split_syntax(spec))
+                text += f" (unreadable: flantune show {task.name})" if unreadable else " (missing here)"
         out[role] = text
     return out
 

@@ -6,6 +6,7 @@ With `data_dir=DIR` (or FLANTUNE_DATA_DIR) a task reads DIR/<mirror>/<split>.par
 
 from __future__ import annotations
 
+import csv
 import os
 from functools import lru_cache
 from importlib import resources
@@ -96,18 +97,26 @@ def mirror_file(task: Task, split: str, data_dir: Path) -> Path:
     )
 
 
-def mirror_sizes(task: Task, data_dir: Path) -> dict[str, int]:
-    """Row counts of the mirror's splits, read from parquet metadata (cheap: no data is loaded)."""
+def mirror_sizes(task: Task, data_dir: Path) -> dict[str, int | None]:
+    """Row counts of the mirror's splits, None for a file that can't be read (`flantune show` and runs say
+    why): a parquet file's metadata, a JSON Lines file's non-blank lines, a CSV file's records (quoted
+    fields may span lines). No data is loaded into tables."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    sizes = {}
+    sizes: dict[str, int | None] = {}
     for split, path in mirror_files(task, data_dir).items():
-        if path.suffix == ".parquet":
-            try:
+        try:
+            if path.suffix == ".parquet":
                 sizes[split] = pq.ParquetFile(path).metadata.num_rows
-            except pa.ArrowException:  # corrupt: left out here, `flantune show` and runs say why
-                continue
+            elif path.suffix == ".csv":
+                with path.open(newline="", encoding="utf-8") as f:
+                    sizes[split] = max(sum(1 for record in csv.reader(f) if record) - 1, 0)  # less the header
+            else:
+                with path.open("rb") as f:
+                    sizes[split] = sum(1 for line in f if line.strip())
+        except (pa.ArrowException, csv.Error, UnicodeDecodeError, OSError):
+            sizes[split] = None
     return sizes
 
 

@@ -30,6 +30,21 @@ def test_tasks_lists_every_task_with_sizes_from_the_mirror(cli, shared_data):
     assert "test (missing here)" in out  # mlqa's test split is not in the mirror
 
 
+def test_tasks_counts_the_rows_of_every_mirror_format(cli, tmp_path):
+    """JSON Lines rows are non-blank lines, CSV rows are records (a quoted field may hold a newline), and a
+    file that can't be read says so rather than 'missing'."""
+    mirror = tmp_path / "data" / "rotten_tomatoes"
+    mirror.mkdir(parents=True)
+    (mirror / "train.jsonl").write_text('{"text": "a", "label": 0}\n\n{"text": "b", "label": 1}\n'
+                                        '{"text": "c", "label": 1}\n')
+    (mirror / "validation.csv").write_text('text,label\n"two\nlines",0\nplain,1\n')
+    (mirror / "test.parquet").write_bytes(b"PAR1 not a parquet file")
+    code, out, err = cli("tasks", f"data_dir={tmp_path / 'data'}", f"tasks_dir={RT.parent}")
+    assert code == 0, err
+    assert "train: train (3)" in out and "validation: validation (2)" in out
+    assert "test: test (unreadable: flantune show" in " ".join(out.split())
+
+
 def test_tasks_answers_without_importing_torch_or_transformers(shared_data):
     code = ("import sys; from flantune.cli import main; main(['tasks', 'data_dir=' + sys.argv[1]]);"
             "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules];"
