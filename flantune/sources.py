@@ -7,6 +7,7 @@ With `data_dir=DIR` (or FLANTUNE_DATA_DIR) a task reads DIR/<mirror>/<split>.par
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from functools import lru_cache
 from importlib import resources
@@ -169,7 +170,14 @@ def _read_mirror_file(task: Task, split: str, path: Path, data_dir: Path):
 def _load_file(path: str, builder: str):
     import datasets
 
-    return datasets.load_dataset(builder, data_files={"data": path}, split="data")
+    # datasets' file readers log a bad file's error before raising it; the FlantuneError says it in full.
+    readers = logging.getLogger("datasets.packaged_modules")
+    level = readers.level
+    readers.setLevel(logging.CRITICAL)
+    try:
+        return datasets.load_dataset(builder, data_files={"data": path}, split="data")
+    finally:
+        readers.setLevel(level)
 
 
 @lru_cache(maxsize=64)
