@@ -48,7 +48,7 @@ from flantune.modeling import (
 from flantune.registry import discover
 from flantune.sources import resolve_data_dir
 from flantune.task import Task
-from flantune.transformers_checks import validate_with_transformers
+from flantune.transformers_checks import check_optimizer_installed, validate_with_transformers
 
 
 @dataclass
@@ -193,6 +193,7 @@ def make_evaluator(p: Plan, tokenizer, role: str) -> Evaluator:
 def run(cfg: DictConfig) -> Path:
     """Train, evaluate and write the run directory; returns its path."""
     p = check(cfg)
+    check_optimizer_installed(cfg.train.optim)  # here, not in check: evaluating a run needs no optimizer
     # One process decides the run directory (a default one is time-stamped) and the others use it.
     out = on_main_then_share(lambda: rundir.check(cfg, p.label, reads=inputs_of(cfg)))
     prep_started = time.perf_counter()

@@ -50,6 +50,33 @@ def _check_scheduler_arguments(cfg: DictConfig) -> None:
         ) from exc
 
 
+def check_optimizer_installed(name: str) -> None:
+    """train.optim names transformers knows may need a package of their own (bitsandbytes, torchao, galore_torch,
+    schedulefree, ...): transformers' own lookup of the optimizer class says which, here rather than after the
+    data and model are loaded. The lookup gets the arguments' defaults without TrainingArguments.__post_init__,
+    which would set up devices (and under torchrun wait for the other processes)."""
+    import dataclasses
+
+    import torch
+    from transformers import Trainer, TrainingArguments
+    from transformers.training_args import OptimizerNames
+
+    args = object.__new__(TrainingArguments)
+    for f in dataclasses.fields(TrainingArguments):
+        if f.default is not dataclasses.MISSING:
+            setattr(args, f.name, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            setattr(args, f.name, f.default_factory())
+    args.optim = OptimizerNames(name)
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(args, torch.nn.Linear(1, 1))
+    except (ImportError, ValueError) as exc:
+        raise FlantuneError(f"train.optim={name} can't run here: {first_line(exc).rstrip('.')}. Install that, or "
+                            f"choose another train.optim (adamw_torch is the default).") from exc
+    except Exception:  # noqa: BLE001 - a lookup that needs more than the defaults: the trainer will say
+        return
+
+
 def _check_report_to(report_to: Any) -> None:
     names = [str(n) for n in report_to] if OmegaConf.is_list(report_to) else [str(report_to)]
     if names in (["none"], ["all"], []):

@@ -136,6 +136,15 @@ def test_values_for_transformers_are_checked_against_its_lists(options, message)
     assert message in " ".join(str(caught.value).split())
 
 
+def test_an_optimizer_whose_package_is_missing_is_refused_before_a_run_but_not_an_evaluation(cli, tmp_path):
+    from flantune.engine import check
+
+    err = _refused(cli, tmp_path, "train.optim=adamw_torch_xla", "precision=fp32")
+    assert ("train.optim=adamw_torch_xla can't run here: Trainer failed to import syncfree AdamW from torch_xla. "
+            "Install that, or choose another train.optim") in err
+    check(load_config([*RUN, "train.optim=adamw_torch_xla", "precision=fp32"]))  # eval's checks: no optimizer
+
+
 def test_report_to_a_missing_package_says_what_to_install(monkeypatch):
     from transformers.integrations import integration_utils
 
