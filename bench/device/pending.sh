@@ -15,7 +15,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 C=$R/.device/flan-t5-configs; DATA=$R/.device/data
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, flantune; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+# from /tmp: in the checkout's root `import flantune` would find the checkout, not the wheel just installed
+(cd /tmp && python3 -c "import torch, transformers, flantune; print('torch', torch.__version__, 'transformers', transformers.__version__, 'flantune', flantune.__file__)")
+# the carried wheels come before the image's packages: say if one of theirs is too old for them
+(cd /tmp && python3 -m pip check 2>&1 | grep -v "^No broken" | head -5)
 quiet() { grep -v "Warning\|it/s\]\|s/it\]"; }
 
 case $part in
@@ -31,8 +34,8 @@ micro-run)
   S="task=[imdb,samsum] model=flan-t5-large model.path=$C/flan-t5-large model.random_init=true data_dir=$DATA
     precision=bf16 train.batch_size=16 train.max_steps=100 train.eval_steps=100 data.max_eval_examples=50"
   for m in auto 1; do
-    timeout 280 python3 -m flantune run $S train.micro_batches=$m output_dir=/tmp/run-micro-$m 2>&1 | quiet \
-      | grep "trained\|micro-batches\|Error\|error" | tee $OUT/micro-run-$m.log
+    timeout 280 python3 -m flantune run $S train.micro_batches=$m output_dir=/tmp/run-micro-$m overwrite=true 2>&1 | quiet \
+      | grep "trained\|a step held\|Error\|error" | tee $OUT/micro-run-$m.log
     cp /tmp/run-micro-$m/metrics.json $OUT/micro-run-$m-metrics.json
   done
   ;;
@@ -42,7 +45,7 @@ mixed-graphs)
     data_dir=$DATA precision=bf16-mixed train.sampling=packed train.batch_size=16 train.max_steps=200
     train.eval_steps=200 train.logging_steps=10 data.max_eval_examples=50"
   for g in false true; do
-    timeout 280 python3 -m flantune run $S train.cuda_graphs=$g output_dir=/tmp/run-mixed-$g 2>&1 | quiet \
+    timeout 280 python3 -m flantune run $S train.cuda_graphs=$g output_dir=/tmp/run-mixed-$g overwrite=true 2>&1 | quiet \
       | grep "trained\|packed rows\|Error\|error" | tee $OUT/mixed-graphs-$g.log
     cp /tmp/run-mixed-$g/log_history.json $OUT/mixed-graphs-$g-log.json
     cp /tmp/run-mixed-$g/metrics.json $OUT/mixed-graphs-$g-metrics.json

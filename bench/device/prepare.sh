@@ -15,7 +15,7 @@ binary="tokenizers hf-xet pydantic-core safetensors multiprocess"
 pure="transformers huggingface-hub httpx2 httpcore2 peft accelerate datasets dill evaluate omegaconf rouge-score nltk
   pydantic annotated-types typing-inspection truststore defusedxml"
 pins() { ${PYTHON:-python3} -c 'import importlib.metadata as md, sys; print(" ".join(f"{n}=={md.version(n)}" for n in sys.argv[1:]))' "$@"; }
-rm -rf .whl && mkdir -p .whl
+rm -rf .whl build/lib && mkdir -p .whl  # build/lib: setuptools keeps deleted modules there, and the wheel with them
 # --no-deps: the image has the rest (/work/.library/device/KINDS.md lists it); rouge-score has no wheel, so it is built
 ${PYTHON:-python3} -m pip wheel -q --no-deps --no-build-isolation -w .whl . $(pins $pure)
 ${PYTHON:-python3} -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
