@@ -358,6 +358,22 @@ def load_config(overrides: list[str] | None = None, config_files: list[str] | No
     return cfg
 
 
+def scheduler_arguments(train: DictConfig) -> dict[str, Any]:
+    """train.lr_scheduler_kwargs as the scheduler takes them. The mapping is free-form, so OmegaConf leaves YAML
+    1.1's strings as they are: 1e-6 (no decimal point) would reach the scheduler as text. Such numbers become
+    numbers here."""
+    def number(value: Any) -> Any:
+        if isinstance(value, str):
+            for kind in (int, float):
+                try:
+                    return kind(value)
+                except ValueError:
+                    pass
+        return value
+
+    return {k: number(v) for k, v in OmegaConf.to_container(train.lr_scheduler_kwargs, resolve=True).items()}
+
+
 def check_choice(cfg: DictConfig, key: str, options: tuple[str, ...]) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in options:

@@ -111,14 +111,24 @@ def mirror_sizes(task: Task, data_dir: Path) -> dict[str, int | None]:
             if path.suffix == ".parquet":
                 sizes[split] = pq.ParquetFile(path).metadata.num_rows
             elif path.suffix == ".csv":
-                with path.open(newline="", encoding="utf-8") as f:
-                    sizes[split] = max(sum(1 for record in csv.reader(f) if record) - 1, 0)  # less the header
+                sizes[split] = _csv_rows(path)
             else:
                 with path.open("rb") as f:
                     sizes[split] = sum(1 for line in f if line.strip())
         except (pa.ArrowException, csv.Error, UnicodeDecodeError, OSError):
             sizes[split] = None
     return sizes
+
+
+def _csv_rows(path: Path) -> int:
+    """A CSV file's records less the header, as datasets' reader (pandas) counts them: blank lines are no rows."""
+    limit = csv.field_size_limit(2**31 - 1)  # csv's default, 128 KiB a field, is less than pandas reads
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            records = sum(1 for record in csv.reader(f) if any(field.strip() for field in record))
+    finally:
+        csv.field_size_limit(limit)
+    return max(records - 1, 0)
 
 
 def _has_no_rows(path: Path) -> bool:

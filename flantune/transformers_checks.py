@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flantune.config import check_choice
+from flantune.config import check_choice, scheduler_arguments
 from flantune.errors import FlantuneError, did_you_mean, first_line
 
 
@@ -30,23 +30,30 @@ def validate_with_transformers(cfg: DictConfig) -> None:
 
 def _check_scheduler_arguments(cfg: DictConfig) -> None:
     """Some schedulers need arguments of their own (cosine_with_min_lr a floor, warmup_stable_decay its decay
-    steps), and a misspelt one is a TypeError: the scheduler is built on a one-weight optimizer to find out
-    here rather than when training starts."""
+    steps), and a misspelt or mistyped one is a TypeError: the scheduler is built on a one-weight optimizer and
+    stepped past its warm-up to find out here rather than when training starts."""
     import torch
     from transformers.optimization import get_scheduler
 
     name = cfg.train.lr_scheduler
-    kwargs = OmegaConf.to_container(cfg.train.lr_scheduler_kwargs, resolve=True)
+    kwargs = scheduler_arguments(cfg.train)
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "none"
+    if kwargs and name in ("constant", "constant_with_warmup"):  # transformers would drop them silently
+        raise FlantuneError(f"train.lr_scheduler={name} takes no arguments, but train.lr_scheduler_kwargs gives "
+                            f"{given}. Remove them, or choose a scheduler that takes them.")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
     try:
-        get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=100, scheduler_specific_kwargs=kwargs)
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=100,
+                                  scheduler_specific_kwargs=kwargs)
+        if name not in ("reduce_lr_on_plateau", "greedy"):  # those two step on an evaluation metric
+            for _ in range(3):  # past the warm-up, into the decay that reads most arguments
+                optimizer.step()
+                scheduler.step()
     except (TypeError, ValueError) as exc:
-        given = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "none"
         raise FlantuneError(
             f"train.lr_scheduler={name} can't be built with train.lr_scheduler_kwargs ({given}): "
             f"{first_line(exc).rstrip('.')}. Set the scheduler's arguments as train.lr_scheduler_kwargs.NAME=VALUE "
-            f"(for instance train.lr_scheduler_kwargs.min_lr_rate=0.1 for cosine_with_min_lr), or choose another "
-            f"train.lr_scheduler."
+            f"(for instance train.lr_scheduler_kwargs.min_lr_rate=0.1 for cosine_with_min_lr), or choose another train.lr_scheduler."
         ) from exc
 
 
@@ -71,8 +78,8 @@ def check_optimizer_installed(name: str) -> None:
     try:
         Trainer.get_optimizer_cls_and_kwargs(args, torch.nn.Linear(1, 1))
     except (ImportError, ValueError) as exc:
-        raise FlantuneError(f"train.optim={name} can't run here: {first_line(exc).rstrip('.')}. Install that, or "
-                            f"choose another train.optim (adamw_torch is the default).") from exc
+        raise FlantuneError(f"train.optim={name} can't run here: {first_line(exc).rstrip('.')}. Or choose another "
+                            f"train.optim (adamw_torch is the default).") from exc
     except Exception:  # noqa: BLE001 - a lookup that needs more than the defaults: the trainer will say
         return
 

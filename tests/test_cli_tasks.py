@@ -31,13 +31,14 @@ def test_tasks_lists_every_task_with_sizes_from_the_mirror(cli, shared_data):
 
 
 def test_tasks_counts_the_rows_of_every_mirror_format(cli, tmp_path):
-    """JSON Lines rows are non-blank lines, CSV rows are records (a quoted field may hold a newline), and a
-    file that can't be read says so rather than 'missing'."""
+    """JSON Lines rows are non-blank lines, CSV rows are records (a quoted field may hold a newline, a blank line
+    is none), and a file that can't be read says so rather than 'missing'."""
     mirror = tmp_path / "data" / "rotten_tomatoes"
     mirror.mkdir(parents=True)
     (mirror / "train.jsonl").write_text('{"text": "a", "label": 0}\n\n{"text": "b", "label": 1}\n'
                                         '{"text": "c", "label": 1}\n')
-    (mirror / "validation.csv").write_text('text,label\n"two\nlines",0\nplain,1\n')
+    long = "x" * 200_000  # more than the csv module's default field limit; datasets reads it
+    (mirror / "validation.csv").write_text(f'text,label\n"two\nlines",0\n   \n"{long}",1\n')
     (mirror / "test.parquet").write_bytes(b"PAR1 not a parquet file")
     code, out, err = cli("tasks", f"data_dir={tmp_path / 'data'}", f"tasks_dir={RT.parent}")
     assert code == 0, err

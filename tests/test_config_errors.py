@@ -124,6 +124,10 @@ def test_good_values_next_to_the_refused_ones_pass(cli):
                                                  "scheduler's arguments as train.lr_scheduler_kwargs.NAME=VALUE"),
     (["train.lr_scheduler_kwargs.min_lr_rat=0.1"], "(min_lr_rat=0.1): get_linear_schedule_with_warmup() got an "
                                                    "unexpected keyword argument 'min_lr_rat'"),
+    (["train.lr_scheduler=constant", "train.lr_scheduler_kwargs.min_lr_rate=0.1"],
+     "train.lr_scheduler=constant takes no arguments, but train.lr_scheduler_kwargs gives min_lr_rate=0.1."),
+    (["train.lr_scheduler=cosine_with_min_lr", "train.lr_scheduler_kwargs.min_lr_rate=low"],
+     "can't be built with train.lr_scheduler_kwargs (min_lr_rate='low'): unsupported operand"),
     (["model.architecture.feed_forward_proj=gated-gelu_neww"], "'gelu_neww' is not an activation transformers knows. "
                                                                "Did you mean 'gelu_new'"),
     (["model.architecture.d_modell=64"], "Unknown config key 'model.architecture.d_modell': T5Config has no field "
@@ -141,7 +145,7 @@ def test_an_optimizer_whose_package_is_missing_is_refused_before_a_run_but_not_a
 
     err = _refused(cli, tmp_path, "train.optim=adamw_torch_xla", "precision=fp32")
     assert ("train.optim=adamw_torch_xla can't run here: Trainer failed to import syncfree AdamW from torch_xla. "
-            "Install that, or choose another train.optim") in err
+            "Or choose another train.optim (adamw_torch is the default).") in err
     check(load_config([*RUN, "train.optim=adamw_torch_xla", "precision=fp32"]))  # eval's checks: no optimizer
 
 
