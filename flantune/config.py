@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from flantune import rundir
 from flantune.errors import FlantuneError, did_you_mean, first_line
 from flantune.modeling import is_local_path
-from flantune.overrides import parse_overrides
+from flantune.overrides import load_yaml, parse_overrides
 
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
 CLASSIFY = ("rank", "generate")
@@ -153,7 +153,7 @@ def read_yaml(path: Path, what: str) -> dict:
     except OSError as exc:
         raise FlantuneError(f"{what} '{path}' could not be read: {exc.strerror or first_line(exc)}.") from exc
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise FlantuneError(f"{what} '{path}' is not valid YAML: {_yaml_problem(exc)}.") from exc
     if data is None:
@@ -356,22 +356,6 @@ def load_config(overrides: list[str] | None = None, config_files: list[str] | No
         raise FlantuneError(f"The config leaves {', '.join(sorted(missing))} unset: give them a value.")
     validate(cfg)
     return cfg
-
-
-def scheduler_arguments(train: DictConfig) -> dict[str, Any]:
-    """train.lr_scheduler_kwargs as the scheduler takes them. The mapping is free-form, so OmegaConf leaves YAML
-    1.1's strings as they are: 1e-6 (no decimal point) would reach the scheduler as text. Such numbers become
-    numbers here."""
-    def number(value: Any) -> Any:
-        if isinstance(value, str):
-            for kind in (int, float):
-                try:
-                    return kind(value)
-                except ValueError:
-                    pass
-        return value
-
-    return {k: number(v) for k, v in OmegaConf.to_container(train.lr_scheduler_kwargs, resolve=True).items()}
 
 
 def check_choice(cfg: DictConfig, key: str, options: tuple[str, ...]) -> None:

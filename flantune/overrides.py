@@ -6,6 +6,7 @@ read stays a string.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -13,9 +14,26 @@ import yaml
 from flantune.errors import FlantuneError, did_you_mean
 
 
+class YamlLoader(yaml.SafeLoader):
+    """YAML read as OmegaConf reads it: 1e-6 and 3e4 are numbers, as in YAML 1.2. PyYAML's YAML 1.1 rules need a
+    decimal point and a signed exponent (1.0e-6), and read the rest as text, which reaches transformers as text
+    where a free-form mapping (a scheduler's arguments, model.architecture) has no schema to convert it."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader
+
+
 def parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return load_yaml(text) if text != "" else ""
     except yaml.YAMLError:
         return text
 

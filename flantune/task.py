@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from flantune.errors import FlantuneError, did_you_mean
+from flantune.overrides import load_yaml
 from flantune.splits import check_split_syntax
 
 KINDS = ("classification", "generation", "extractive_qa")
@@ -406,7 +407,7 @@ def read_task_file(path: Path, origin: str | None = None) -> Any:
     """A task file's parsed YAML, not yet validated."""
     origin = origin or str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

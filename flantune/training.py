@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from transformers import (
     DataCollatorForSeq2Seq,
     Seq2SeqTrainer,
@@ -16,7 +17,6 @@ from transformers import (
 )
 
 from flantune import batching, packing, rundir
-from flantune.config import scheduler_arguments
 from flantune.distributed import is_main, process_group, world_size
 from flantune.evaluation import SCORE, Evaluator
 from flantune.modeling import base_model_of
@@ -200,7 +200,7 @@ def training_arguments(p, out: Path, batch_size: int, micro_batches: int = 1) ->
         warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the training steps
         weight_decay=t.weight_decay,
         lr_scheduler_type=t.lr_scheduler,
-        lr_scheduler_kwargs=scheduler_arguments(t),
+        lr_scheduler_kwargs=OmegaConf.to_container(t.lr_scheduler_kwargs, resolve=True),
         optim=t.optim,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,

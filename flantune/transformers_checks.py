@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flantune.config import check_choice, scheduler_arguments
+from flantune.config import check_choice
 from flantune.errors import FlantuneError, did_you_mean, first_line
 
 
@@ -36,7 +36,7 @@ def _check_scheduler_arguments(cfg: DictConfig) -> None:
     from transformers.optimization import get_scheduler
 
     name = cfg.train.lr_scheduler
-    kwargs = scheduler_arguments(cfg.train)
+    kwargs = OmegaConf.to_container(cfg.train.lr_scheduler_kwargs, resolve=True)
     given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "none"
     if kwargs and name in ("constant", "constant_with_warmup"):  # transformers would drop them silently
         raise FlantuneError(f"train.lr_scheduler={name} takes no arguments, but train.lr_scheduler_kwargs gives "

@@ -167,6 +167,18 @@ def test_the_shipped_configs_pass_the_transformers_checks():
         validate_with_transformers(load_config(["task=imdb", *options]))
 
 
+def test_numbers_without_a_decimal_point_are_numbers_in_free_form_mappings_too(tmp_path):
+    """1e-6 is a number on the command line and in --config files, as OmegaConf reads it, also where no schema
+    converts it (PyYAML's YAML 1.1 rules read it as text, which T5Config and the schedulers refuse)."""
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  lr: 3e-4\n  lr_scheduler: cosine_with_min_lr\n  lr_scheduler_kwargs:\n"
+                      "    min_lr: 1e-6\n")
+    cfg = load_config([*RUN, "model.architecture.layer_norm_epsilon=1e-6"], [str(config)])
+    assert cfg.model.architecture.layer_norm_epsilon == 1e-6 and cfg.train.lr_scheduler_kwargs.min_lr == 1e-6
+    assert cfg.train.lr == 3e-4
+    validate_with_transformers(cfg)
+
+
 def test_config_still_answers_without_importing_torch_or_transformers():
     code = ("import sys; from flantune.cli import main; main(['config', 'model=tiny', 'mixing.scheme=equal']);"
             "print('HEAVY', [m for m in ('torch', 'transformers') if m in sys.modules], file=sys.stderr)")

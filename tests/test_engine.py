@@ -287,8 +287,8 @@ def test_gradient_accumulation_trains_like_the_whole_batch(cli, tmp_path, shared
 
 
 def test_the_schedulers_own_arguments_reach_it(cli, tmp_path, shared_data):
-    """train.lr_scheduler_kwargs goes to transformers' scheduler, numbers as numbers (YAML reads 25e-2, with no
-    decimal point, as text): cosine_with_min_lr decays to min_lr_rate x lr, where plain cosine decays to 0."""
+    """train.lr_scheduler_kwargs goes to transformers' scheduler, numbers as numbers (PyYAML alone reads 25e-2, with
+    no decimal point, as text): cosine_with_min_lr decays to min_lr_rate x lr, where plain cosine decays to 0."""
     out = _run(cli, tmp_path, "task=imdb", "model=tiny", "train.max_steps=4", "train.logging_steps=1",
                "train.eval_steps=100", "train.lr=1e-3", "train.lr_scheduler=cosine_with_min_lr",
                "train.lr_scheduler_kwargs.min_lr_rate=25e-2", "data.max_train_examples=64", "data.max_eval_examples=8",
