@@ -307,7 +307,8 @@ def _set(cfg: DictConfig, key: str, value: Any, where: str) -> None:
 
 
 def load_config(overrides: list[str] | None = None, config_files: list[str] | None = None) -> DictConfig:
-    pairs = parse_overrides(overrides or [])
+    args = overrides or []
+    pairs = parse_overrides(args)  # one per arg; messages quote the arg as typed (3e-4, not its value 0.0003)
     files = [(str(f), read_yaml(Path(f), "Config file")) for f in (config_files or [])]
 
     def chosen(key: str, default: Any) -> tuple[Any, str]:
@@ -315,9 +316,9 @@ def load_config(overrides: list[str] | None = None, config_files: list[str] | No
         for name, data in files:
             if key in data:
                 value, where = data[key], f"--config {name}"
-        for k, v in pairs:
+        for (k, v), arg in zip(pairs, args):
             if k == key:
-                value, where = v, f"command line {key}={v}"
+                value, where = v, f"command line {arg}"
         return value, where
 
     cfg = OmegaConf.structured(RunCfg)
@@ -343,13 +344,13 @@ def load_config(overrides: list[str] | None = None, config_files: list[str] | No
         if "model" in data and not isinstance(data["model"], dict):
             data.pop("model")  # applied above as a group
         cfg = _merge(cfg, data, f"--config {name}")
-    for key, value in pairs:
+    for (key, value), arg in zip(pairs, args):
         if key == "model" and not isinstance(value, dict):
             # model=X on the command line replaces a model mapping from a --config file too
             # (its train.* defaults were applied with the groups above).
-            set_model(cfg, value, f"command line model={value}")
+            set_model(cfg, value, f"command line {arg}")
             continue
-        _set(cfg, key, value, f"command line {key}={value}")
+        _set(cfg, key, value, f"command line {arg}")
 
     missing = OmegaConf.missing_keys(cfg)
     if missing:
