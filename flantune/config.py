@@ -27,6 +27,7 @@ from flantune.overrides import load_yaml, parse_overrides
 
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
 CLASSIFY = ("rank", "generate")
+RANK_SCORES = ("sum", "per_token", "per_byte")  # eval.rank_score: flantune.scoring.rank_score
 SAMPLING = ("length_grouped", "input_length_grouped", "random", "packed")
 LOSS_NORMALIZATIONS = ("tokens", "batch")
 METHODS_DIR, MODELS_DIR, MIXTURES_DIR = "method", "model", "mixture"
@@ -80,6 +81,7 @@ class DataCfg:
 class EvalCfg:
     split: str = MISSING
     classify: str = MISSING
+    rank_score: str = MISSING
     batch_size: int = MISSING
     num_beams: int = MISSING
 
@@ -380,6 +382,7 @@ def validate(cfg: DictConfig) -> None:
 
     check_choice(cfg, "precision", PRECISIONS)
     check_choice(cfg, "eval.classify", CLASSIFY)
+    check_choice(cfg, "eval.rank_score", RANK_SCORES)
     check_choice(cfg, "eval.split", ROLES)
     check_choice(cfg, "train.sampling", SAMPLING)
     check_choice(cfg, "train.loss_normalization", LOSS_NORMALIZATIONS)

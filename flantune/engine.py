@@ -128,10 +128,21 @@ def check(cfg: DictConfig) -> Plan:
     from flantune import cuda_graphs
 
     validate_with_transformers(cfg)  # last: it imports transformers' trainer, seconds the checks above don't need
+    tasks = fit_tasks(cfg, tasks)
     graphs = cuda_graphs.resolve(cfg.train.cuda_graphs, precision=precision, processes=world_size(),
                                  gradient_checkpointing=cfg.gradient_checkpointing, compile_blocks=cfg.train.compile)
     return Plan(cfg=cfg, tasks=tasks, label=run_label(cfg, tasks), data_dir=data_dir, precision=precision,
                 model_type=model_type, cuda_graphs=graphs)
+
+
+def fit_tasks(cfg: DictConfig, tasks: list[Task]) -> list[Task]:
+    """Classification tasks with label lengths that hold every choice, or the error of one that can't fit."""
+    if not any(t.is_classification for t in tasks):
+        return tasks
+    from flantune.task import fit_choices
+
+    tokenizer = load_tokenizer(cfg)
+    return [fit_choices(t, tokenizer) for t in tasks]
 
 
 def check_metric_sources(tasks: list[Task]) -> None:
@@ -187,7 +198,7 @@ def eval_sets(p: Plan, tokenizer, role: str) -> list[EvalSet]:
 def make_evaluator(p: Plan, tokenizer, role: str) -> Evaluator:
     cfg = p.cfg
     return Evaluator(eval_sets(p, tokenizer, role), tokenizer, classify=cfg.eval.classify,
-                     batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams, autocast=autocast_for(p.precision))
+                     rank_score=cfg.eval.rank_score, batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams, autocast=autocast_for(p.precision))
 
 
 def run(cfg: DictConfig) -> Path:

@@ -1,8 +1,10 @@
 """Evaluation of every task of a run on its own split, with its own metrics, in one pass.
 
 Classification tasks are rank-scored by default (every answer choice is scored and the best one is
-the prediction, so no output is invalid); `classify=generate` generates freely and reports the share
-of outputs that match no choice as `invalid`. Generation and QA tasks generate up to the task's
+the prediction, so no output is invalid); `rank_score` says how choices of different token lengths
+compare (scoring.rank_score), and a task whose choices differ in token length also reports its metrics
+under every rule, `<rule>:<metric>`, side by side. `classify=generate` generates freely and reports the
+share of outputs that match no choice as `invalid`. Generation and QA tasks generate up to the task's
 max_new_tokens. With several processes, each scores a shard and the results are gathered.
 """
 
@@ -77,11 +79,14 @@ class EvalResult:
 
 
 class Evaluator:
-    def __init__(self, sets: list[EvalSet], tokenizer, *, classify: str, batch_size: int, num_beams: int,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        self.sets = sets
+    def __init__(self, sets: list[EvalSet], tokenizer, *, classify: str, rank_score: str, batch_size: int,
+                 num_beams: int, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        from flantune.task import fit_choices
+
+        self.sets = [EvalSet(fit_choices(s.task, tokenizer), s.data) for s in sets]  # max_new_tokens set
         self.tokenizer = tokenizer
         self.classify = classify
+        self.rank_score = rank_score
         self.batch_size = batch_size
         self.num_beams = num_beams
         self.autocast = autocast
@@ -117,9 +122,15 @@ class Evaluator:
                                           pad_id=self.tokenizer.pad_token_id, device=device, autocast=self.autocast)
             gold = [list(task.choices).index(label) for label in part["label"]]
             nll = -scored.scores[np.arange(len(gold)), gold] if gold else np.zeros(0)
+            ranked = {rule: scoring.rank_score(scored.scores, choice_ids, task.choice_texts, rule)
+                      for rule in scoring.RANK_SCORES}
+            chosen = ranked[self.rank_score]
             rows = [{"prediction": task.choice_texts[int(np.argmax(sc))],
                      "scores": {c: round(float(v), 5) for c, v in zip(task.choice_texts, sc)}}
-                    for sc in scored.scores]
+                    for sc in chosen]
+            if len({len(ids) for ids in choice_ids}) > 1:  # the rules can disagree: every one's prediction, kept
+                for i, row in enumerate(rows):
+                    row["_by_rule"] = {rule: task.choice_texts[int(np.argmax(r[i]))] for rule, r in ranked.items()}
             out_tokens = sum(len(c) for c in choice_ids) * len(input_ids)
         else:
             gen = scoring.generate(model, self.tokenizer, input_ids, labels, batch_size=self.batch_size,
@@ -138,16 +149,21 @@ class Evaluator:
         target_tokens = sum(r.pop("_tokens") for r in rows)
         for r in rows:
             del r["_index"]
+        by_rule = [r.pop("_by_rule") for r in rows if "_by_rule" in r]
         tokens = sum(g[1] for g in gathered)
         seconds = max(g[2] for g in gathered)
-        return self._finish(task, data, rows, nll_sum, target_tokens, tokens, seconds)
+        return self._finish(task, data, rows, nll_sum, target_tokens, tokens, seconds, by_rule)
 
-    def _finish(self, task: Task, data, rows, nll, target_tokens, tokens, seconds) -> TaskResult:
+    def _finish(self, task: Task, data, rows, nll, target_tokens, tokens, seconds, by_rule=()) -> TaskResult:
         texts = data.select_columns(["id", "input", "target", "references"]).to_list() if len(data) else []
         predictions = [{**t, **r} for t, r in zip(texts, rows)]
         preds = [p["prediction"] for p in predictions]
         refs = [p["references"] for p in predictions]
         scores = metric_lib.compute(task.metrics, preds, refs, task.choice_texts or None)
+        if by_rule:  # choices of different token lengths: the summed and the normalised scores side by side
+            for rule in by_rule[0]:
+                side = metric_lib.compute(task.metrics, [b[rule] for b in by_rule], refs, task.choice_texts)
+                scores.update({f"{rule}:{k}": v for k, v in side.items()})
         scores["loss"] = nll / target_tokens if target_tokens else float("nan")
         if task.is_classification and self.classify == "generate":
             from flantune.metrics.classification import INVALID, choice_index

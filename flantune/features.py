@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from flantune.data import ID, preprocess_digest, render_row
-from flantune.task import Task, task_to_dict
+from flantune.task import Task, fit_choices, task_to_dict
 
 FEATURES_VERSION = 2  # bump when the columns written here change
 
@@ -80,6 +80,7 @@ def tokenize(task: Task, rows, tokenizer, *, role: str, template_seed: int | Non
     template_seed=None renders every row with the task's evaluation template (evaluation);
     an integer draws a template per row (training).
     """
+    task = fit_choices(task, tokenizer)  # a classification label holds its longest choice and end-of-sequence token
     template_ids = template_choice(task, len(rows), template_seed) if template_seed is not None else None
     fingerprint = _digest(
         FEATURES_VERSION, rows._fingerprint, task_to_dict(task), role, template_seed,

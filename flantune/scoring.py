@@ -12,10 +12,28 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from flantune.config import RANK_SCORES  # eval.rank_score's options, checked with the config
+
 
 @dataclass
 class Scored:
     scores: np.ndarray  # (n, choices): log-likelihood of each choice's tokens given the input
+
+
+def rank_score(scores: np.ndarray, choice_ids: Sequence[Sequence[int]], choice_texts: Sequence[str],
+               rule: str) -> np.ndarray:
+    """Choices' summed log-likelihoods (n, choices) as the rule ranks them: sum (lm-eval's acc), per_token
+    (divided by the choice's tokens, end-of-sequence included) or per_byte (by its UTF-8 bytes; lm-eval's
+    acc_norm divides by characters, the same for ASCII answers). A log-likelihood is a sum over tokens, so a
+    long choice scores below a short one that is as likely per token (bench/RESULTS.md, "Answers of different
+    lengths")."""
+    if rule == "sum":
+        return scores
+    if rule == "per_token":
+        return scores / np.array([len(ids) for ids in choice_ids], dtype=np.float64)
+    if rule == "per_byte":
+        return scores / np.array([max(len(t.encode("utf-8")), 1) for t in choice_texts], dtype=np.float64)
+    raise ValueError(f"unknown rank score {rule!r}: one of {', '.join(RANK_SCORES)}")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from flantune.data import load_rows, render_row
 from flantune.console import console as make_console
 from flantune.errors import FlantuneError, first_line
 from flantune.modeling import is_local_path
-from flantune.task import Task
+from flantune.task import Task, fit_choices
 
 UNK_WARNING_SHARE = 0.01  # above 1% <unk> tokens the model can't read or write parts of the text
 MULTILINGUAL_HINT = "google/mt5-base or google/umt5-base"
@@ -102,6 +102,7 @@ def show(task: Task, *, role: str, n: int, data_dir: Path | None, tokenizer_name
         console.print(Panel(body, title=f"id {rows[i]['_id']}", title_align="left"), highlight=False)
 
     tokenizer = load_tokenizer(tokenizer_name)
+    task = fit_choices(task, tokenizer)  # the label limit a run would use
     stats = length_stats(task, rows, tokenizer)
     table = Table(title=f"token lengths over {stats.rows:,} rows of {role} "
                         f"(tokenizer: {tokenizer_name or 'FLAN-T5, shipped with flantune'})")

@@ -9,7 +9,7 @@ torch; the checks that need the data's columns happen in `flantune.data`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,8 @@ class Task:
     filter: str | None = None  # Jinja expression; rows where it is false are dropped
     preprocess: str | None = None  # "package.module:function", applied to each row first
     max_input_length: int = 512
-    max_target_length: int = 128
-    max_new_tokens: int = 64
+    max_target_length: int | None = 128  # None: a classification task's longest choice (see fit_choices)
+    max_new_tokens: int | None = 64  # None: likewise
     baselines: tuple[dict[str, Any], ...] = ()  # extra report baselines, e.g. {name: lead, column: dialogue, k: 3}
     origin: str = "?"  # where the task came from: "built-in", a file path or an entry point
 
@@ -354,11 +354,44 @@ def task_from_dict(data: Any, origin: str, *, context: str | None = None, known_
         metrics=metrics,
         primary_metric=primary,
         max_input_length=_int(context, "max_input_length", data.get("max_input_length", 512)),
-        max_target_length=_int(context, "max_target_length", data.get("max_target_length", 128)),
-        max_new_tokens=_int(context, "max_new_tokens", data.get("max_new_tokens", 64)),
+        # A classification task's answer lengths come from its choices unless the file sets them (fit_choices).
+        max_target_length=_answer_length(context, "max_target_length", data, kind, 128),
+        max_new_tokens=_answer_length(context, "max_new_tokens", data, kind, 64),
         baselines=tuple(dict(b) for b in baselines),
         origin=origin,
     )
+
+
+def _answer_length(context: str, key: str, data: dict, kind: str, default: int) -> int | None:
+    if data.get(key) is None:
+        return None if kind == "classification" else default
+    return _int(context, key, data[key])
+
+
+def choice_lengths(task: Task, tokenizer) -> dict[str, int]:
+    """Each answer choice's length in tokens, its end-of-sequence token included (as a training label has it)."""
+    return {c: len(ids) for c, ids in zip(task.choice_texts, tokenizer(text_target=task.choice_texts).input_ids)}
+
+
+def fit_choices(task: Task, tokenizer) -> Task:
+    """A classification task whose label and generation lengths hold its longest choice and its end-of-sequence
+    token: taken from the choices where the task leaves them unset, checked where it sets them. A choice cut in
+    the training labels would be trained without its end (and with classify=generate never produced whole),
+    while rank scoring scores it whole."""
+    if not task.is_classification:
+        return task
+    lengths = choice_lengths(task, tokenizer)
+    longest = max(lengths, key=lengths.get)
+    need = lengths[longest]
+    for key in ("max_target_length", "max_new_tokens"):
+        given = getattr(task, key)
+        if given is not None and given < need:
+            raise FlantuneError(
+                f"Task '{task.name}' ({task.origin}): its choice '{longest}' is {need} tokens with the end-of-sequence "
+                f"token, more than {key}: {given}, so it can't fit. Leave {key} out (a classification task takes it "
+                f"from its longest choice) or set it to at least {need}."
+            )
+    return replace(task, max_target_length=task.max_target_length or need, max_new_tokens=task.max_new_tokens or need)
 
 
 def _metric_specs(context: str, raw: Any) -> tuple[MetricSpec, ...]:
@@ -388,9 +421,10 @@ def task_to_dict(task: Task) -> dict[str, Any]:
         "metrics": [m.name if not m.params else {"name": m.name, **m.params} for m in task.metrics],
         "primary_metric": task.primary_metric,
         "max_input_length": task.max_input_length,
-        "max_target_length": task.max_target_length,
-        "max_new_tokens": task.max_new_tokens,
     }
+    for key in ("max_target_length", "max_new_tokens"):  # None: from the choices
+        if getattr(task, key) is not None:
+            data[key] = getattr(task, key)
     if task.holdout:
         h = task.holdout
         data["holdout"] = {"from": h.from_, "to": h.to, "size": h.size, "seed": h.seed}
@@ -422,4 +456,4 @@ def load_task_file(path: Path, origin: str | None = None) -> Task:
 
 
 __all__ = ["Task", "Template", "Source", "Holdout", "MetricSpec", "task_from_dict", "task_to_dict", "load_task_file",
-           "read_task_file", "KINDS", "ROLES"]
+           "read_task_file", "fit_choices", "choice_lengths", "KINDS", "ROLES"]
