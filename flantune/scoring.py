@@ -25,8 +25,8 @@ def rank_score(scores: np.ndarray, choice_ids: Sequence[Sequence[int]], choice_t
     """Choices' summed log-likelihoods (n, choices) as the rule ranks them: sum (lm-eval's acc), per_token
     (divided by the choice's tokens, end-of-sequence included) or per_byte (by its UTF-8 bytes; lm-eval's
     acc_norm divides by characters, the same for ASCII answers). Dividing favours long choices whose later
-    tokens follow from their first: per token, a tiny model trained on ag_news predicted "Science/Technology"
-    for every example (bench/RESULTS.md, "Answers of different lengths")."""
+    tokens follow from their first: per token, tiny models trained on ag_news predicted "Science/Technology"
+    for 95-100% of examples (bench/RESULTS.md, "Answers of different lengths")."""
     if rule == "sum":
         return scores
     if rule == "per_token":
