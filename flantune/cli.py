@@ -11,6 +11,7 @@ from flantune.errors import FlantuneError
 COMMANDS = {
     "tasks": "list every registered task (built-in and plugins)",
     "show": "render real examples of a task and measure their token lengths",
+    "validate": "check a task against its data: every template rendered on every row of its splits",
     "config": "print the resolved run configuration",
     "run": "fine-tune (full or LoRA) on a task or a mixture, then evaluate",
     "eval": "evaluate a base model or a finished run on a task or a mixture",
@@ -25,6 +26,8 @@ OPTIONS = {
     "show": "options: task=NAME (required), n=3, split=train|validation|test, data_dir=DIR, tasks_dir=DIR,\n"
             "  tokenizer=PATH, template=NAME, seed=0, stats_rows=2000\n"
             "  flantune show task=imdb n=3 split=train data_dir=../shared/data",
+    "validate": "options: task=NAME (several: task=[a,b]) or mixture=NAME, data_dir=DIR, tasks_dir=DIR\n"
+                "  flantune validate task=imdb data_dir=../shared/data",
     "config": "options: any config key (configs/defaults.yaml documents each), e.g. task=, model=, method=,\n"
               "  train.lr=; --config FILE adds a YAML file before them\n"
               "  flantune config task=imdb method=lora",
@@ -45,6 +48,7 @@ OPTIONS = {
 EPILOG = """examples:
   flantune tasks data_dir=../shared/data
   flantune show task=imdb n=3 split=train data_dir=../shared/data
+  flantune validate task=my_task tasks_dir=my_tasks data_dir=../shared/data
   flantune run task=imdb model=tiny data_dir=@sample train.max_steps=200
   flantune run task=imdb method=lora model=flan-t5-large train.lr=3e-4
 """

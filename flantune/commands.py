@@ -14,13 +14,20 @@ from flantune.sources import resolve_data_dir
 TASKS_DEFAULTS = {"data_dir": None, "tasks_dir": None}
 SHOW_DEFAULTS = {"task": None, "n": 3, "split": "train", "data_dir": None, "tasks_dir": None, "tokenizer": None,
                  "template": None, "seed": 0, "stats_rows": 2000}
+VALIDATE_DEFAULTS = {"task": None, "mixture": None, "data_dir": None, "tasks_dir": None}
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     from flantune.listing import print_tasks
 
+    from flantune.errors import FlantuneError
+
     opts = simple_options(args.options, TASKS_DEFAULTS, "tasks")
-    print_tasks(discover(opts["tasks_dir"]), resolve_data_dir(opts["data_dir"]))
+    registry = discover(opts["tasks_dir"])
+    print_tasks(registry, resolve_data_dir(opts["data_dir"]))
+    if registry.problems:  # listed with the tasks that loaded; a script sees the failure in the exit code
+        raise FlantuneError(f"{len(registry.problems)} task source(s) failed to load, listed above with the reason. "
+                            "Fix or remove them; the tasks in the table loaded.")
     return 0
 
 
@@ -37,6 +44,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     task = discover(opts["tasks_dir"]).get(str(opts["task"]))
     show(task, role=str(opts["split"]), n=opts["n"], data_dir=resolve_data_dir(opts["data_dir"]),
          tokenizer_name=opts["tokenizer"], template=opts["template"], seed=opts["seed"], stats_rows=opts["stats_rows"])
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from flantune.errors import FlantuneError
+    from flantune.mixture import expand_mixture
+    from flantune.validate import validate
+
+    opts = simple_options(args.options, VALIDATE_DEFAULTS, "validate")
+    names = _split_list(opts["task"]) if opts["task"] is not None else []
+    if opts["mixture"]:
+        names += expand_mixture(str(opts["mixture"]))[0]
+    if not names:
+        raise FlantuneError("`flantune validate` needs task=NAME (several: task=[a,b]) or mixture=NAME, e.g. "
+                            "flantune validate task=imdb data_dir=../shared/data.")
+    registry = discover(opts["tasks_dir"])
+    validate([registry.get(n) for n in dict.fromkeys(names)], resolve_data_dir(opts["data_dir"]))
     return 0
 
 

@@ -50,6 +50,112 @@ def _oneline(text: str) -> str:
     return " ".join(text.split())
 
 
+# Each payload would create the file PWNED if it ran: the classic ways out of a Jinja template.
+ESCAPES = {
+    "lipsum": "{{ lipsum.__globals__['os'].popen('touch PWNED').read() }}",
+    "cycler": "{{ cycler.__init__.__globals__.os.popen('touch PWNED').read() }}",
+    "joiner": "{{ joiner.__init__.__globals__.os.popen('touch PWNED').read() }}",
+    "mro": "{% for c in ''.__class__.__mro__[1].__subclasses__() %}{% if c.__name__ == 'Popen' %}"
+           "{{ c(['touch', 'PWNED']).wait() }}{% endif %}{% endfor %}",
+}
+
+
+@pytest.mark.parametrize("escape", sorted(ESCAPES))
+def test_a_template_escape_is_refused_and_runs_nothing(escape, tmp_path, cli):
+    pwned = tmp_path / "pwned"
+    payload = ESCAPES[escape].replace("PWNED", str(pwned))
+    tasks, data = _task(tmp_path, input=json.dumps(payload + " {{ text }}"))
+    code, _, err = cli("show", "task=reviews", f"tasks_dir={tasks}", f"data_dir={data}")
+    err = _oneline(err)
+    assert code == 2 and "Traceback" not in err
+    assert "Task 'reviews'" in err and "template 'ask' (input)" in err and "refused by flantune's template sandbox" in err
+    assert not pwned.exists()
+
+
+def test_a_filter_escape_from_a_config_file_is_refused_before_the_run_starts(tmp_path, cli):
+    pwned, out = tmp_path / "pwned", tmp_path / "run"
+    tasks, data = _task(tmp_path)
+    config = tmp_path / "my.yaml"
+    config.write_text(json.dumps({"tasks": {"reviews": {
+        "filter": f"lipsum.__globals__['os'].popen('touch {pwned}').read() or true"}}}))
+    code, _, err = cli("run", "--config", config, "task=reviews", "model=tiny", "train.max_steps=1",
+                       f"tasks_dir={tasks}", f"data_dir={data}", f"output_dir={out}")
+    err = _oneline(err)
+    assert code == 2 and "Traceback" not in err
+    assert "Task 'reviews'" in err and "filter fails on row r1" in err and "sandbox" in err
+    assert not pwned.exists() and not out.exists()
+
+
+NULL_ROW = '"Review: {{ text.strip() }} Good or bad?"'  # fails on the null text of row r3
+
+
+def test_a_template_that_fails_on_the_third_row_names_split_row_and_template(tmp_path, cli):
+    tasks, data = _task(tmp_path, input=NULL_ROW)
+    expected = ("Task 'reviews' (" + str(tasks / "reviews.yaml") + "): template 'ask' (input) fails on row r3 of "
+                "the train split (splits.train: train): UndefinedError: 'None' has no attribute 'strip'.")
+    code, _, err = cli("show", "task=reviews", f"tasks_dir={tasks}", f"data_dir={data}")
+    assert code == 2 and expected in _oneline(err)
+    code, _, err = cli("validate", "task=reviews", f"tasks_dir={tasks}", f"data_dir={data}")
+    assert code == 2 and expected in _oneline(err)
+    out = tmp_path / "run"
+    code, _, err = cli("run", "task=reviews", "model=tiny", "train.max_steps=1", f"tasks_dir={tasks}",
+                       f"data_dir={data}", f"output_dir={out}")
+    assert code == 2 and expected in _oneline(err) and "Traceback" not in err
+    assert not out.exists()  # refused before the run directory, the tokenizer or the model
+
+
+def test_validate_renders_every_row_of_every_role(tmp_path, cli, shared_data):
+    # The null row is dropped by the filter, so every template renders on the rows that are left.
+    tasks, data = _task(tmp_path, input=NULL_ROW, extra="filter: text is not none\n")
+    code, out, err = cli("validate", "task=reviews", f"tasks_dir={tasks}", f"data_dir={data}")
+    assert code == 0, err
+    assert "every template renders on every row" in out
+    for role in ("train", "validation", "test"):
+        assert f"│ {role} " in out
+    assert out.count("│            4 │") == 3  # four rows checked in each role
+
+    # Real data with several templates, and two tasks at once.
+    code, out, err = cli("validate", "task=[rotten_tomatoes,reviews]", f"tasks_dir={FOLDER_PLUGIN}",
+                         f"data_dir={shared_data}")
+    assert code == 2 and "Unknown task 'reviews'" in err  # tasks_dir is the plugin folder only
+    code, out, err = cli("validate", "task=rotten_tomatoes", f"tasks_dir={FOLDER_PLUGIN}", f"data_dir={shared_data}")
+    assert code == 0, err
+    assert "8,530" in out and out.count("1,066") == 2
+    assert "snippet_question, critic_liked, sentiment_label" in out
+    code, _, err = cli("validate", f"tasks_dir={FOLDER_PLUGIN}")
+    assert code == 2 and "needs task=NAME" in err
+
+
+def _hook(tmp_path: Path, monkeypatch, module: str, source: str) -> None:
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize("case", ["missing", "not_callable", "import_fails", "raises", "returns_none"])
+def test_a_preprocessing_hook_that_fails_is_an_error_naming_task_and_hook(case, tmp_path, monkeypatch, cli):
+    module = f"hook_{case}_{tmp_path.name}"  # a fresh module name in every test
+    sources = {
+        "missing": None,
+        "not_callable": "shout = 'not a function'\n",
+        "import_fails": "raise RuntimeError('no GPU here')\n",
+        "raises": "def shout(row):\n    return {**row, 'loud': row['text'].upper()}\n",  # None on row r3
+        "returns_none": "def shout(row):\n    row['loud'] = 'x'\n",
+    }
+    if sources[case] is not None:
+        _hook(tmp_path, monkeypatch, module, sources[case])
+    tasks, data = _task(tmp_path, input='"{{ loud }} Good or bad?"', extra=f"preprocess: {module}:shout\n")
+    code, _, err = cli("show", "task=reviews", f"tasks_dir={tasks}", f"data_dir={data}")
+    err = _oneline(err)
+    assert code == 2 and "Traceback" not in err, err
+    assert "Task 'reviews'" in err and f"'{module}:shout'" in err
+    expected = {"missing": "ModuleNotFoundError", "not_callable": "is a str, not a function",
+                "import_fails": "RuntimeError: no GPU here",
+                "raises": "fails on row r3 of the train split (splits.train: train): AttributeError",
+                "returns_none": "fails on row r1 of the train split (splits.train: train): TypeError: it must "
+                                "return a dict, not a NoneType"}[case]
+    assert expected in err
+
+
 @pytest.mark.parametrize("mirror", ["../outside", "'/abs/outside'", "sub/reviews", "..", "'a\\\\b'"])
 def test_a_mirror_outside_data_dir_is_refused_when_the_task_file_is_read(mirror, tmp_path, cli):
     tasks, data = _task(tmp_path, mirror=mirror)
@@ -61,6 +167,16 @@ def test_a_mirror_outside_data_dir_is_refused_when_the_task_file_is_read(mirror,
     assert code == 2 and "Traceback" not in err
     assert f"Malformed task file {tasks / 'reviews.yaml'}: field 'source.mirror' must be the name of a folder " \
            "in data_dir" in err
+
+
+def test_tasks_exits_2_after_listing_when_a_task_file_fails(tmp_path, cli):
+    tasks, _ = _task(tmp_path)
+    (tasks / "broken.yaml").write_text("name: broken\nkind: classification\ndescriptoin: typo\n")
+    code, out, err = cli("tasks", f"tasks_dir={tasks}")
+    assert code == 2
+    assert "│ reviews " in out and "│ imdb " in out  # what loaded is listed
+    assert "broken.yaml" in out and "descriptoin" in out  # and what failed, with why
+    assert "1 task source(s) failed to load" in err
 
 
 @pytest.mark.parametrize("line", ["input: {{ text }}", "input: {{ text }} Good or bad?",
