@@ -26,7 +26,8 @@ OPTIONS = {
     "show": "options: task=NAME (required), n=3, split=train|validation|test, data_dir=DIR, tasks_dir=DIR,\n"
             "  tokenizer=PATH, template=NAME, seed=0, stats_rows=2000\n"
             "  flantune show task=imdb n=3 split=train data_dir=../shared/data",
-    "validate": "options: task=NAME (several: task=[a,b]) or mixture=NAME, data_dir=DIR, tasks_dir=DIR\n"
+    "validate": "options: task=NAME (several: task=[a,b]) or mixture=NAME, data_dir=DIR, tasks_dir=DIR,\n"
+                "  tasks.NAME.FIELD=... as for run (--config FILE too)\n"
                 "  flantune validate task=imdb data_dir=../shared/data",
     "config": "options: any config key (configs/defaults.yaml documents each), e.g. task=, model=, method=,\n"
               "  train.lr=; --config FILE adds a YAML file before them\n"
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         # SUPPRESS: unset here, the subcommand leaves alone the top-level `flantune --debug COMMAND`.
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
-        if name in ("run", "config", "eval", "compare"):
+        if name in ("run", "config", "validate", "eval", "compare"):
             p.add_argument("--config", action="append", default=[], metavar="FILE",
                            help="a YAML file of settings, applied before the key=value overrides (repeatable)")
         p.add_argument("options", nargs="*", metavar="key=value")

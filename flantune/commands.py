@@ -14,7 +14,6 @@ from flantune.sources import resolve_data_dir
 TASKS_DEFAULTS = {"data_dir": None, "tasks_dir": None}
 SHOW_DEFAULTS = {"task": None, "n": 3, "split": "train", "data_dir": None, "tasks_dir": None, "tokenizer": None,
                  "template": None, "seed": 0, "stats_rows": 2000}
-VALIDATE_DEFAULTS = {"task": None, "mixture": None, "data_dir": None, "tasks_dir": None}
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -48,19 +47,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flantune.errors import FlantuneError
-    from flantune.mixture import expand_mixture
+    from flantune.config import load_config
+    from flantune.engine import resolve_tasks
     from flantune.validate import validate
 
-    opts = simple_options(args.options, VALIDATE_DEFAULTS, "validate")
-    names = _split_list(opts["task"]) if opts["task"] is not None else []
-    if opts["mixture"]:
-        names += expand_mixture(str(opts["mixture"]))[0]
-    if not names:
-        raise FlantuneError("`flantune validate` needs task=NAME (several: task=[a,b]) or mixture=NAME, e.g. "
-                            "flantune validate task=imdb data_dir=../shared/data.")
-    registry = discover(opts["tasks_dir"])
-    validate([registry.get(n) for n in dict.fromkeys(names)], resolve_data_dir(opts["data_dir"]))
+    # The tasks as `flantune run` resolves them: task=[a,b], mixture=, tasks.NAME.FIELD=... overrides, --config.
+    cfg = load_config(args.options, args.config)
+    validate(resolve_tasks(cfg), resolve_data_dir(cfg.data_dir))
     return 0
 
 

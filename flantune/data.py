@@ -199,7 +199,7 @@ def check_columns(task: Task, columns: list[str], example: dict[str, Any] | None
 ROWS_PER_BAR = 5000  # a split this large shows a progress bar while its rows are checked
 
 
-def check_rows(task: Task, dataset) -> int:
+def check_rows(task: Task, dataset, role: str = "") -> int:
     """Every template (input and target), the references and the label on every row of `dataset`: a failure
     is a RowError naming the row and the template. Returns the number of rows checked."""
     from rich.progress import track
@@ -208,7 +208,7 @@ def check_rows(task: Task, dataset) -> int:
 
     batches = dataset.iter(batch_size=1000)
     rows = (dict(zip(batch, values)) for batch in batches for values in zip(*batch.values()))
-    for row in track(rows, total=len(dataset), description=f"{task.name}: check {len(dataset):,} rows",
+    for row in track(rows, total=len(dataset), description=f"{task.name}: check {role} rows",
                      console=console(stderr=True), transient=True, disable=len(dataset) < ROWS_PER_BAR):
         ctx = template_context(task, apply_preprocess(task, row))
         for template in task.templates:
@@ -293,7 +293,7 @@ def _load_rows(task: Task, role: str, data_dir: Path | None, *, max_examples: in
         dataset = dataset.select(picked)
     # Every row the command will use, before any heavy work: a template that fails on row 3 is an error naming
     # the row now, not a traceback after tokenising (or loading a model).
-    check_rows(task, dataset)
+    check_rows(task, dataset, role)
     check_labels(task, dataset, role)
     return dataset
 

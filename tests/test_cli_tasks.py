@@ -138,7 +138,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "FlantuneError" in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["tasks", "show", "validate"])
+@pytest.mark.parametrize("command", ["tasks", "show"])
 def test_each_commands_help_names_every_option_it_takes(command, capsys):
     from flantune import commands
     from flantune.cli import main

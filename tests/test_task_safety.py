@@ -114,16 +114,17 @@ def test_validate_renders_every_row_of_every_role(tmp_path, cli, shared_data):
         assert f"│ {role} " in out
     assert out.count("│            4 │") == 3  # four rows checked in each role
 
-    # Real data with several templates, and two tasks at once.
-    code, out, err = cli("validate", "task=[rotten_tomatoes,reviews]", f"tasks_dir={FOLDER_PLUGIN}",
-                         f"data_dir={shared_data}")
-    assert code == 2 and "Unknown task 'reviews'" in err  # tasks_dir is the plugin folder only
-    code, out, err = cli("validate", "task=rotten_tomatoes", f"tasks_dir={FOLDER_PLUGIN}", f"data_dir={shared_data}")
+    # The task as a run sees it: the same task options as `flantune run`, and two tasks at once on real data
+    # with three templates and a holdout.
+    tasks, data = _task(tmp_path, input=NULL_ROW)
+    (data / "imdb").symlink_to(shared_data / "imdb")
+    code, out, err = cli("validate", "task=[reviews,imdb]", "tasks.reviews.filter='text is not none'",
+                         "tasks.imdb.splits.test='test[:2000]'", f"tasks_dir={tasks}", f"data_dir={data}")
     assert code == 0, err
-    assert "8,530" in out and out.count("1,066") == 2
-    assert "snippet_question, critic_liked, sentiment_label" in out
-    code, _, err = cli("validate", f"tasks_dir={FOLDER_PLUGIN}")
-    assert code == 2 and "needs task=NAME" in err
+    out = " ".join(out.split())
+    assert "train (less the holdout) │ 24,000" in out and "train (its holdout) │ 1,000" in out
+    assert "test[:2000] │ 2,000 │ review_then_question, question_then_review, would_recommend" in out
+    assert "ok reviews" in out and "ok imdb" in out
 
 
 def _hook(tmp_path: Path, monkeypatch, module: str, source: str) -> None:
