@@ -17,7 +17,24 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from flantune.errors import FlantuneError
 
-_ENV = ImmutableSandboxedEnvironment(
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with `*` and `**` bounded: `{{ 'x' * 10**9 }}` in a stranger's task file
+    would otherwise take the machine's memory before any error could be raised."""
+
+    intercepted_binops = frozenset(["*", "**"])
+    MAX_SIZE = 1_000_000  # characters or items a `*` may make; far beyond any prompt
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > self.MAX_SIZE:
+                    raise SecurityError(f"a '*' that makes over {self.MAX_SIZE:,} items is not allowed")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 256:
+            raise SecurityError("a '**' with an exponent over 256 is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _Sandbox(
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     keep_trailing_newline=False,

@@ -72,6 +72,15 @@ def test_a_template_escape_is_refused_and_runs_nothing(escape, tmp_path, cli):
     assert not pwned.exists()
 
 
+@pytest.mark.parametrize("bomb", ["{{ 'x' * 10**9 }}", "{{ [0] * 10**9 }}", "{{ 2 ** 1000000000 }}"])
+def test_a_template_that_would_take_the_machines_memory_is_refused(bomb, tmp_path, cli):
+    # (Jinja's ** groups left to right, hence the literal exponent.) Without the bound each of these holds the process for minutes and gigabytes before anything fails.
+    tasks, data = _task(tmp_path, input=json.dumps(bomb + " {{ text }}"))
+    code, _, err = cli("show", "task=reviews", f"tasks_dir={tasks}", f"data_dir={data}")
+    err = _oneline(err)
+    assert code == 2 and "refused by flantune's template sandbox" in err and "is not allowed" in err
+
+
 def test_a_filter_escape_from_a_config_file_is_refused_before_the_run_starts(tmp_path, cli):
     pwned, out = tmp_path / "pwned", tmp_path / "run"
     tasks, data = _task(tmp_path)
