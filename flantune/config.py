@@ -73,6 +73,7 @@ class TrainCfg:
 class DataCfg:
     max_train_examples: Optional[int] = MISSING
     max_eval_examples: Optional[int] = MISSING
+    eval_seed: int = MISSING
     template_seed: int = MISSING
 
 
@@ -387,7 +388,7 @@ def validate(cfg: DictConfig) -> None:
     for key, minimum in (("train.batch_size", 1), ("train.grad_accum", 1), ("eval.batch_size", 1),
                          ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1),
                          ("train.epochs", 0), ("train.weight_decay", 0), ("train.max_grad_norm", 0),
-                         ("train.num_workers", 0), ("data.template_seed", 0)):
+                         ("train.num_workers", 0), ("data.template_seed", 0), ("data.eval_seed", 0)):
         _at_least(cfg, key, minimum)
     for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps", "train.save_total_limit",
                 "train.packed_input_length", "train.packed_label_length", "train.packed_rows_per_batch"):

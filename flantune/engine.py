@@ -151,8 +151,11 @@ def load_data(p: Plan, *, train: bool) -> Plan:
     roles = (["train", "validation"] if train else []) + [cfg.eval.split]
     for task in p.tasks:
         for role in dict.fromkeys(roles):
-            limit = cfg.data.max_train_examples if role == "train" else cfg.data.max_eval_examples
-            p.rows[(task.name, role)] = load_rows(task, role, p.data_dir, max_examples=limit, seed=cfg.seed)
+            if role == "train":
+                limit, seed = cfg.data.max_train_examples, cfg.seed
+            else:  # the same rows whatever the run's seed, so that runs of different seeds compare
+                limit, seed = cfg.data.max_eval_examples, cfg.data.eval_seed
+            p.rows[(task.name, role)] = load_rows(task, role, p.data_dir, max_examples=limit, seed=seed)
     return p
 
 

@@ -46,6 +46,9 @@ def _as_made(saved: DictConfig) -> DictConfig:
         tasks = saved.get("task")  # which is what auto still is but for a mixture's grouped or packed batches
         mixture = OmegaConf.is_list(tasks) and len(set(tasks)) > 1
         train.micro_batches = 1 if mixture and train.get("sampling") != "random" else "auto"
+    data = saved.get("data")
+    if isinstance(data, DictConfig) and "eval_seed" not in data:  # evaluation subsets were drawn with the run's seed
+        data.eval_seed = saved.get("seed")
     if "lr_scheduler_kwargs" not in train:
         train.lr_scheduler_kwargs = {}
     if "packed_rows_per_batch" not in train and train.get("sampling") == "packed":
