@@ -163,12 +163,32 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint: trainer_state.json is written last, so a run killed while saving
-    leaves a folder without it, which is passed over."""
+    leaves a folder without it, or with it cut short; such folders are passed over, and said so."""
     folder = run_dir / CHECKPOINTS
     if not folder.is_dir():
         return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    skipped = []
+    for checkpoint in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            state = read_json(checkpoint / "trainer_state.json")
+        except FileNotFoundError:
+            skipped.append(f"{checkpoint.name} (no trainer_state.json)")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            skipped.append(f"{checkpoint.name} (its trainer_state.json is cut short)")
+        else:
+            if isinstance(state, dict):
+                break
+            skipped.append(f"{checkpoint.name} (its trainer_state.json is not a trainer state)")
+    else:
+        checkpoint = None
+    if skipped:
+        from flantune.console import console
+
+        then = f"resuming from {checkpoint.name}" if checkpoint else "no complete checkpoint: training starts over"
+        console(stderr=True).print(f"[bold yellow]Note:[/] skipping {', '.join(skipped)} in {folder}, as a run killed "
+                                   f"while saving leaves it; {then}.", highlight=False)
+    return checkpoint
 
 
 def write_json(path: Path, data: Any) -> None:

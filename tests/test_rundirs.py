@@ -15,6 +15,19 @@ SMALL = ["task=imdb", "model=tiny", "data_dir=@sample", "train.max_steps=2", "tr
          "data.max_train_examples=32", "data.max_eval_examples=8", "tasks.imdb.max_input_length=32"]
 
 
+def test_resume_passes_over_a_checkpoint_cut_mid_write(cli, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = cli("run", *SMALL, "train.max_steps=4", f"output_dir={out}")
+    assert code == 0, err
+    state = out / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state.write_text(state.read_text()[:100])  # as a kill while saving leaves it
+    (out / rundir.METRICS).unlink()  # and the run never finished
+    code, _, err = cli("run", *SMALL, "train.max_steps=4", f"output_dir={out}", "resume=true")
+    assert code == 0, err
+    assert "skipping checkpoint-4 (its trainer_state.json is cut short)" in err and "resuming from checkpoint-2" in err
+    assert json.loads((out / rundir.METRICS).read_text())["train"]["resumed_from"].endswith("checkpoint-2")
+
+
 def test_runs_of_different_seeds_are_evaluated_on_the_same_rows(cli, tmp_path):
     evals = []
     for seed in (1, 2):
