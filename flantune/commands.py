@@ -52,10 +52,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flantune.config import load_config
+    from flantune.config import input_files, load_config
     from flantune.engine import run
 
-    run(load_config(args.options, args.config))
+    run(load_config(args.options, args.config), input_files(args.options, args.config))
     return 0
 
 
