@@ -34,12 +34,15 @@ SYSTEM_FILE = "system.json"  # name and kind of a system in a report directory
 # ---- evaluation -------------------------------------------------------------------------------------------
 
 
-def evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False) -> Path:
-    """Evaluate cfg.model on cfg's tasks (their eval.split) and write an evaluation directory."""
-    return _evaluate(cfg, out, measured_together=measured_together)[0]
+def evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False,
+             input_files: list[str] = ()) -> Path:
+    """Evaluate cfg.model on cfg's tasks (their eval.split) and write an evaluation directory. `input_files` are
+    the files the config was read from (config.input_files), which overwrite=true must not delete."""
+    return _evaluate(cfg, out, measured_together=measured_together, input_files=input_files)[0]
 
 
-def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False) -> tuple[Path, Plan]:
+def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False,
+              input_files: list[str] = ()) -> tuple[Path, Plan]:
     """`evaluate`, and the plan it evaluated (its tasks and evaluation rows, which the baselines reuse)."""
     from flantune.engine import check, inputs_of, resolve_tasks, run_label
 
@@ -47,7 +50,7 @@ def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bo
     out = Path(out or cfg.output_dir
                or rundir.default_output_dir(cfg, run_label(cfg, resolve_tasks(cfg)), root="evals"))
     with rundir.lock(out):
-        rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=inputs_of(cfg))
+        rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=[*inputs_of(cfg), *input_files])
         return out, _evaluate_into(check(cfg), out, measured_together)
 
 
@@ -213,15 +216,16 @@ def _training_record(system: System, run: Path) -> System:
     return system
 
 
-def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path) -> Path:
+def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path, input_files: list[str] = ()) -> Path:
     """Evaluate the base model and every fine-tuned run on the same machine, one after the other, add the
-    baselines, and write the report."""
+    baselines, and write the report (`input_files` as in `evaluate`)."""
     from flantune.engine import check, inputs_of
 
     models = [base, *finetuned]
     subs = [_with_model(cfg, model) for model in models]
     with rundir.lock(out):
-        rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=[path for sub in subs for path in inputs_of(sub)])
+        reads = [*input_files, *(path for sub in subs for path in inputs_of(sub))]
+        rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=reads)
         for sub in subs:  # every model's source, before the first is evaluated
             check(sub)
         # An old report that overwrite=true replaces goes only when the new one is written.

@@ -74,6 +74,9 @@ def test_overwrite_never_deletes_the_runs_config_or_mixture_file(cli, tmp_path):
     mixture.write_text("tasks: [imdb]\n")
     code, _, err = cli("run", *SMALL, f"mixture={mixture}", f"output_dir={out}", "overwrite=true")
     assert code == 2 and f"this command reads {mixture}" in err
+    code, _, err = cli("eval", "--config", str(settings), "model=tiny", "task=imdb", "data_dir=@sample",
+                       f"output_dir={out}", "overwrite=true")
+    assert code == 2 and f"this command reads {settings}" in err
     assert settings.is_file() and mixture.is_file() and (out / rundir.METRICS).read_text() == old
 
 
