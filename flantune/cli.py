@@ -99,9 +99,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"flantune {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        out = getattr(exc, "output_dir", None)  # errors.Interrupted: a run directory that resume=true continues
+        print(f"Interrupted: continue with {_resume_command(args, out)}" if out else "interrupted", file=sys.stderr)
         return 130
+
+
+def _resume_command(args: argparse.Namespace, out) -> str:
+    """The interrupted command line with resume=true output_dir=OUT in place of its own output_dir, resume and
+    overwrite options."""
+    import shlex
+
+    kept = [o for o in args.options if o.split("=", 1)[0].strip() not in ("output_dir", "resume", "overwrite")]
+    configs = [part for file in args.config for part in ("--config", file)]
+    return shlex.join(["flantune", args.command, *configs, *kept, "resume=true", f"output_dir={out}"])
 
 
 if __name__ == "__main__":

@@ -69,10 +69,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flantune.config import load_config
+    from flantune.config import input_files, load_config
     from flantune.engine import run
 
-    run(load_config(args.options, args.config))
+    run(load_config(args.options, args.config), input_files(args.options, args.config))
     return 0
 
 
@@ -96,11 +96,12 @@ def _pop(options: list[str], key: str) -> tuple[str | None, list[str]]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from flantune.compare import config_for, evaluate
     from flantune import rundir
+    from flantune.config import input_files
     from flantune.console import console
 
     model, _ = _pop(args.options, "model")
     cfg = config_for(args.options, args.config, [model] if model else [])
-    out = evaluate(cfg)
+    out = evaluate(cfg, input_files=input_files(args.options, args.config))
     metrics = rundir.read_json(out / rundir.METRICS)
     say = console()
     for task, scores in metrics["tasks"].items():
@@ -112,6 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from flantune.compare import compare, config_for, default_report_dir
+    from flantune.config import input_files
     from flantune.errors import FlantuneError
     from flantune.overrides import parse_value
 
@@ -127,7 +129,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out_opt, options = _pop(options, "output_dir")
     cfg = config_for(options, args.config, runs)
     out = Path(out_opt) if out_opt else default_report_dir(f"{Path(runs[0]).name}-compare")
-    html = compare(cfg, base, runs, out)
+    html = compare(cfg, base, runs, out, input_files(options, args.config))
     from flantune.console import console
 
     console().print(f"report: [bold]{html}[/] (and report.md, report.json)")

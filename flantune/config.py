@@ -73,6 +73,7 @@ class TrainCfg:
 class DataCfg:
     max_train_examples: Optional[int] = MISSING
     max_eval_examples: Optional[int] = MISSING
+    eval_seed: int = MISSING
     template_seed: int = MISSING
 
 
@@ -306,20 +307,38 @@ def _set(cfg: DictConfig, key: str, value: Any, where: str) -> None:
         raise FlantuneError(_describe_omegaconf_error(exc, where)) from exc
 
 
+def _chosen(key: str, default: Any, files: list[tuple[str, dict]], pairs: list[tuple[str, Any]],
+            args: list[str]) -> tuple[Any, str]:
+    """The value of a group key (method, model, mixture) and where it was set: the last --config file or
+    key=value option that sets it."""
+    value, where = default, "configs/defaults.yaml"
+    for name, data in files:
+        if key in data:
+            value, where = data[key], f"--config {name}"
+    for (k, v), arg in zip(pairs, args):
+        if k == key:
+            value, where = v, f"command line {arg}"
+    return value, where
+
+
+def input_files(overrides: list[str] | None = None, config_files: list[str] | None = None) -> list[str]:
+    """The user's files a config is read from, which the config itself doesn't name: its --config files and its
+    mixture file with the files that includes (a run's inputs, which overwrite=true must not delete)."""
+    from flantune.mixture import mixture_files
+
+    args = overrides or []
+    files = [(str(f), read_yaml(Path(f), "Config file")) for f in (config_files or [])]
+    mixture, _ = _chosen("mixture", None, files, parse_overrides(args), args)
+    return [name for name, _ in files] + (mixture_files(str(mixture)) if mixture is not None else [])
+
+
 def load_config(overrides: list[str] | None = None, config_files: list[str] | None = None) -> DictConfig:
     args = overrides or []
     pairs = parse_overrides(args)  # one per arg; messages quote the arg as typed (3e-4, not its value 0.0003)
     files = [(str(f), read_yaml(Path(f), "Config file")) for f in (config_files or [])]
 
     def chosen(key: str, default: Any) -> tuple[Any, str]:
-        value, where = default, "configs/defaults.yaml"
-        for name, data in files:
-            if key in data:
-                value, where = data[key], f"--config {name}"
-        for (k, v), arg in zip(pairs, args):
-            if k == key:
-                value, where = v, f"command line {arg}"
-        return value, where
+        return _chosen(key, default, files, pairs, args)
 
     cfg = OmegaConf.structured(RunCfg)
     defaults = read_yaml(configs_root() / "defaults.yaml", "Default config")
@@ -387,7 +406,7 @@ def validate(cfg: DictConfig) -> None:
     for key, minimum in (("train.batch_size", 1), ("train.grad_accum", 1), ("eval.batch_size", 1),
                          ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1),
                          ("train.epochs", 0), ("train.weight_decay", 0), ("train.max_grad_norm", 0),
-                         ("train.num_workers", 0), ("data.template_seed", 0)):
+                         ("train.num_workers", 0), ("data.template_seed", 0), ("data.eval_seed", 0)):
         _at_least(cfg, key, minimum)
     for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps", "train.save_total_limit",
                 "train.packed_input_length", "train.packed_label_length", "train.packed_rows_per_batch"):

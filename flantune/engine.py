@@ -29,7 +29,7 @@ from flantune.distributed import (
     sharded_parameters,
     world_size,
 )
-from flantune.errors import FlantuneError, did_you_mean
+from flantune.errors import FlantuneError, Interrupted, did_you_mean
 from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_predictions
 from flantune.modeling import (
     T5_FAMILY,
@@ -151,8 +151,11 @@ def load_data(p: Plan, *, train: bool) -> Plan:
     roles = (["train", "validation"] if train else []) + [cfg.eval.split]
     for task in p.tasks:
         for role in dict.fromkeys(roles):
-            limit = cfg.data.max_train_examples if role == "train" else cfg.data.max_eval_examples
-            p.rows[(task.name, role)] = load_rows(task, role, p.data_dir, max_examples=limit, seed=cfg.seed)
+            if role == "train":
+                limit, seed = cfg.data.max_train_examples, cfg.seed
+            else:  # the same rows whatever the run's seed, so that runs of different seeds compare
+                limit, seed = cfg.data.max_eval_examples, cfg.data.eval_seed
+            p.rows[(task.name, role)] = load_rows(task, role, p.data_dir, max_examples=limit, seed=seed)
     return p
 
 
@@ -161,7 +164,8 @@ def plan(cfg: DictConfig, *, train: bool = True) -> Plan:
 
 
 def inputs_of(cfg: DictConfig) -> list[str]:
-    """The local paths a command reads, which its output directory must not hold when overwrite=true deletes it."""
+    """The local paths a command reads, which its output directory must not hold when overwrite=true deletes it
+    (besides the files the config is read from: config.input_files)."""
     from flantune.modeling import adapter_base, is_local_path
 
     model = str(cfg.model.path) if cfg.model.path else None
@@ -190,17 +194,34 @@ def make_evaluator(p: Plan, tokenizer, role: str) -> Evaluator:
                      batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams, autocast=autocast_for(p.precision))
 
 
-def run(cfg: DictConfig) -> Path:
-    """Train, evaluate and write the run directory; returns its path."""
+def run(cfg: DictConfig, input_files: list[str] = ()) -> Path:
+    """Train, evaluate and write the run directory; returns its path. `input_files` are the files the config was
+    read from (config.input_files), which overwrite=true must not delete."""
+    with contextlib.ExitStack() as held:
+        # First, before any library loads: one process decides the run directory (a default one is
+        # time-stamped) and holds its lock for the run's life; the others use it.
+        label = run_label(cfg, resolve_tasks(cfg))
+        out = on_main_then_share(lambda: rundir.claim(cfg, label, [*inputs_of(cfg), *input_files], held))
+        if cfg.resume and rundir.finished(out):
+            console().print(f"{out} is a finished run ({rundir.METRICS} is written): nothing to resume. Its results "
+                            "stay as they are; to train again, use overwrite=true or another output_dir.",
+                            highlight=False)
+            return out
+        try:
+            return _train(cfg, out)
+        except KeyboardInterrupt as exc:
+            if rundir.is_run_dir(out):  # made, with its config: resume=true continues it
+                raise Interrupted(out) from exc
+            raise
+
+
+def _train(cfg: DictConfig, out: Path) -> Path:
     p = check(cfg)
     check_optimizer_installed(cfg.train.optim)  # here, not in check: evaluating a run needs no optimizer
-    # One process decides the run directory (a default one is time-stamped) and the others use it.
-    out = on_main_then_share(lambda: rundir.check(cfg, p.label, reads=inputs_of(cfg)))
     prep_started = time.perf_counter()
     with main_first():  # the first process fills the datasets cache, the others read it
         load_data(p, train=True)
     prep_seconds = time.perf_counter() - prep_started
-    on_main_then_share(lambda: _create_run_dir(out, cfg))
     started = time.perf_counter()
 
     from transformers import set_seed
@@ -218,6 +239,8 @@ def run(cfg: DictConfig) -> Path:
         final_evaluator = validation if cfg.eval.split == "validation" else make_evaluator(p, tokenizer, cfg.eval.split)
     prep_seconds += time.perf_counter() - prep_started  # reading, checking and tokenising every split
     model = load_model(cfg, cfg.seed, train=True)
+    # Only now, checks passed and model loaded, is an old run that overwrite=true replaces deleted.
+    on_main_then_share(lambda: _create_run_dir(out, cfg))
     if cfg.method == "lora" and cfg.model.random_init and is_main():
         # A random base can't be downloaded again: keep it beside the adapter so PeftModel can load both.
         model.save_pretrained(out / rundir.BASE_MODEL)
