@@ -44,7 +44,7 @@ def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bo
     from flantune.engine import check, inputs_of, load_data, make_evaluator
     from flantune.modeling import count_parameters, load_model, load_tokenizer, model_label, prepare_for_training
 
-    p = check(cfg)
+    p = check(cfg, train=False)
     out = Path(out or cfg.output_dir or rundir.default_output_dir(cfg, p.label, root="evals"))
     rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=inputs_of(cfg))
     load_data(p, train=False)

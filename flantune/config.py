@@ -74,6 +74,7 @@ class DataCfg:
     max_train_examples: Optional[int] = MISSING
     max_eval_examples: Optional[int] = MISSING
     template_seed: int = MISSING
+    allow_overlap: bool = MISSING
 
 
 @dataclass
