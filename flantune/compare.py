@@ -305,6 +305,9 @@ def config_for(options: list[str], config_files: list[str], runs: list[str]) -> 
     # An evaluation never resumes, merges or mixes, whatever the run did (its mixing weights may name tasks a
     # task= option leaves out); the user's own options come after these.
     resets = ["resume=false", "merge=false", "compare=false", "mixing.scheme=proportional", "mixing.weights={}"]
+    given = {o.split("=", 1)[0].strip() for o in options}
+    if "task" in given and "mixture" not in given:
+        resets.append("mixture=null")  # task= evaluates those tasks of a mixture run, not the mixture
     cfg = load_config([*resets, *options], files)
     if not any(o.split("=", 1)[0].strip() == "output_dir" for o in options):
         OmegaConf.update(cfg, "output_dir", None, merge=False)

@@ -36,6 +36,7 @@ from flantune.modeling import (
     ModelInfo,
     apply_method,
     check_lora_targets,
+    check_model_files,
     check_model_source,
     config_model_type,
     count_parameters,
@@ -101,6 +102,7 @@ def check(cfg: DictConfig, *, train: bool = True) -> Plan:
             f"sequence-to-sequence models ({', '.join(T5_FAMILY)}), e.g. model=flan-t5-base or a FLAN-T5 "
             "save_pretrained folder."
         )
+    check_model_files(cfg)
     overlaps = {}
     if train:
         from flantune.data import check_overlap
