@@ -153,6 +153,8 @@ def load_tokenizer(cfg: DictConfig):
     try:
         return load(name)
     except FlantuneError as exc:
+        if name is not None and is_local_path(str(name)):
+            raise  # a local folder's problem: the hub has nothing to do with it
         raise FlantuneError(f"{exc} {OFFLINE_HINT}") from exc
 
 

@@ -213,6 +213,9 @@ def load_split(task: Task, split: str, data_dir: Path | None):
             f"Task '{task.name}' ({task.origin}) has no hub dataset (source.hub); give data_dir=DIR with its "
             f"mirror folder '{task.source.mirror}'."
         )
+    from flantune.modeling import hub_unreachable
+
+    unreachable = hub_unreachable()  # asked once: an unreachable hub is then read from the cache, not retried
     try:
         return _load_hub(task.source.hub, task.source.config, task.source.revision, split)
     except ValueError as exc:
@@ -225,7 +228,8 @@ def load_split(task: Task, split: str, data_dir: Path | None):
     except (ConnectionError, OSError, TimeoutError) as exc:
         raise FlantuneError(
             f"Could not load dataset {task.source.hub} for task '{task.name}' from the Hugging Face hub "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'}). To run offline, "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'})"
+            f"{'; the hub ' + unreachable if unreachable else ''}. To run offline, "
             f"point data_dir=DIR (or FLANTUNE_DATA_DIR) at a folder with {task.source.mirror or '<mirror>'}/"
             f"<split>.parquet files, or pre-download the dataset and set HF_DATASETS_OFFLINE=1."
         ) from exc

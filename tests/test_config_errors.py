@@ -361,6 +361,10 @@ def test_an_unreachable_hub_is_asked_once_not_retried(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "The Hugging Face hub at http://127.0.0.1:9 can't be reached" in proc.stderr
     assert "Retrying" not in proc.stderr and not (tmp_path / "out").exists()
+    proc = subprocess.run([sys.executable, "-m", "flantune", "show", "task=imdb"], capture_output=True, text=True,
+                          env=env, timeout=300)  # a dataset on the hub: datasets retried it as long
+    assert proc.returncode == 2, proc.stderr
+    assert "the hub at http://127.0.0.1:9 can't be reached" in proc.stderr and "Retrying" not in proc.stderr
 
 
 def test_debug_keeps_exit_code_2_with_the_traceback(tmp_path):
