@@ -323,7 +323,8 @@ def check_model_files(cfg: DictConfig) -> None:
     tokenizer = load_tokenizer(cfg)
     vocab = model_config(cfg).vocab_size
     if len(tokenizer) > vocab:
-        name = m.tokenizer or (m.path if m.path and not m.random_init else "the FLAN-T5 tokenizer shipped with flantune")
+        shipped = "the FLAN-T5 tokenizer shipped with flantune"
+        name = m.tokenizer or (m.path if m.path and not m.random_init else shipped)
         raise FlantuneError(
             f"The model's vocab_size is {vocab}, but its tokenizer ({name}) has {len(tokenizer):,} tokens: ids from "
             f"{vocab} on have no embedding. Set model.architecture.vocab_size to at least {len(tokenizer)} (FLAN-T5 "
