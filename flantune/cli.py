@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from flantune.errors import FlantuneError
 
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args) or 0
     except FlantuneError as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback as well, and the same exit code: scripts tell bad input by it
+            traceback.print_exc()
         print(f"flantune {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:

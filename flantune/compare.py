@@ -51,7 +51,7 @@ def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bo
                or rundir.default_output_dir(cfg, run_label(cfg, resolve_tasks(cfg)), root="evals"))
     with rundir.lock(out):
         rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=[*inputs_of(cfg), *input_files])
-        return out, _evaluate_into(check(cfg), out, measured_together)
+        return out, _evaluate_into(check(cfg, train=False), out, measured_together)
 
 
 def _evaluate_into(p: Plan, out: Path, measured_together: bool) -> Plan:
@@ -326,6 +326,9 @@ def config_for(options: list[str], config_files: list[str], runs: list[str]) -> 
     # An evaluation never resumes, merges or mixes, whatever the run did (its mixing weights may name tasks a
     # task= option leaves out); the user's own options come after these.
     resets = ["resume=false", "merge=false", "compare=false", "mixing.scheme=proportional", "mixing.weights={}"]
+    given = {o.split("=", 1)[0].strip() for o in options}
+    if "task" in given and "mixture" not in given:
+        resets.append("mixture=null")  # task= evaluates those tasks of a mixture run, not the mixture
     cfg = load_config([*resets, *options], files)
     if not any(o.split("=", 1)[0].strip() == "output_dir" for o in options):
         OmegaConf.update(cfg, "output_dir", None, merge=False)

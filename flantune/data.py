@@ -21,8 +21,8 @@ import numpy as np
 
 from flantune import templates
 from flantune.errors import FlantuneError, first_line
-from flantune.sources import load_split
-from flantune.splits import check_split_syntax, select_rows
+from flantune.sources import carve_hint, load_split, mirror_sizes
+from flantune.splits import check_split_syntax, describe_rows, select_rows, shared_rows
 from flantune.task import ROLES, Task, Template
 
 ID = "_id"  # the column that carries an example's id through every step
@@ -310,4 +310,35 @@ def _empty(task: Task, role: str, spec: str, data_dir: Path | None) -> FlantuneE
     return FlantuneError(
         f"Task '{task.name}': the {role} split '{spec}' of {where} has no rows{extra}. "
         f"Pick a non-empty split with tasks.{task.name}.splits.{role}=..."
+    )
+
+
+def split_overlaps(task: Task, data_dir: Path | None) -> list[tuple[str, str, str, np.ndarray]]:
+    """Where the task's training rows are also validation or test rows, as (role, other role, split, rows): from the
+    split specs, the holdout and the splits' sizes (a mirror's file metadata; a hub split that two roles read is
+    loaded, as the run would). Row ranges, not ids: ids repeat across splits (PAWS numbers each split from 1)."""
+    read = {role: check_split_syntax(task.splits[role]) for role in ROLES}
+    shared = {s for s in read["train"] if s in read["validation"] or s in read["test"]}
+    if not shared:
+        return []
+    if data_dir is not None:
+        sizes = {k: v for k, v in mirror_sizes(task, Path(data_dir)).items() if v is not None}
+    else:
+        sizes = {s: len(load_split(task, s, None)) for s in shared}
+    return shared_rows(dict(task.splits), task.holdout, sizes)
+
+
+def check_overlap(task: Task, data_dir: Path | None, *, allow: bool) -> list[str]:
+    """A run never trains on its own evaluation rows unless data.allow_overlap=true says so: the overlaps found
+    (recorded in metrics.json where they are allowed), or a FlantuneError that says how to carve the roles apart."""
+    overlaps = split_overlaps(task, data_dir)
+    found = [f"its {a} and {b} roles both read {describe_rows(rows)} of split '{split}' ({a} '{task.splits[a]}', "
+             f"{b} '{task.splits[b]}')" for a, b, split, rows in overlaps]
+    if not found or allow:
+        return found
+    hint = carve_hint(task, {role for a, b, _, _ in overlaps for role in (a, b)}, data_dir)
+    raise FlantuneError(
+        f"Task '{task.name}' would train on rows it evaluates on: {'; '.join(found)}. Its scores would not measure "
+        f"held-out data. Carve the roles apart{', e.g. ' + hint if hint else ' with the hub slicing syntax'}, or set "
+        "data.allow_overlap=true to train on them anyway (recorded in metrics.json and the report)."
     )

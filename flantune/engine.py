@@ -36,6 +36,7 @@ from flantune.modeling import (
     ModelInfo,
     apply_method,
     check_lora_targets,
+    check_model_files,
     check_model_source,
     config_model_type,
     count_parameters,
@@ -63,6 +64,7 @@ class Plan:
     model_type: str
     cuda_graphs: bool = False
     rows: dict[tuple[str, str], Any] = field(default_factory=dict)  # (task, role) -> checked rows
+    overlaps: dict[str, list[str]] = field(default_factory=dict)  # task -> train rows also evaluated on (allowed)
 
 
 def resolve_tasks(cfg: DictConfig) -> list[Task]:
@@ -87,8 +89,9 @@ def run_label(cfg: DictConfig, tasks: list[Task]) -> str:
     return f"mix{len(tasks)}"
 
 
-def check(cfg: DictConfig) -> Plan:
-    """The checks that need no data: tasks exist, the model source exists, the precision is allowed."""
+def check(cfg: DictConfig, *, train: bool = True) -> Plan:
+    """The checks that need no data: tasks exist, the model source exists, the precision is allowed; for
+    training, the train split's rows are none of the validation or test split's."""
     tasks = resolve_tasks(cfg)  # the mixing settings were checked with the config (config.validate)
     data_dir = resolve_data_dir(cfg.data_dir)
     check_model_source(cfg)
@@ -99,6 +102,13 @@ def check(cfg: DictConfig) -> Plan:
             f"sequence-to-sequence models ({', '.join(T5_FAMILY)}), e.g. model=flan-t5-base or a FLAN-T5 "
             "save_pretrained folder."
         )
+    check_model_files(cfg)
+    overlaps = {}
+    if train:
+        from flantune.data import check_overlap
+
+        overlaps = {t.name: found for t in tasks
+                    if (found := check_overlap(t, data_dir, allow=bool(cfg.data.allow_overlap)))}
     check_lora_targets(cfg)
     check_metric_sources(tasks)
     precision = resolve_precision(cfg, model_type)
@@ -131,7 +141,7 @@ def check(cfg: DictConfig) -> Plan:
     graphs = cuda_graphs.resolve(cfg.train.cuda_graphs, precision=precision, processes=world_size(),
                                  gradient_checkpointing=cfg.gradient_checkpointing, compile_blocks=cfg.train.compile)
     return Plan(cfg=cfg, tasks=tasks, label=run_label(cfg, tasks), data_dir=data_dir, precision=precision,
-                model_type=model_type, cuda_graphs=graphs)
+                model_type=model_type, cuda_graphs=graphs, overlaps=overlaps)
 
 
 def check_metric_sources(tasks: list[Task]) -> None:
@@ -160,7 +170,7 @@ def load_data(p: Plan, *, train: bool) -> Plan:
 
 
 def plan(cfg: DictConfig, *, train: bool = True) -> Plan:
-    return load_data(check(cfg), train=train)
+    return load_data(check(cfg, train=train), train=train)
 
 
 def inputs_of(cfg: DictConfig) -> list[str]:
@@ -296,6 +306,8 @@ def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInf
         "best_checkpoint": trained.best_checkpoint,
         "precision": p.precision,
     }
+    if p.overlaps:  # data.allow_overlap=true let these through
+        metrics["allowed_overlap"] = p.overlaps
     if trained.mixture is not None:
         metrics["mixture"] = trained.mixture
         rundir.write_json(out / rundir.MIXTURE, trained.mixture)

@@ -225,7 +225,9 @@ def test_an_empty_or_unreadable_mirror_file_is_an_error_naming_the_file(case, tm
     assert code == 2 and "Traceback" not in err
     assert f"Task 'rotten_tomatoes' reads split 'test' (for its test role) from {mirror / name}, {expected}" in err
     if "no rows" in expected:
-        assert "tasks.rotten_tomatoes.splits.test='validation[80%:]'" in err
+        # validation and test carved apart: the old hint, test='validation[80%:]', left them sharing those rows
+        assert "tasks.rotten_tomatoes.splits.validation='validation[:50%]' " \
+               "tasks.rotten_tomatoes.splits.test='validation[50%:]'" in err
     else:
         assert "Replace it with a good copy of the split" in err
     code, out, _ = cli("tasks", f"tasks_dir={FOLDER_PLUGIN}", f"data_dir={tmp_path / 'data'}")
@@ -237,7 +239,10 @@ def test_a_missing_mirror_split_hint_names_the_role_that_reads_it(cli, shared_da
     err = " ".join(err.split())
     assert code == 2 and "Traceback" not in err
     assert "needs split 'test' (read by its test role)" in err and "has no test.parquet" in err
-    assert "tasks.mlqa_hi_en.splits.test='validation[80%:]'" in err and "splits.train" not in err
+    # train (validation less the holdout) carved apart from test too: the old hint, test='validation[80%:]'
+    # alone, tested on training rows
+    assert "tasks.mlqa_hi_en.splits.train='validation[:80%]' tasks.mlqa_hi_en.splits.test='validation[80%:]'" in err
+    assert "splits.validation" not in err  # the holdout keeps validation apart
 
 
 def _rt_file(folder: Path, file_name: str = "rotten_tomatoes.yaml", **changes) -> Path:
