@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from flantune.errors import FlantuneError
 
 COMMANDS = {
     "tasks": "list every registered task (built-in and plugins)",
     "show": "render real examples of a task and measure their token lengths",
+    "validate": "check a task against its data: every template rendered on every row of its splits",
     "config": "print the resolved run configuration",
     "run": "fine-tune (full or LoRA) on a task or a mixture, then evaluate",
     "eval": "evaluate a base model or a finished run on a task or a mixture",
@@ -25,6 +27,9 @@ OPTIONS = {
     "show": "options: task=NAME (required), n=3, split=train|validation|test, data_dir=DIR, tasks_dir=DIR,\n"
             "  tokenizer=PATH, template=NAME, seed=0, stats_rows=2000\n"
             "  flantune show task=imdb n=3 split=train data_dir=../shared/data",
+    "validate": "options: task=NAME (several: task=[a,b]) or mixture=NAME, data_dir=DIR, tasks_dir=DIR,\n"
+                "  tasks.NAME.FIELD=... as for run (--config FILE too)\n"
+                "  flantune validate task=imdb data_dir=../shared/data",
     "config": "options: any config key (configs/defaults.yaml documents each), e.g. task=, model=, method=,\n"
               "  train.lr=; --config FILE adds a YAML file before them\n"
               "  flantune config task=imdb method=lora",
@@ -45,6 +50,7 @@ OPTIONS = {
 EPILOG = """examples:
   flantune tasks data_dir=../shared/data
   flantune show task=imdb n=3 split=train data_dir=../shared/data
+  flantune validate task=my_task tasks_dir=my_tasks data_dir=../shared/data
   flantune run task=imdb model=tiny data_dir=@sample train.max_steps=200
   flantune run task=imdb method=lora model=flan-t5-large train.lr=3e-4
 """
@@ -62,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         # SUPPRESS: unset here, the subcommand leaves alone the top-level `flantune --debug COMMAND`.
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
-        if name in ("run", "config", "eval", "compare"):
+        if name in ("run", "config", "validate", "eval", "compare"):
             p.add_argument("--config", action="append", default=[], metavar="FILE",
                            help="a YAML file of settings, applied before the key=value overrides (repeatable)")
         p.add_argument("options", nargs="*", metavar="key=value")
@@ -90,13 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args) or 0
     except FlantuneError as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback as well, and the same exit code: scripts tell bad input by it
+            traceback.print_exc()
         print(f"flantune {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        out = getattr(exc, "output_dir", None)  # errors.Interrupted: a run directory that resume=true continues
+        print(f"Interrupted: continue with {_resume_command(args, out)}" if out else "interrupted", file=sys.stderr)
         return 130
+
+
+def _resume_command(args: argparse.Namespace, out) -> str:
+    """The interrupted command line with resume=true output_dir=OUT in place of its own output_dir, resume and
+    overwrite options."""
+    import shlex
+
+    kept = [o for o in args.options if o.split("=", 1)[0].strip() not in ("output_dir", "resume", "overwrite")]
+    configs = [part for file in args.config for part in ("--config", file)]
+    return shlex.join(["flantune", args.command, *configs, *kept, "resume=true", f"output_dir={out}"])
 
 
 if __name__ == "__main__":

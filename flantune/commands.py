@@ -19,8 +19,14 @@ SHOW_DEFAULTS = {"task": None, "n": 3, "split": "train", "data_dir": None, "task
 def cmd_tasks(args: argparse.Namespace) -> int:
     from flantune.listing import print_tasks
 
+    from flantune.errors import FlantuneError
+
     opts = simple_options(args.options, TASKS_DEFAULTS, "tasks")
-    print_tasks(discover(opts["tasks_dir"]), resolve_data_dir(opts["data_dir"]))
+    registry = discover(opts["tasks_dir"])
+    print_tasks(registry, resolve_data_dir(opts["data_dir"]))
+    if registry.problems:  # listed with the tasks that loaded; a script sees the failure in the exit code
+        raise FlantuneError(f"{len(registry.problems)} task source(s) failed to load, listed above with the reason. "
+                            "Fix or remove them; the tasks in the table loaded.")
     return 0
 
 
@@ -40,6 +46,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from flantune.config import load_config
+    from flantune.engine import resolve_tasks
+    from flantune.validate import validate
+
+    # The tasks as `flantune run` resolves them: task=[a,b], mixture=, tasks.NAME.FIELD=... overrides, --config.
+    cfg = load_config(args.options, args.config)
+    validate(resolve_tasks(cfg), resolve_data_dir(cfg.data_dir))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from flantune.config import load_config, task_names, to_yaml
 
@@ -52,10 +69,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flantune.config import load_config
+    from flantune.config import input_files, load_config
     from flantune.engine import run
 
-    run(load_config(args.options, args.config))
+    run(load_config(args.options, args.config), input_files(args.options, args.config))
     return 0
 
 
@@ -79,11 +96,12 @@ def _pop(options: list[str], key: str) -> tuple[str | None, list[str]]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from flantune.compare import config_for, evaluate
     from flantune import rundir
+    from flantune.config import input_files
     from flantune.console import console
 
     model, _ = _pop(args.options, "model")
     cfg = config_for(args.options, args.config, [model] if model else [])
-    out = evaluate(cfg)
+    out = evaluate(cfg, input_files=input_files(args.options, args.config))
     metrics = rundir.read_json(out / rundir.METRICS)
     say = console()
     for task, scores in metrics["tasks"].items():
@@ -95,6 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from flantune.compare import compare, config_for, default_report_dir
+    from flantune.config import input_files
     from flantune.errors import FlantuneError
     from flantune.overrides import parse_value
 
@@ -110,7 +129,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out_opt, options = _pop(options, "output_dir")
     cfg = config_for(options, args.config, runs)
     out = Path(out_opt) if out_opt else default_report_dir(f"{Path(runs[0]).name}-compare")
-    html = compare(cfg, base, runs, out)
+    html = compare(cfg, base, runs, out, input_files(options, args.config))
     from flantune.console import console
 
     console().print(f"report: [bold]{html}[/] (and report.md, report.json)")

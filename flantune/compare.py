@@ -34,37 +34,49 @@ SYSTEM_FILE = "system.json"  # name and kind of a system in a report directory
 # ---- evaluation -------------------------------------------------------------------------------------------
 
 
-def evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False) -> Path:
-    """Evaluate cfg.model on cfg's tasks (their eval.split) and write an evaluation directory."""
-    return _evaluate(cfg, out, measured_together=measured_together)[0]
+def evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False,
+             input_files: list[str] = ()) -> Path:
+    """Evaluate cfg.model on cfg's tasks (their eval.split) and write an evaluation directory. `input_files` are
+    the files the config was read from (config.input_files), which overwrite=true must not delete."""
+    return _evaluate(cfg, out, measured_together=measured_together, input_files=input_files)[0]
 
 
-def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False) -> tuple[Path, Plan]:
+def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False,
+              input_files: list[str] = ()) -> tuple[Path, Plan]:
     """`evaluate`, and the plan it evaluated (its tasks and evaluation rows, which the baselines reuse)."""
-    from flantune.engine import check, inputs_of, load_data, make_evaluator
+    from flantune.engine import check, inputs_of, resolve_tasks, run_label
+
+    # The output directory first, before any library loads, and held until it is written.
+    out = Path(out or cfg.output_dir
+               or rundir.default_output_dir(cfg, run_label(cfg, resolve_tasks(cfg)), root="evals"))
+    with rundir.lock(out):
+        rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=[*inputs_of(cfg), *input_files])
+        return out, _evaluate_into(check(cfg, train=False), out, measured_together)
+
+
+def _evaluate_into(p: Plan, out: Path, measured_together: bool) -> Plan:
+    from flantune.engine import load_data, make_evaluator
     from flantune.modeling import count_parameters, load_model, load_tokenizer, model_label, prepare_for_training
 
-    p = check(cfg)
-    out = Path(out or cfg.output_dir or rundir.default_output_dir(cfg, p.label, root="evals"))
-    rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=inputs_of(cfg))
+    cfg = p.cfg
     load_data(p, train=False)
     tokenizer = load_tokenizer(cfg)
     evaluator = make_evaluator(p, tokenizer, cfg.eval.split)
     model = load_model(cfg, cfg.seed)
     model = prepare_for_training(model, p.precision, False).eval()  # the same attention path as training
     result = evaluator.run(model)
-    rundir.create(out, cfg, "evaluation")  # replaces it if overwrite=true: checked above
-    (out / rundir.CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
-    write_predictions(result, out / rundir.PREDICTIONS)
-    _, total = count_parameters(model)
-    rundir.write_json(out / rundir.METRICS, {
-        "split": cfg.eval.split, "tasks": result.metrics_by_task(), "score": result.score,
-        "model": {"name": str(cfg.model.name), "label": model_label(cfg), "path": cfg.model.path,
-                  "random_init": bool(cfg.model.random_init)},
-        "total_parameters": total, "eval": result.throughput(), "precision": p.precision,
-        "measured_together": measured_together,
-    })
-    return out, p
+    with rundir.replacing(out, cfg, "evaluation"):  # replaces it if overwrite=true: checked above
+        (out / rundir.CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
+        write_predictions(result, out / rundir.PREDICTIONS)
+        _, total = count_parameters(model)
+        rundir.write_json(out / rundir.METRICS, {
+            "split": cfg.eval.split, "tasks": result.metrics_by_task(), "score": result.score,
+            "model": {"name": str(cfg.model.name), "label": model_label(cfg), "path": cfg.model.path,
+                      "random_init": bool(cfg.model.random_init)},
+            "total_parameters": total, "eval": result.throughput(), "precision": p.precision,
+            "measured_together": measured_together,
+        })
+    return p
 
 
 # ---- systems ------------------------------------------------------------------------------------------------
@@ -204,17 +216,24 @@ def _training_record(system: System, run: Path) -> System:
     return system
 
 
-def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path) -> Path:
+def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path, input_files: list[str] = ()) -> Path:
     """Evaluate the base model and every fine-tuned run on the same machine, one after the other, add the
-    baselines, and write the report."""
+    baselines, and write the report (`input_files` as in `evaluate`)."""
     from flantune.engine import check, inputs_of
 
     models = [base, *finetuned]
     subs = [_with_model(cfg, model) for model in models]
-    for sub in subs:  # every model's source, before the first is evaluated
-        check(sub)
-    rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=[path for sub in subs for path in inputs_of(sub)])
-    rundir.create(out, cfg, "report")
+    with rundir.lock(out):
+        reads = [*input_files, *(path for sub in subs for path in inputs_of(sub))]
+        rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=reads)
+        for sub in subs:  # every model's source, before the first is evaluated
+            check(sub)
+        # An old report that overwrite=true replaces goes only when the new one is written.
+        with rundir.replacing(out, cfg, "report"):
+            return _compare_into(cfg, models, subs, out)
+
+
+def _compare_into(cfg: DictConfig, models: list[str], subs: list[DictConfig], out: Path) -> Path:
     systems = []
     for i, (model, sub) in enumerate(zip(models, subs)):
         path, p = _evaluate(sub, out / "evaluations" / f"{i}-{_slug(model)}", measured_together=True)
@@ -276,12 +295,14 @@ def report(dirs: list[str], cfg: DictConfig, out: Path | None) -> Path:
     else:
         systems = _distinct_names([system_from_dir(p) for p in paths], paths)
         out = Path(out or default_report_dir("-vs-".join(p.name for p in paths[:3])))
-    if rebuilt_in_place:
-        rundir.mark(out, "report")
-    else:
+    with rundir.lock(out):
+        if rebuilt_in_place:
+            rundir.mark(out, "report")
+            return write_report(systems, cfg, out)
         rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=paths)
-        rundir.create(out, cfg, "report")
-    return write_report(systems, cfg, out)
+        # A report that fails leaves no folder behind, and an old one that overwrite=true replaces stays.
+        with rundir.replacing(out, cfg, "report"):
+            return write_report(systems, cfg, out)
 
 
 def _distinct_names(systems: list[System], paths: list[Path]) -> list[System]:
@@ -305,6 +326,9 @@ def config_for(options: list[str], config_files: list[str], runs: list[str]) -> 
     # An evaluation never resumes, merges or mixes, whatever the run did (its mixing weights may name tasks a
     # task= option leaves out); the user's own options come after these.
     resets = ["resume=false", "merge=false", "compare=false", "mixing.scheme=proportional", "mixing.weights={}"]
+    given = {o.split("=", 1)[0].strip() for o in options}
+    if "task" in given and "mixture" not in given:
+        resets.append("mixture=null")  # task= evaluates those tasks of a mixture run, not the mixture
     cfg = load_config([*resets, *options], files)
     if not any(o.split("=", 1)[0].strip() == "output_dir" for o in options):
         OmegaConf.update(cfg, "output_dir", None, merge=False)

@@ -11,6 +11,7 @@ A group file is a partial run config: model groups may also set train.batch_size
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -74,7 +75,9 @@ class TrainCfg:
 class DataCfg:
     max_train_examples: Optional[int] = MISSING
     max_eval_examples: Optional[int] = MISSING
+    eval_seed: int = MISSING
     template_seed: int = MISSING
+    allow_overlap: bool = MISSING
 
 
 @dataclass
@@ -242,6 +245,11 @@ def _model_patch(value: Any, where: str) -> dict:
     if isinstance(value, dict):
         return {"model": value}
     name = str(value)
+    if not name.strip():
+        raise FlantuneError(
+            f"model= is empty ({where}). Give it one of {', '.join(group_options(MODELS_DIR))}, a local folder "
+            "(model=./my-model), a flantune run directory, or a hub id like google/flan-t5-base."
+        )
     if name in group_options(MODELS_DIR):
         return read_yaml(configs_root() / MODELS_DIR / f"{name}.yaml", "Model config")
     path = Path(name).expanduser()
@@ -308,20 +316,38 @@ def _set(cfg: DictConfig, key: str, value: Any, where: str) -> None:
         raise FlantuneError(_describe_omegaconf_error(exc, where)) from exc
 
 
+def _chosen(key: str, default: Any, files: list[tuple[str, dict]], pairs: list[tuple[str, Any]],
+            args: list[str]) -> tuple[Any, str]:
+    """The value of a group key (method, model, mixture) and where it was set: the last --config file or
+    key=value option that sets it."""
+    value, where = default, "configs/defaults.yaml"
+    for name, data in files:
+        if key in data:
+            value, where = data[key], f"--config {name}"
+    for (k, v), arg in zip(pairs, args):
+        if k == key:
+            value, where = v, f"command line {arg}"
+    return value, where
+
+
+def input_files(overrides: list[str] | None = None, config_files: list[str] | None = None) -> list[str]:
+    """The user's files a config is read from, which the config itself doesn't name: its --config files and its
+    mixture file with the files that includes (a run's inputs, which overwrite=true must not delete)."""
+    from flantune.mixture import mixture_files
+
+    args = overrides or []
+    files = [(str(f), read_yaml(Path(f), "Config file")) for f in (config_files or [])]
+    mixture, _ = _chosen("mixture", None, files, parse_overrides(args), args)
+    return [name for name, _ in files] + (mixture_files(str(mixture)) if mixture is not None else [])
+
+
 def load_config(overrides: list[str] | None = None, config_files: list[str] | None = None) -> DictConfig:
     args = overrides or []
     pairs = parse_overrides(args)  # one per arg; messages quote the arg as typed (3e-4, not its value 0.0003)
     files = [(str(f), read_yaml(Path(f), "Config file")) for f in (config_files or [])]
 
     def chosen(key: str, default: Any) -> tuple[Any, str]:
-        value, where = default, "configs/defaults.yaml"
-        for name, data in files:
-            if key in data:
-                value, where = data[key], f"--config {name}"
-        for (k, v), arg in zip(pairs, args):
-            if k == key:
-                value, where = v, f"command line {arg}"
-        return value, where
+        return _chosen(key, default, files, pairs, args)
 
     cfg = OmegaConf.structured(RunCfg)
     defaults = read_yaml(configs_root() / "defaults.yaml", "Default config")
@@ -333,13 +359,16 @@ def load_config(overrides: list[str] | None = None, config_files: list[str] | No
     if not isinstance(model, dict):
         cfg = _merge(cfg, _model_patch(model, where), f"model={model}")
     mixture, where = chosen("mixture", None)
+    mixture_tasks = None
     if mixture is not None:
         from flantune.mixture import mixture_patch
 
         mixture = str(mixture)
         source = f"configs/mixture/{mixture}.yaml" if mixture in group_options(MIXTURES_DIR) \
             else f"mixture file {Path(mixture).expanduser().resolve()}"
-        cfg = _merge(cfg, mixture_patch(mixture, where), source)
+        patch = mixture_patch(mixture, where)
+        cfg = _merge(cfg, patch, source)
+        mixture_tasks = (patch["task"], where)
 
     for name, data in files:
         data = dict(data)
@@ -357,8 +386,38 @@ def load_config(overrides: list[str] | None = None, config_files: list[str] | No
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise FlantuneError(f"The config leaves {', '.join(sorted(missing))} unset: give them a value.")
+    if mixture_tasks is not None and cfg.mixture is not None:
+        _check_task_with_mixture(cfg, *mixture_tasks, chosen("task", None)[1])
     validate(cfg)
     return cfg
+
+
+def _check_task_with_mixture(cfg: DictConfig, tasks: list[str], mixture_where: str, task_where: str) -> None:
+    """mixture= names the run's tasks: a task= that names others is a conflict, not an override (the run would
+    train those tasks and be recorded as the mixture). A run's own config.yaml holds both, and they agree."""
+    if task_names(cfg) == list(tasks):
+        return
+    raise FlantuneError(
+        f"mixture={cfg.mixture} ({mixture_where}) and task={', '.join(task_names(cfg))} ({task_where}) both name the "
+        f"run's tasks; the mixture's are {', '.join(tasks)}. Give one of them: drop task= to train the mixture, or "
+        "set mixture=null to train the tasks of task=."
+    )
+
+
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """Every number in the config, free-form mappings included, is finite: a NaN or infinite rate, clip or
+    epsilon passes every comparison-based check (nan < 0 is False) and trains a NaN model or switches a
+    feature off without a word."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        path = f"{prefix}{key}" if isinstance(node, dict) else f"{prefix.rstrip('.')}[{key}]"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FlantuneError(
+                f"Config key '{path}' is {value}; it must be a finite number. Give a number such as 1e-4 "
+                "(in YAML, .nan and .inf are not numbers a run can use)."
+            )
+        if isinstance(value, (dict, list)):
+            _check_finite(value, path + ".")
 
 
 def check_choice(cfg: DictConfig, key: str, options: tuple[str, ...]) -> None:
@@ -380,6 +439,7 @@ def _at_least(cfg: DictConfig, key: str, minimum: float, allow_none: bool = Fals
 def validate(cfg: DictConfig) -> None:
     from flantune.task import ROLES
 
+    _check_finite(OmegaConf.to_container(cfg, resolve=True))
     check_choice(cfg, "precision", PRECISIONS)
     check_choice(cfg, "eval.classify", CLASSIFY)
     check_choice(cfg, "eval.rank_score", RANK_SCORES)
@@ -390,7 +450,7 @@ def validate(cfg: DictConfig) -> None:
     for key, minimum in (("train.batch_size", 1), ("train.grad_accum", 1), ("eval.batch_size", 1),
                          ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1),
                          ("train.epochs", 0), ("train.weight_decay", 0), ("train.max_grad_norm", 0),
-                         ("train.num_workers", 0), ("data.template_seed", 0)):
+                         ("train.num_workers", 0), ("data.template_seed", 0), ("data.eval_seed", 0)):
         _at_least(cfg, key, minimum)
     for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps", "train.save_total_limit",
                 "train.packed_input_length", "train.packed_label_length", "train.packed_rows_per_batch"):

@@ -1,9 +1,10 @@
 """A task's rows for one role (train / validation / test), checked and rendered to text.
 
 `load_rows` selects the rows (slicing, holdout, filter, example cap) and checks them against the
-task before any heavy work: every name a template reads must be a column, every label must be a
-choice, and the split must not be empty. `render_row` turns one row into the prompt, the target,
-the gold references and the label.
+task before any heavy work: every name a template reads must be a column, every template must render
+on every selected row, every label must be a choice, and the split must not be empty. `render_row`
+turns one row into the prompt, the target, the gold references and the label; a row it can't take is
+an error naming the row, the template (or field) and, from load_rows, the split.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from flantune import templates
-from flantune.errors import FlantuneError
-from flantune.sources import load_split
-from flantune.splits import check_split_syntax, select_rows
+from flantune.errors import FlantuneError, first_line
+from flantune.sources import carve_hint, load_split, mirror_sizes
+from flantune.splits import check_split_syntax, describe_rows, select_rows, shared_rows
 from flantune.task import ROLES, Task, Template
 
 ID = "_id"  # the column that carries an example's id through every step
@@ -36,14 +37,22 @@ def resolve_spec(task: Task, role: str) -> str:
 
 
 @lru_cache(maxsize=32)
-def _preprocess_fn(dotted: str) -> Callable[[dict], dict]:
+def _import_hook(dotted: str) -> Callable[[dict], dict]:
     module, _, name = dotted.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    if not callable(fn):
+        raise TypeError(f"{module}.{name} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def _preprocess_fn(task: Task) -> Callable[[dict], dict]:
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
+        return _import_hook(task.preprocess)
+    except Exception as exc:  # ImportError, AttributeError, TypeError, or whatever the module raises on import
         raise FlantuneError(
-            f"The preprocessing hook '{dotted}' can't be imported ({exc}). It must be 'package.module:function' "
-            "importable from this Python environment."
+            f"Task '{task.name}' ({task.origin}): its preprocessing hook preprocess: '{task.preprocess}' can't be "
+            f"used ({type(exc).__name__}: {first_line(exc)}). It must name a function 'package.module:function' "
+            "importable from this Python environment, which takes a row (a dict) and returns one."
         ) from exc
 
 
@@ -52,7 +61,7 @@ def preprocess_digest(task: Task) -> str:
     hook invalidates the filtered and tokenised rows cached from its old version."""
     if task.preprocess is None:
         return ""
-    fn = _preprocess_fn(task.preprocess)
+    fn = _preprocess_fn(task)
     try:
         source = Path(inspect.getsourcefile(fn) or "").read_bytes()
     except (OSError, TypeError):  # built-in or without a file: the dotted path is all there is
@@ -60,13 +69,55 @@ def preprocess_digest(task: Task) -> str:
     return f"{task.preprocess}|{hashlib.sha256(source).hexdigest()}"
 
 
+class RowError(FlantuneError):
+    """A row that the task can't take: its preprocessing hook, filter, a template or its label fails on it.
+    `in_split` names the split too, where the caller knows it."""
+
+    def __init__(self, task: Task, place: str, row: dict[str, Any], exc: Exception):
+        self.task, self.place, self.row_id, self.cause = task, place, row.get(ID), exc
+        super().__init__(self._text(""))
+
+    def _text(self, split: str) -> str:
+        cause = self.cause if isinstance(self.cause, FlantuneError) else f"{type(self.cause).__name__}: {self.cause}"
+        where = f" on row {self.row_id}" if self.row_id is not None else " on a row"
+        if isinstance(self.cause, templates.Refused):
+            fix = ""
+        elif self.place.startswith("the preprocessing hook"):
+            fix = " Fix the hook, or drop such rows with the task's filter."
+        elif self.place.startswith("label_column"):
+            fix = " A label must be the integer id of a choice: fix the data, or drop such rows with the task's filter."
+        else:
+            fix = (" Fix the task file (a template can give a missing value a default: {{ text or '' }}), or drop "
+                   "such rows with its filter (e.g. filter: \"text is not none\").")
+        return (f"Task '{self.task.name}' ({self.task.origin}): {self.place} fails{where}{split}: "
+                f"{str(cause).rstrip('.')}.{fix} `flantune validate task={self.task.name}` checks every row.")
+
+    def in_split(self, role: str, spec: str) -> FlantuneError:
+        return FlantuneError(self._text(f" of the {role} split (splits.{role}: {spec})"))
+
+
+def _step(task: Task, place: str, row: dict[str, Any], fn: Callable, *args):
+    """fn(*args), any failure a RowError naming `place` and the row."""
+    try:
+        return fn(*args)
+    except RowError:
+        raise
+    except Exception as exc:  # jinja2.UndefinedError, TypeError, templates.Refused, the hook's own errors, ...
+        raise RowError(task, place, row, exc) from exc
+
+
+def _hook_output(task: Task, row: dict[str, Any]) -> dict[str, Any]:
+    out = _preprocess_fn(task)(dict(row))
+    if not isinstance(out, dict):
+        raise TypeError(f"it must return a dict, not a {type(out).__name__}")
+    return out
+
+
 def apply_preprocess(task: Task, row: dict[str, Any]) -> dict[str, Any]:
     if task.preprocess is None:
         return row
-    out = _preprocess_fn(task.preprocess)(dict(row))
-    if not isinstance(out, dict):
-        raise FlantuneError(f"The preprocessing hook '{task.preprocess}' of task '{task.name}' must return a dict.")
-    return out
+    _preprocess_fn(task)  # a hook that can't be imported is the task's error, not one row's
+    return _step(task, f"the preprocessing hook '{task.preprocess}'", row, _hook_output, task, row)
 
 
 def template_context(task: Task, row: dict[str, Any]) -> dict[str, Any]:
@@ -82,15 +133,27 @@ def template_context(task: Task, row: dict[str, Any]) -> dict[str, Any]:
 
 def render_row(task: Task, row: dict[str, Any], template: Template) -> dict[str, Any]:
     """prompt, target, references (gold texts) and label (-1 unless classification) of one row."""
-    ctx = template_context(task, apply_preprocess(task, row))
-    target = templates.render(task.target_template(template), ctx)
+    return _render(task, row, template_context(task, apply_preprocess(task, row)), template)
+
+
+def _render(task: Task, row: dict[str, Any], ctx: dict[str, Any], template: Template) -> dict[str, Any]:
+    """render_row, given the row's template context; a failure names the template (or field) and the row."""
+    place = f"template '{template.name}'"
+    prompt = _step(task, f"{place} (input)", row, templates.render, template.input, ctx)
+    target = _step(task, "target" if task.target and not template.target else f"{place} (target)", row,
+                   templates.render, task.target_template(template), ctx)
     if task.references:
-        refs = templates.evaluate(task.references, ctx)
-        refs = [refs] if isinstance(refs, str) else [str(r) for r in refs]
+        refs = _step(task, "references", row, _references, task.references, ctx)
     else:
         refs = [target]
-    label = int(row[task.label_column]) if task.is_classification else -1
-    return {"input": templates.render(template.input, ctx), "target": target, "references": refs, "label": label}
+    label = _step(task, f"label_column '{task.label_column}'", row, int, row[task.label_column]) \
+        if task.is_classification else -1
+    return {"input": prompt, "target": target, "references": refs, "label": label}
+
+
+def _references(expression: str, ctx: dict[str, Any]) -> list[str]:
+    refs = templates.evaluate(expression, ctx)
+    return [refs] if isinstance(refs, str) else [str(r) for r in refs]
 
 
 def _names_read(task: Task) -> dict[str, set[str]]:
@@ -114,7 +177,8 @@ def _names_read(task: Task) -> dict[str, set[str]]:
 
 
 def check_columns(task: Task, columns: list[str], example: dict[str, Any] | None = None) -> None:
-    """Every name the task reads must be a column; then every template must render on `example`."""
+    """Every name the task reads must be a column (or, for what renders, one the preprocessing hook adds to
+    `example`); check_rows then renders the templates on every row."""
     available = set(columns) | set(EXTRA_NAMES)
     if example is not None and task.preprocess:
         available |= set(apply_preprocess(task, example))
@@ -130,18 +194,26 @@ def check_columns(task: Task, columns: list[str], example: dict[str, Any] | None
                 f"Task '{task.name}' ({task.origin}): {place} reads column '{missing[0]}', which the data does not "
                 f"have. Columns available: {', '.join(sorted(columns))}. {fix}"
             )
-    if example is None:
-        return
-    for t in task.templates:
-        try:
-            render_row(task, example, t)
-        except FlantuneError:
-            raise
-        except Exception as exc:  # jinja2.UndefinedError, TypeError, ...
-            raise FlantuneError(
-                f"Task '{task.name}' ({task.origin}): template '{t.name}' fails on a real row: "
-                f"{type(exc).__name__}: {exc}. Columns available: {', '.join(sorted(columns))}."
-            ) from exc
+
+
+ROWS_PER_BAR = 5000  # a split this large shows a progress bar while its rows are checked
+
+
+def check_rows(task: Task, dataset, role: str = "") -> int:
+    """Every template (input and target), the references and the label on every row of `dataset`: a failure
+    is a RowError naming the row and the template. Returns the number of rows checked."""
+    from rich.progress import track
+
+    from flantune.console import console
+
+    batches = dataset.iter(batch_size=1000)
+    rows = (dict(zip(batch, values)) for batch in batches for values in zip(*batch.values()))
+    for row in track(rows, total=len(dataset), description=f"{task.name}: check {role} rows",
+                     console=console(stderr=True), transient=True, disable=len(dataset) < ROWS_PER_BAR):
+        ctx = template_context(task, apply_preprocess(task, row))
+        for template in task.templates:
+            _render(task, row, ctx, template)
+    return len(dataset)
 
 
 def column(dataset, name: str) -> np.ndarray:
@@ -183,6 +255,13 @@ def _split_with_ids(task: Task, split: str, data_dir: Path | None):
 
 def load_rows(task: Task, role: str, data_dir: Path | None, *, max_examples: int | None = None, seed: int = 0):
     """The checked rows of `role`, each with an `_id`; a seeded subset of `max_examples` rows, in order."""
+    try:
+        return _load_rows(task, role, data_dir, max_examples=max_examples, seed=seed)
+    except RowError as exc:  # a row the task can't take: name its split too
+        raise exc.in_split(role, task.splits[role]) from exc
+
+
+def _load_rows(task: Task, role: str, data_dir: Path | None, *, max_examples: int | None, seed: int):
     import datasets
 
     spec = resolve_spec(task, role)
@@ -212,13 +291,17 @@ def load_rows(task: Task, role: str, data_dir: Path | None, *, max_examples: int
     if max_examples is not None and max_examples < len(dataset):
         picked = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_examples, replace=False))
         dataset = dataset.select(picked)
+    # Every row the command will use, before any heavy work: a template that fails on row 3 is an error naming
+    # the row now, not a traceback after tokenising (or loading a model).
+    check_rows(task, dataset, role)
     check_labels(task, dataset, role)
     return dataset
 
 
 def _keep_row(row: dict[str, Any], task: Task) -> bool:
     # The filter sees what the templates see: the row after the preprocessing hook.
-    return bool(templates.evaluate(task.filter, template_context(task, apply_preprocess(task, row))))
+    ctx = template_context(task, apply_preprocess(task, row))
+    return bool(_step(task, "filter", row, templates.evaluate, task.filter, ctx))
 
 
 def _empty(task: Task, role: str, spec: str, data_dir: Path | None) -> FlantuneError:
@@ -227,4 +310,35 @@ def _empty(task: Task, role: str, spec: str, data_dir: Path | None) -> FlantuneE
     return FlantuneError(
         f"Task '{task.name}': the {role} split '{spec}' of {where} has no rows{extra}. "
         f"Pick a non-empty split with tasks.{task.name}.splits.{role}=..."
+    )
+
+
+def split_overlaps(task: Task, data_dir: Path | None) -> list[tuple[str, str, str, np.ndarray]]:
+    """Where the task's training rows are also validation or test rows, as (role, other role, split, rows): from the
+    split specs, the holdout and the splits' sizes (a mirror's file metadata; a hub split that two roles read is
+    loaded, as the run would). Row ranges, not ids: ids repeat across splits (PAWS numbers each split from 1)."""
+    read = {role: check_split_syntax(task.splits[role]) for role in ROLES}
+    shared = {s for s in read["train"] if s in read["validation"] or s in read["test"]}
+    if not shared:
+        return []
+    if data_dir is not None:
+        sizes = {k: v for k, v in mirror_sizes(task, Path(data_dir)).items() if v is not None}
+    else:
+        sizes = {s: len(load_split(task, s, None)) for s in shared}
+    return shared_rows(dict(task.splits), task.holdout, sizes)
+
+
+def check_overlap(task: Task, data_dir: Path | None, *, allow: bool) -> list[str]:
+    """A run never trains on its own evaluation rows unless data.allow_overlap=true says so: the overlaps found
+    (recorded in metrics.json where they are allowed), or a FlantuneError that says how to carve the roles apart."""
+    overlaps = split_overlaps(task, data_dir)
+    found = [f"its {a} and {b} roles both read {describe_rows(rows)} of split '{split}' ({a} '{task.splits[a]}', "
+             f"{b} '{task.splits[b]}')" for a, b, split, rows in overlaps]
+    if not found or allow:
+        return found
+    hint = carve_hint(task, {role for a, b, _, _ in overlaps for role in (a, b)}, data_dir)
+    raise FlantuneError(
+        f"Task '{task.name}' would train on rows it evaluates on: {'; '.join(found)}. Its scores would not measure "
+        f"held-out data. Carve the roles apart{', e.g. ' + hint if hint else ' with the hub slicing syntax'}, or set "
+        "data.allow_overlap=true to train on them anyway (recorded in metrics.json and the report)."
     )

@@ -29,13 +29,14 @@ from flantune.distributed import (
     sharded_parameters,
     world_size,
 )
-from flantune.errors import FlantuneError, did_you_mean
+from flantune.errors import FlantuneError, Interrupted, did_you_mean
 from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_predictions
 from flantune.modeling import (
     T5_FAMILY,
     ModelInfo,
     apply_method,
     check_lora_targets,
+    check_model_files,
     check_model_source,
     config_model_type,
     count_parameters,
@@ -63,6 +64,7 @@ class Plan:
     model_type: str
     cuda_graphs: bool = False
     rows: dict[tuple[str, str], Any] = field(default_factory=dict)  # (task, role) -> checked rows
+    overlaps: dict[str, list[str]] = field(default_factory=dict)  # task -> train rows also evaluated on (allowed)
 
 
 def resolve_tasks(cfg: DictConfig) -> list[Task]:
@@ -87,8 +89,9 @@ def run_label(cfg: DictConfig, tasks: list[Task]) -> str:
     return f"mix{len(tasks)}"
 
 
-def check(cfg: DictConfig) -> Plan:
-    """The checks that need no data: tasks exist, the model source exists, the precision is allowed."""
+def check(cfg: DictConfig, *, train: bool = True) -> Plan:
+    """The checks that need no data: tasks exist, the model source exists, the precision is allowed; for
+    training, the train split's rows are none of the validation or test split's."""
     tasks = resolve_tasks(cfg)  # the mixing settings were checked with the config (config.validate)
     data_dir = resolve_data_dir(cfg.data_dir)
     check_model_source(cfg)
@@ -99,6 +102,13 @@ def check(cfg: DictConfig) -> Plan:
             f"sequence-to-sequence models ({', '.join(T5_FAMILY)}), e.g. model=flan-t5-base or a FLAN-T5 "
             "save_pretrained folder."
         )
+    check_model_files(cfg)
+    overlaps = {}
+    if train:
+        from flantune.data import check_overlap
+
+        overlaps = {t.name: found for t in tasks
+                    if (found := check_overlap(t, data_dir, allow=bool(cfg.data.allow_overlap)))}
     check_lora_targets(cfg)
     check_metric_sources(tasks)
     precision = resolve_precision(cfg, model_type)
@@ -132,7 +142,7 @@ def check(cfg: DictConfig) -> Plan:
     graphs = cuda_graphs.resolve(cfg.train.cuda_graphs, precision=precision, processes=world_size(),
                                  gradient_checkpointing=cfg.gradient_checkpointing, compile_blocks=cfg.train.compile)
     return Plan(cfg=cfg, tasks=tasks, label=run_label(cfg, tasks), data_dir=data_dir, precision=precision,
-                model_type=model_type, cuda_graphs=graphs)
+                model_type=model_type, cuda_graphs=graphs, overlaps=overlaps)
 
 
 def fit_tasks(cfg: DictConfig, tasks: list[Task]) -> list[Task]:
@@ -162,17 +172,21 @@ def load_data(p: Plan, *, train: bool) -> Plan:
     roles = (["train", "validation"] if train else []) + [cfg.eval.split]
     for task in p.tasks:
         for role in dict.fromkeys(roles):
-            limit = cfg.data.max_train_examples if role == "train" else cfg.data.max_eval_examples
-            p.rows[(task.name, role)] = load_rows(task, role, p.data_dir, max_examples=limit, seed=cfg.seed)
+            if role == "train":
+                limit, seed = cfg.data.max_train_examples, cfg.seed
+            else:  # the same rows whatever the run's seed, so that runs of different seeds compare
+                limit, seed = cfg.data.max_eval_examples, cfg.data.eval_seed
+            p.rows[(task.name, role)] = load_rows(task, role, p.data_dir, max_examples=limit, seed=seed)
     return p
 
 
 def plan(cfg: DictConfig, *, train: bool = True) -> Plan:
-    return load_data(check(cfg), train=train)
+    return load_data(check(cfg, train=train), train=train)
 
 
 def inputs_of(cfg: DictConfig) -> list[str]:
-    """The local paths a command reads, which its output directory must not hold when overwrite=true deletes it."""
+    """The local paths a command reads, which its output directory must not hold when overwrite=true deletes it
+    (besides the files the config is read from: config.input_files)."""
     from flantune.modeling import adapter_base, is_local_path
 
     model = str(cfg.model.path) if cfg.model.path else None
@@ -201,17 +215,34 @@ def make_evaluator(p: Plan, tokenizer, role: str) -> Evaluator:
                      rank_score=cfg.eval.rank_score, batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams, autocast=autocast_for(p.precision))
 
 
-def run(cfg: DictConfig) -> Path:
-    """Train, evaluate and write the run directory; returns its path."""
+def run(cfg: DictConfig, input_files: list[str] = ()) -> Path:
+    """Train, evaluate and write the run directory; returns its path. `input_files` are the files the config was
+    read from (config.input_files), which overwrite=true must not delete."""
+    with contextlib.ExitStack() as held:
+        # First, before any library loads: one process decides the run directory (a default one is
+        # time-stamped) and holds its lock for the run's life; the others use it.
+        label = run_label(cfg, resolve_tasks(cfg))
+        out = on_main_then_share(lambda: rundir.claim(cfg, label, [*inputs_of(cfg), *input_files], held))
+        if cfg.resume and rundir.finished(out):
+            console().print(f"{out} is a finished run ({rundir.METRICS} is written): nothing to resume. Its results "
+                            "stay as they are; to train again, use overwrite=true or another output_dir.",
+                            highlight=False)
+            return out
+        try:
+            return _train(cfg, out)
+        except KeyboardInterrupt as exc:
+            if rundir.is_run_dir(out):  # made, with its config: resume=true continues it
+                raise Interrupted(out) from exc
+            raise
+
+
+def _train(cfg: DictConfig, out: Path) -> Path:
     p = check(cfg)
     check_optimizer_installed(cfg.train.optim)  # here, not in check: evaluating a run needs no optimizer
-    # One process decides the run directory (a default one is time-stamped) and the others use it.
-    out = on_main_then_share(lambda: rundir.check(cfg, p.label, reads=inputs_of(cfg)))
     prep_started = time.perf_counter()
     with main_first():  # the first process fills the datasets cache, the others read it
         load_data(p, train=True)
     prep_seconds = time.perf_counter() - prep_started
-    on_main_then_share(lambda: _create_run_dir(out, cfg))
     started = time.perf_counter()
 
     from transformers import set_seed
@@ -229,6 +260,8 @@ def run(cfg: DictConfig) -> Path:
         final_evaluator = validation if cfg.eval.split == "validation" else make_evaluator(p, tokenizer, cfg.eval.split)
     prep_seconds += time.perf_counter() - prep_started  # reading, checking and tokenising every split
     model = load_model(cfg, cfg.seed, train=True)
+    # Only now, checks passed and model loaded, is an old run that overwrite=true replaces deleted.
+    on_main_then_share(lambda: _create_run_dir(out, cfg))
     if cfg.method == "lora" and cfg.model.random_init and is_main():
         # A random base can't be downloaded again: keep it beside the adapter so PeftModel can load both.
         model.save_pretrained(out / rundir.BASE_MODEL)
@@ -284,6 +317,8 @@ def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInf
         "best_checkpoint": trained.best_checkpoint,
         "precision": p.precision,
     }
+    if p.overlaps:  # data.allow_overlap=true let these through
+        metrics["allowed_overlap"] = p.overlaps
     if trained.mixture is not None:
         metrics["mixture"] = trained.mixture
         rundir.write_json(out / rundir.MIXTURE, trained.mixture)

@@ -12,6 +12,14 @@ class FlantuneError(Exception):
     exit_code = 2
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a run was writing `output_dir`: the command line says how to continue it."""
+
+    def __init__(self, output_dir) -> None:
+        super().__init__(str(output_dir))
+        self.output_dir = output_dir
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name where the message is empty): enough to
     say what went wrong inside a one-paragraph error."""

@@ -100,10 +100,7 @@ def _expand(name: str, chain: tuple[str, ...]) -> tuple[list[str], dict[str, flo
     tasks: list[str] = []
     weights: dict[str, float] = {}
     for included in data.get("include") or []:
-        included = str(included)
-        if included.endswith((".yaml", ".yml")) and not Path(included).is_absolute():
-            included = str(Path(key).parent / included)  # relative to the including file
-        more, w = expand_mixture(included, (*chain, key))
+        more, w = expand_mixture(_included(str(included), key), (*chain, key))
         tasks.extend(more)
         weights.update(w)
     raw = data.get("tasks") or []
@@ -114,6 +111,24 @@ def _expand(name: str, chain: tuple[str, ...]) -> tuple[list[str], dict[str, flo
     if not tasks:
         raise FlantuneError(f"Mixture '{name}' ({key}) names no tasks: give it tasks or include.")
     return list(dict.fromkeys(tasks)), weights, data
+
+
+def _included(name: str, by: str) -> str:
+    """A mixture an include list names: a relative file path is relative to the including file `by`."""
+    if name.endswith((".yaml", ".yml")) and not Path(name).is_absolute():
+        return str(Path(by).parent / name)
+    return name
+
+
+def mixture_files(name: str, chain: tuple[str, ...] = ()) -> list[str]:
+    """The file of mixture `name` and those it includes: inputs of a run, which overwrite=true must not delete."""
+    key = str(_mixture_file(name))
+    if key in chain:  # a cycle, which expand_mixture reports
+        return []
+    files = [key]
+    for included in _read_mixture(name).get("include") or []:
+        files.extend(mixture_files(_included(str(included), key), (*chain, key)))
+    return files
 
 
 def mixture_patch(name: str, where: str) -> dict:

@@ -3,7 +3,10 @@ full fine-tuning or LoRA (peft) through the same code path; the precision it tra
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +36,65 @@ def model_label(cfg: DictConfig) -> str:
     return f"{m.name} (random init)" if m.random_init else str(m.name)
 
 
+# flantune's default output folders: runs/NAME is a run directory, never a hub id.
+OUTPUT_ROOTS = ("runs", "evals", "reports")
+
+
 def is_local_path(path: str) -> bool:
-    """A folder on this machine (a path, or a name that exists here), not a hub id."""
-    return path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
+    """A path on this machine, not a hub id ORG/NAME: it exists here, is written as a path (./, ../, /, ~), starts in
+    a folder that exists here or in flantune's output folders (runs/...), or is no valid hub id (more than one
+    '/', a space, ...: huggingface_hub's own rule). Such a value that doesn't exist is a mistyped path, said at once
+    rather than after retrying the hub."""
+    if not path:
+        return False
+    if path.startswith((".", "/", "~")) or Path(path).expanduser().exists():
+        return True
+    first, sep, _ = path.partition("/")
+    if sep and (first in OUTPUT_ROOTS or Path(first).expanduser().is_dir()):
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return True
+    return False
+
+
+@lru_cache(maxsize=1)
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub can't be reached, or None where it answers (or where HF_HUB_OFFLINE is set: then
+    the local cache is all there is). Asked once per process, with huggingface_hub's own session, endpoint and
+    timeout; an unreachable hub switches huggingface_hub (and datasets) to offline mode, so that every later load
+    reads the cache at once instead of retrying each file for half a minute."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.is_offline_mode():
+        return None
+    try:
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - httpx's connection, timeout and proxy errors alike
+        constants.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"  # for datasets, if it is imported later
+        if "datasets.config" in sys.modules:
+            sys.modules["datasets.config"].HF_HUB_OFFLINE = True
+        return f"at {constants.ENDPOINT} can't be reached ({first_line(exc)})"
+    return None
+
+
+def _offline_why() -> str:
+    why = hub_unreachable()
+    return f" The Hugging Face hub {why}: only models in the local cache load." if why else ""
 
 
 def _load_target(path: str) -> str:
-    """What from_pretrained is given: a local folder with ~ expanded, else the hub id as is."""
-    return str(Path(path).expanduser()) if is_local_path(path) else path
+    """What from_pretrained is given: a local folder with ~ expanded, else the hub id as is (the hub asked once
+    whether it answers)."""
+    if is_local_path(path):
+        return str(Path(path).expanduser())
+    hub_unreachable()
+    return path
 
 
 def adapter_base(path: str) -> str | None:
@@ -99,6 +153,8 @@ def load_tokenizer(cfg: DictConfig):
     try:
         return load(name)
     except FlantuneError as exc:
+        if name is not None and is_local_path(str(name)):
+            raise  # a local folder's problem: the hub has nothing to do with it
         raise FlantuneError(f"{exc} {OFFLINE_HINT}") from exc
 
 
@@ -121,10 +177,10 @@ def model_config(cfg: DictConfig):
     if m.path is None:
         return T5Config(**arch)
     try:
-        return AutoConfig.from_pretrained(adapter_base(str(m.path)) or _load_target(str(m.path)), **arch)
+        return AutoConfig.from_pretrained(_load_target(adapter_base(str(m.path)) or str(m.path)), **arch)
     except OSError as exc:
         raise FlantuneError(
-            f"Could not load the config of model '{m.path}' ({first_line(exc)}). {OFFLINE_HINT}"
+            f"Could not load the config of model '{m.path}' ({first_line(exc)}).{_offline_why()} {OFFLINE_HINT}"
         ) from exc
 
 
@@ -165,7 +221,7 @@ def load_model(cfg: DictConfig, seed: int, *, train: bool = False):
         elif base_name := adapter_base(str(m.path)):  # a LoRA run's model/: the base model plus the adapter
             from peft import PeftModel
 
-            base = AutoModelForSeq2SeqLM.from_pretrained(base_name)
+            base = AutoModelForSeq2SeqLM.from_pretrained(_load_target(base_name))
             model = PeftModel.from_pretrained(base, str(Path(str(m.path)).expanduser()),
                                               is_trainable=train and cfg.method == "lora")
             if train and cfg.method == "full":
@@ -173,7 +229,8 @@ def load_model(cfg: DictConfig, seed: int, *, train: bool = False):
         else:
             model = AutoModelForSeq2SeqLM.from_pretrained(_load_target(str(m.path)))
     except OSError as exc:
-        raise FlantuneError(f"Could not load model '{m.path}' ({first_line(exc)}). {OFFLINE_HINT}") from exc
+        raise FlantuneError(f"Could not load model '{m.path}' ({first_line(exc)}).{_offline_why()} {OFFLINE_HINT}") \
+            from exc
     except ValueError as exc:
         raise FlantuneError(
             f"'{m.path}' is not a sequence-to-sequence model that AutoModelForSeq2SeqLM can load ({exc}). "
@@ -243,6 +300,35 @@ def check_lora_targets(cfg: DictConfig) -> None:
         raise FlantuneError(
             f"lora.target_modules names {', '.join(missing)}, which this {config.model_type} model has no modules "
             f"called. Its linear layers are: {', '.join(linear)} (e.g. \"lora.target_modules=[q,v]\")."
+        )
+
+
+def check_model_files(cfg: DictConfig) -> None:
+    """Before any data is read: every safetensors file of a local model folder opens (its header is read, not its
+    weights), and the tokenizer loads and fits the model's vocabulary (an id past vocab_size fails in the
+    embedding, mid-training)."""
+    m = cfg.model
+    if m.path is not None and not m.random_init and is_local_path(str(m.path)):
+        from safetensors import safe_open
+
+        for path in sorted(Path(str(m.path)).expanduser().glob("*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - safetensors' SafetensorError, OSError
+                raise FlantuneError(
+                    f"Model folder '{m.path}': {path.name} can't be read as safetensors ({first_line(exc)}): the file "
+                    "is cut short or corrupt. Copy or save the model again (save_pretrained), or give another model=."
+                ) from exc
+    tokenizer = load_tokenizer(cfg)
+    vocab = model_config(cfg).vocab_size
+    if len(tokenizer) > vocab:
+        shipped = "the FLAN-T5 tokenizer shipped with flantune"
+        name = m.tokenizer or (m.path if m.path and not m.random_init else shipped)
+        raise FlantuneError(
+            f"The model's vocab_size is {vocab}, but its tokenizer ({name}) has {len(tokenizer):,} tokens: ids from "
+            f"{vocab} on have no embedding. Set model.architecture.vocab_size to at least {len(tokenizer)} (FLAN-T5 "
+            "uses 32128), or give model.tokenizer a tokenizer of the model's vocabulary."
         )
 
 

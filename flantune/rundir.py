@@ -10,21 +10,29 @@
     base_model/            the random-init base of a LoRA run (only when it can't be downloaded again)
     checkpoints/           the trainer's checkpoints (resume=true continues from the last complete one)
     .flantune              the mark of a directory flantune made: the only kind overwrite=true replaces
+
+A command holds its output directory's lock (`claim`, `lock`) for its whole life, so a second command on
+the same directory is refused; overwrite=true moves the old directory aside and deletes it only once the
+new one is in place (`replacing`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from flantune.errors import FlantuneError
+from flantune.errors import FlantuneError, first_line
 
 CONFIG, METRICS, LOG_HISTORY, MIXTURE = "config.yaml", "metrics.json", "log_history.json", "mixture.json"
 PREDICTIONS, MODEL, MERGED, BASE_MODEL, CHECKPOINTS = "predictions", "model", "merged", "base_model", "checkpoints"
@@ -46,6 +54,9 @@ def _as_made(saved: DictConfig) -> DictConfig:
         tasks = saved.get("task")  # which is what auto still is but for a mixture's grouped or packed batches
         mixture = OmegaConf.is_list(tasks) and len(set(tasks)) > 1
         train.micro_batches = 1 if mixture and train.get("sampling") != "random" else "auto"
+    data = saved.get("data")
+    if isinstance(data, DictConfig) and "eval_seed" not in data:  # evaluation subsets were drawn with the run's seed
+        data.eval_seed = saved.get("seed")
     if "lr_scheduler_kwargs" not in train:
         train.lr_scheduler_kwargs = {}
     if "packed_rows_per_batch" not in train and train.get("sampling") == "packed":
@@ -86,37 +97,81 @@ def mark(path: Path, kind: str) -> None:
 
 
 def check_output_dir(out: Path, *, overwrite: bool, reads: Iterable[Any] = (), instead: str = "") -> None:
-    """An output directory that can be written: not a file, and existing only if overwrite=true may replace
-    it, which needs flantune to have made it and nothing the command reads (its model, data, the working
-    directory) to lie inside it."""
+    """An output directory that can be written: not a file, a path the file system takes, in a folder that can be
+    written, and existing only if overwrite=true may replace it, which needs flantune to have made it, not
+    through a symbolic link, and nothing the command reads (its model, data, config and mixture files, the
+    working directory) to lie inside it."""
+    _check_names(out)
     for folder in (out, *out.parents):
         if folder.exists() and not folder.is_dir():
             raise FlantuneError(f"output_dir={out} can't be a directory: {folder} is a file. Choose another "
                                 "output_dir.")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise FlantuneError(f"The output directory {out} already exists and is not empty. {instead}Use "
-                            f"overwrite=true to replace it, or another output_dir.")
-    if not made_by_flantune(out):
+    if out.is_symlink() and (overwrite or not out.exists()):
         raise FlantuneError(
-            f"overwrite=true would delete {out}, which flantune did not make (no {MARK} mark, no flantune "
-            f"{CONFIG}); refusing. Choose another output_dir."
+            f"output_dir={out} is a symbolic link (to {os.readlink(out)})"
+            f"{'' if out.exists() else ', whose target does not exist'}; flantune writes and replaces directories, "
+            "not links. Give the directory itself as output_dir."
         )
-    inside = out.resolve()
-    for path in (Path.cwd(), *(Path(str(r)).expanduser() for r in reads if r)):
-        resolved = path.resolve()
-        if resolved == inside or inside in resolved.parents:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FlantuneError(f"The output directory {out} already exists and is not empty. {instead}Use "
+                                f"overwrite=true to replace it, or another output_dir.")
+        if not made_by_flantune(out):
             raise FlantuneError(
-                f"overwrite=true would delete {out}, but this command reads {path}, which is inside it"
-                f"{' (the working directory)' if path == Path.cwd() else ''}; refusing. Choose another output_dir."
+                f"overwrite=true would delete {out}, which flantune did not make (no {MARK} mark, no flantune "
+                f"{CONFIG}); refusing. Choose another output_dir."
+            )
+        inside = out.resolve()
+        for path in (Path.cwd(), *(Path(str(r)).expanduser() for r in reads if r)):
+            resolved = path.resolve()
+            if resolved == inside or inside in resolved.parents:
+                raise FlantuneError(
+                    f"overwrite=true would delete {out}, but this command reads {path}, which is inside it"
+                    f"{' (the working directory)' if path == Path.cwd() else ''}; refusing. Move it out, or choose "
+                    "another output_dir."
+                )
+    _check_writable(out, replaced=overwrite and out.exists())
+
+
+def _existing_ancestor(path: Path) -> Path:
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def _check_names(out: Path) -> None:
+    """Each part of the path no longer than the file system takes (255 bytes on most)."""
+    try:
+        limit = os.pathconf(_existing_ancestor(out.absolute()), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in out.parts:
+        if len(os.fsencode(part)) > limit:
+            raise FlantuneError(
+                f"output_dir={out}: the name '{part[:40]}...' is {len(os.fsencode(part))} bytes long, more than "
+                f"the {limit} the file system takes for one name. Choose a shorter output_dir."
             )
 
 
-def check(cfg: DictConfig, label: str, reads: Iterable[Any] = ()) -> Path:
+def _check_writable(out: Path, replaced: bool) -> None:
+    """A folder made and removed where the command will write (replacing `out` writes beside it): a read-only
+    file system, /proc or a folder of another user is an error now, not after the model has loaded."""
+    where = _existing_ancestor((out.parent if replaced else out).absolute())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".flantune-probe-", dir=where))
+    except OSError as exc:
+        raise FlantuneError(
+            f"output_dir={out} can't be written: making a folder in {where} fails "
+            f"({exc.strerror or first_line(exc)}). Choose an output_dir in a folder you can write."
+        ) from None
+
+
+def output_dir(cfg: DictConfig, label: str) -> Path:
+    return Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, label)
+
+
+def check(cfg: DictConfig, label: str, reads: Iterable[Any] = (), out: Path | None = None) -> Path:
     """The run directory, checked but not touched: an existing one is an error unless resume=true or
     overwrite=true (and overwrite only replaces a directory flantune made, holding nothing the run reads)."""
-    out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, label)
+    out = out or output_dir(cfg, label)
     if cfg.resume:
         if not is_run_dir(out):
             raise FlantuneError(
@@ -137,11 +192,83 @@ def check(cfg: DictConfig, label: str, reads: Iterable[Any] = ()) -> Path:
     return out
 
 
-def create(out: Path, cfg: DictConfig, kind: str = "run") -> None:
-    """The checked output directory (`check` or `check_output_dir`), made and marked; replaced if overwrite=true."""
+def claim(cfg: DictConfig, label: str, reads: Iterable[Any], held: contextlib.ExitStack) -> Path:
+    """`check` under the run directory's lock, which `held` keeps until the run ends."""
+    out = output_dir(cfg, label)
+    held.enter_context(lock(out))
+    return check(cfg, label, reads, out)
+
+
+def finished(out: Path) -> bool:
+    """A run that wrote its final results (resume=true has nothing left to do)."""
+    return (out / METRICS).is_file()
+
+
+@contextlib.contextmanager
+def lock(out: Path) -> Iterator[None]:
+    """Held while a command writes `out`: a second flantune command on the same directory is refused at once,
+    instead of both writing it. The lock file lives outside the directory, which overwrite=true replaces: in a
+    folder of the user's own in the temp directory, named by the directory's resolved path. The OS releases an
+    flock when its process ends, however it ends, and the file is never deleted, so no two processes can each
+    lock a file of their own for one directory."""
+    import fcntl
+
+    folder = Path(tempfile.gettempdir()) / f"flantune-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    name = hashlib.sha256(str(out.expanduser().resolve()).encode()).hexdigest()[:32]
+    with open(folder / f"{name}.lock", "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise FlantuneError(
+                f"Another flantune command is writing {out} ({holder}); two commands can't write one directory. Wait "
+                "for it to end, or choose another output_dir."
+            ) from None
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()}, since {time.strftime('%H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def replacing(out: Path, cfg: DictConfig, kind: str = "run") -> Iterator[None]:
+    """The checked output directory (`check` or `check_output_dir`), made and marked for the block. An old one
+    that overwrite=true replaces is moved aside and deleted only when the block ends well; if the block fails,
+    what it made is removed and the old directory put back: a failed command loses nothing and leaves nothing
+    half-made (a resumed run's directory is left as it is)."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # folders to remove if the block fails
+    aside = None
     if cfg.overwrite and not cfg.resume and out.exists():
-        shutil.rmtree(out)
+        aside = Path(tempfile.mkdtemp(prefix=".flantune-replaced-", dir=out.parent))
+        out.rename(aside)  # onto the empty folder just made: one atomic step
+        made = [out]
     mark(out, kind)
+    try:
+        yield
+    except BaseException:
+        for folder in made:  # deepest first; a folder something else wrote in stays
+            shutil.rmtree(folder, ignore_errors=True) if folder == out else _rmdir_if_empty(folder)
+        if aside is not None:
+            aside.rename(out)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)  # the new directory is in place: leftovers are only litter
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def create(out: Path, cfg: DictConfig, kind: str = "run") -> None:
+    """`replacing` with nothing left to fail: call it once the command has passed its checks and loaded its model."""
+    with replacing(out, cfg, kind):
+        pass
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -160,12 +287,32 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint: trainer_state.json is written last, so a run killed while saving
-    leaves a folder without it, which is passed over."""
+    leaves a folder without it, or with it cut short; such folders are passed over, and said so."""
     folder = run_dir / CHECKPOINTS
     if not folder.is_dir():
         return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    skipped = []
+    for checkpoint in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            state = read_json(checkpoint / "trainer_state.json")
+        except FileNotFoundError:
+            skipped.append(f"{checkpoint.name} (no trainer_state.json)")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            skipped.append(f"{checkpoint.name} (its trainer_state.json is cut short)")
+        else:
+            if isinstance(state, dict):
+                break
+            skipped.append(f"{checkpoint.name} (its trainer_state.json is not a trainer state)")
+    else:
+        checkpoint = None
+    if skipped:
+        from flantune.console import console
+
+        then = f"resuming from {checkpoint.name}" if checkpoint else "no complete checkpoint: training starts over"
+        console(stderr=True).print(f"[bold yellow]Note:[/] skipping {', '.join(skipped)} in {folder}, as a run killed "
+                                   f"while saving leaves it; {then}.", highlight=False)
+    return checkpoint
 
 
 def write_json(path: Path, data: Any) -> None:

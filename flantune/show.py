@@ -39,9 +39,17 @@ def load_tokenizer(name_or_path: str | None):
     if looks_local and not Path(target).expanduser().is_dir():
         raise FlantuneError(f"Tokenizer folder '{target}' does not exist. Give tokenizer=PATH of a folder with "
                             "tokenizer files, a hub id, or leave it out for the FLAN-T5 tokenizer shipped with flantune.")
+    if looks_local and not any(Path(target).expanduser().iterdir()):
+        raise FlantuneError(f"Tokenizer folder '{target}' is empty. Give a folder with tokenizer files (a "
+                            "save_pretrained output), a hub id, or leave it out for the FLAN-T5 tokenizer shipped with "
+                            "flantune.")
+    if not looks_local:
+        from flantune.modeling import hub_unreachable
+
+        hub_unreachable()  # asked once: an unreachable hub is then read from the cache, not retried
     try:
         return AutoTokenizer.from_pretrained(str(Path(target).expanduser()) if looks_local else target)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a folder without a tokenizer that transformers can build
         raise FlantuneError(
             f"Could not load tokenizer '{target}' ({first_line(exc)}). Offline, give tokenizer=PATH of a "
             "local folder, or leave it out for the FLAN-T5 tokenizer shipped with flantune."
@@ -89,6 +97,8 @@ def show(task: Task, *, role: str, n: int, data_dir: Path | None, tokenizer_name
          template: str | None, seed: int, stats_rows: int, console: Console | None = None) -> LengthStats:
     console = console or make_console()
     chosen = task.template(template) if template else task.evaluation_template
+    tokenizer = load_tokenizer(tokenizer_name)  # before the data: a bad tokenizer= is said at once
+    task = fit_choices(task, tokenizer)  # the label limit a run would use, or the choice that can't fit
     dataset = load_rows(task, role, data_dir, max_examples=max(n, stats_rows), seed=seed)
     rows = [dataset[i] for i in range(len(dataset))]
     picked = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
@@ -101,8 +111,6 @@ def show(task: Task, *, role: str, n: int, data_dir: Path | None, tokenizer_name
             body += f"\n[bold]references:[/] {ex['references']}"
         console.print(Panel(body, title=f"id {rows[i]['_id']}", title_align="left"), highlight=False)
 
-    tokenizer = load_tokenizer(tokenizer_name)
-    task = fit_choices(task, tokenizer)  # the label limit a run would use
     stats = length_stats(task, rows, tokenizer)
     table = Table(title=f"token lengths over {stats.rows:,} rows of {role} "
                         f"(tokenizer: {tokenizer_name or 'FLAN-T5, shipped with flantune'})")

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from flantune.errors import FlantuneError, did_you_mean, first_line
-from flantune.splits import check_split_syntax
+from flantune.splits import carve_apart, check_split_syntax
 from flantune.task import ROLES, Task
 
 MIRROR_SUFFIXES = (".parquet", ".jsonl", ".csv")
@@ -71,14 +71,21 @@ def _roles_text(task: Task, split: str) -> str:
 
 
 def _carve_hint(task: Task, split: str, there: list[str]) -> str:
-    """How to point the roles that read `split` at a split that is there, e.g. tasks.x.splits.test='...'
-    (an evaluation role is carved from a split other than train where there is one)."""
-    hints = []
-    for role in _roles_reading(task, split):
-        source = there[0] if role == "train" else next((s for s in there if s != "train"), there[0])
-        part = ":80%" if role == "train" else "80%:"
-        hints.append(f"tasks.{task.name}.splits.{role}='{source}[{part}]'")
-    return " and ".join(hints)
+    """How to point the roles that read the missing `split` at splits that are there, keeping the three roles
+    apart (tasks.x.splits.train='validation[:80%]' tasks.x.splits.validation='validation[80%:]')."""
+    return _hint_text(task, carve_apart(dict(task.splits), task.holdout, there, set()))
+
+
+def _hint_text(task: Task, specs: dict[str, str]) -> str:
+    return " ".join(f"tasks.{task.name}.splits.{role}='{spec}'" for role, spec in specs.items())
+
+
+def carve_hint(task: Task, roles: set[str], data_dir: Path | None) -> str:
+    """The split overrides that carve `roles` (and the roles sharing their splits) apart, from the splits there are:
+    the mirror's, or on the hub those the task reads. '' where nothing would change."""
+    there = sorted(mirror_files(task, data_dir)) if data_dir is not None else \
+        list(dict.fromkeys(s for r in ROLES for s in check_split_syntax(task.splits[r])))
+    return _hint_text(task, carve_apart(dict(task.splits), task.holdout, there, roles))
 
 
 def mirror_file(task: Task, split: str, data_dir: Path) -> Path:
@@ -206,6 +213,9 @@ def load_split(task: Task, split: str, data_dir: Path | None):
             f"Task '{task.name}' ({task.origin}) has no hub dataset (source.hub); give data_dir=DIR with its "
             f"mirror folder '{task.source.mirror}'."
         )
+    from flantune.modeling import hub_unreachable
+
+    unreachable = hub_unreachable()  # asked once: an unreachable hub is then read from the cache, not retried
     try:
         return _load_hub(task.source.hub, task.source.config, task.source.revision, split)
     except ValueError as exc:
@@ -218,7 +228,8 @@ def load_split(task: Task, split: str, data_dir: Path | None):
     except (ConnectionError, OSError, TimeoutError) as exc:
         raise FlantuneError(
             f"Could not load dataset {task.source.hub} for task '{task.name}' from the Hugging Face hub "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'}). To run offline, "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'})"
+            f"{'; the hub ' + unreachable if unreachable else ''}. To run offline, "
             f"point data_dir=DIR (or FLANTUNE_DATA_DIR) at a folder with {task.source.mirror or '<mirror>'}/"
             f"<split>.parquet files, or pre-download the dataset and set HF_DATASETS_OFFLINE=1."
         ) from exc

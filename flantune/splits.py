@@ -112,3 +112,79 @@ def select_rows(spec: str, role: str, sizes: dict[str, int], holdout: Holdout | 
             rows = rows[inside] if role == holdout.to else rows[~inside]
         out.append((seg.split, rows))
     return out
+
+
+# ---- roles kept apart ----------------------------------------------------------------------------------------
+
+# Where a role is carved from when its split is missing, in order of preference: the test set stays whole where it
+# can, and an evaluation role is carved from another evaluation split before the training split.
+_SOURCES = {"train": ("train", "validation", "test"), "validation": ("validation", "train", "test"),
+            "test": ("test", "validation", "train")}
+# The slices that carve one split into the roles that share it, by how many share it.
+_CARVES = {3: ("[:80%]", "[80%:90%]", "[90%:]"), 2: ("[:80%]", "[80%:]")}
+
+
+def carve_apart(splits: dict[str, str], holdout: Holdout | None, there: list[str], change: set[str]) -> dict[str, str]:
+    """New split specs, by role, that read only splits that are `there` and keep the three roles' rows apart: each
+    role of `change` and each role that reads a split not there is carved anew, as are the roles that then share
+    its split. Only the specs that change are returned. A holdout keeps its own role apart (it takes its rows out
+    of every other role's), so that role keeps reading the whole split."""
+    roles = tuple(splits)
+    base: dict[str, str] = {}
+    for role in roles:
+        names = check_split_syntax(splits[role])
+        if role in change or any(n not in there for n in names):
+            kept = {check_split_syntax(splits[r])[0] for r in roles if r == "test" and r not in change
+                    and all(n in there for n in check_split_syntax(splits[r]))}
+            order = [s for s in _SOURCES.get(role, ()) if s in there] + [s for s in there if s not in _SOURCES[role]]
+            # the training rows come from a split the test role doesn't read, where there is one
+            base[role] = next((s for s in order if role != "train" or s not in kept), order[0])
+        elif len(names) == 1 and splits[role].strip() == names[0]:
+            base[role] = names[0]  # a whole split, kept: it may share rows with a carved role
+    new = dict(splits)
+    for split in dict.fromkeys(base.values()):
+        group = [r for r in roles if base.get(r) == split]
+        if holdout is not None and holdout.from_ == split and holdout.to in group:
+            group.remove(holdout.to)
+            new[holdout.to] = split
+        if len(group) == 1 and group[0] in base and base[group[0]] != splits[group[0]].strip():
+            new[group[0]] = split
+        elif len(group) > 1:
+            slices = _CARVES[min(len(group), 3)] if "train" in group or len(group) == 3 else ("[:50%]", "[50%:]")
+            for role, part in zip(group, slices):
+                new[role] = f"{split}{part}"
+    return {r: spec for r, spec in new.items() if spec != splits[r]}
+
+
+def shared_rows(splits: dict[str, str], holdout: Holdout | None, sizes: dict[str, int],
+                pairs: tuple[tuple[str, str], ...] = (("train", "validation"), ("train", "test"))
+                ) -> list[tuple[str, str, str, np.ndarray]]:
+    """(role, other role, split, row indices) for each pair of roles that read the same rows of a split, computed
+    from the specs, the holdout and the splits' sizes alone (no data is read). A role reading a split of unknown size
+    is left out: loading it says what is wrong."""
+    rows = {}
+    for role, spec in splits.items():
+        if all(n in sizes for n in check_split_syntax(spec)):
+            rows[role] = select_rows(spec, role, sizes, holdout)
+    out = []
+    for a, b in pairs:
+        if a not in rows or b not in rows:
+            continue
+        for split_a, rows_a in rows[a]:
+            for split_b, rows_b in rows[b]:
+                if split_a == split_b:
+                    common = np.intersect1d(rows_a, rows_b)
+                    if len(common):
+                        out.append((a, b, split_a, common))
+    return out
+
+
+def describe_rows(rows: np.ndarray, limit: int = 3) -> str:
+    """'rows 0-8447' or 'rows 3-9, 20 and 31-40' or '1,200 rows (rows 0-99, ... )': sorted row indices as ranges."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    runs = [(int(r[0]), int(r[-1])) for r in np.split(rows, breaks)]
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit]]
+    listed = text[0] if len(text) == 1 else ", ".join(text[:-1]) + " and " + text[-1]
+    if len(runs) > limit:
+        return f"{len(rows):,} rows (rows {', '.join(text)}, ...)"
+    return f"row{'s' if len(rows) > 1 else ''} {listed}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import yaml
@@ -162,12 +162,27 @@ def _check_keys(context: str, where: str, mapping: dict, allowed: set[str]) -> N
             )
 
 
+QUOTE_HINT = ("A Jinja template that starts with '{' (or holds ': ') must be quoted in YAML, e.g. "
+              "target: \"{{ answer }}\", or written as a block scalar: target: |- and the template on the next, "
+              "indented lines.")
+
+
 def _str(context: str, where: str, value: Any, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise _fail(context, where, f"must be a non-empty string, got {value!r}.")
+        hint = f" {QUOTE_HINT}" if isinstance(value, dict) else ""  # `target: {x}` unquoted reads as a mapping
+        raise _fail(context, where, f"must be a non-empty string, got {value!r}.{hint}")
     return value
+
+
+def _check_mirror(context: str, mirror: str | None) -> None:
+    """A mirror is one folder of data_dir: a task file must not point the run at files elsewhere."""
+    if mirror is not None and (mirror in (".", "..") or any(sep in mirror for sep in "/\\")
+                               or PureWindowsPath(mirror).drive):
+        raise _fail(context, "source.mirror",
+                    f"must be the name of a folder in data_dir, got {mirror!r}: a path (with '/', '..', or from the "
+                    "root) could read files outside data_dir. Name the folder only, e.g. mirror: my_dataset.")
 
 
 def _int(context: str, where: str, value: Any, *, minimum: int = 1) -> int:
@@ -209,6 +224,7 @@ def task_from_dict(data: Any, origin: str, *, context: str | None = None, known_
         raise _fail(context, "source", "must be a mapping with hub / config / revision / mirror.")
     _check_keys(context, "source", src, {f.name for f in fields(Source)})
     source = Source(**{k: _str(context, f"source.{k}", v, optional=True) for k, v in src.items()})
+    _check_mirror(context, source.mirror)
     if not source.hub and not source.mirror:
         raise _fail(context, "source", "needs a hub dataset id (source.hub) or a mirror folder name (source.mirror).")
 
@@ -440,13 +456,17 @@ def task_to_dict(task: Task) -> dict[str, Any]:
 def read_task_file(path: Path, origin: str | None = None) -> Any:
     """A task file's parsed YAML, not yet validated."""
     origin = origin or str(path)
+    text = Path(path).read_text(encoding="utf-8")
     try:
-        data = load_yaml(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise FlantuneError(f"Malformed task file {origin}: it is not valid YAML{where} ({problem}).") from exc
+        lines = text.splitlines()
+        line = lines[mark.line] if mark and mark.line < len(lines) else ""
+        hint = f" {QUOTE_HINT}" if "{{" in line or "{%" in line else ""
+        raise FlantuneError(f"Malformed task file {origin}: it is not valid YAML{where} ({problem}).{hint}") from exc
     return data
 
 

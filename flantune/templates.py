@@ -1,4 +1,10 @@
-"""Jinja2 prompt templates with strict undefined: a name a template uses must exist."""
+"""Jinja2 prompt templates with strict undefined: a name a template uses must exist.
+
+Task files come from anyone, so every template, filter and references expression renders in Jinja's
+immutable sandbox: it may read a row's values and use Jinja's filters and tests, but not reach Python's
+internals (names starting with '_', a function's globals) or call methods that change data. What the
+sandbox refuses is a `Refused` error (a FlantuneError), not a traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,46 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-_ENV = jinja2.Environment(
+from flantune.errors import FlantuneError
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with `*` and `**` bounded: `{{ 'x' * 10**9 }}` in a stranger's task file
+    would otherwise take the machine's memory before any error could be raised."""
+
+    intercepted_binops = frozenset(["*", "**"])
+    MAX_SIZE = 1_000_000  # characters or items a `*` may make; far beyond any prompt
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > self.MAX_SIZE:
+                    raise SecurityError(f"a '*' that makes over {self.MAX_SIZE:,} items is not allowed")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 256:
+            raise SecurityError("a '**' with an exponent over 256 is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _Sandbox(
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     keep_trailing_newline=False,
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+class Refused(FlantuneError):
+    """A template, filter or references expression did something Jinja's sandbox refuses."""
+
+    def __init__(self, exc: SecurityError):
+        super().__init__(
+            f"it is refused by flantune's template sandbox ({str(exc).rstrip('.')}). Templates, filter and "
+            "references may read a row's values and use Jinja's filters, but not Python internals (names starting "
+            "with '_') or methods that change data: no code runs from a task file (code you trust goes in a "
+            "preprocess: hook)"
+        )
 
 
 @lru_cache(maxsize=1024)
@@ -34,11 +72,17 @@ def variables(text: str, *, expression: bool = False) -> set[str]:
 
 
 def render(text: str, row: dict[str, Any]) -> str:
-    return compile_template(text).render(**row).strip()
+    try:
+        return compile_template(text).render(**row).strip()
+    except SecurityError as exc:
+        raise Refused(exc) from exc
 
 
 def evaluate(expression: str, row: dict[str, Any]) -> Any:
-    value = compile_expression(expression)(**row)
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # raises UndefinedError with jinja's own message
+    try:
+        value = compile_expression(expression)(**row)
+        if isinstance(value, jinja2.Undefined):
+            str(value)  # raises UndefinedError with jinja's own message (SecurityError for a refused name)
+    except SecurityError as exc:
+        raise Refused(exc) from exc
     return value

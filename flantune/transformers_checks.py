@@ -137,6 +137,15 @@ def _check_architecture(cfg: DictConfig) -> None:
         hint = " Give the field a value of its type (a whole number for sizes and counts, a number for rates)."
         raise FlantuneError(f"{what}; T5Config says: {detail.removeprefix('TypeError: ')}."
                             + (hint if detail.startswith("TypeError") else "")) from exc
+    # T5Config takes num_heads=0 (the model's weight initialisation then divides by zero): its sizes and counts,
+    # the whole-number fields other than token ids, are at least 1.
+    defaults = T5Config().to_dict()
+    for key, value in arch.items():
+        default = defaults.get(key)
+        if type(default) is int and default >= 1 and not key.endswith("_token_id") and isinstance(value, int) \
+                and value < 1:
+            raise FlantuneError(f"Config key 'model.architecture.{key}' is {value}; a size or count of the model "
+                                f"must be at least 1 (T5Config's default is {default}).")
     # T5Config takes any activation name in feed_forward_proj; the model's build would fail on an unknown one.
     from transformers.activations import ACT2FN
 

@@ -10,13 +10,13 @@ from flantune.sources import mirror_files
 
 BUILTIN = ["emotion", "imdb", "mlqa_hi_en", "paws", "paws_paraphrase", "samsum", "squad", "squad_qg"]
 # The mirror lacks squad train, paws train and mlqa test: those roles are carved from a split that is
-# there with the hub's slicing syntax, as a user would.
+# there with the hub's slicing syntax, as a user would (as the errors suggest: no two roles share rows).
 CARVED = {
     "squad": {"train": "validation[:80%]", "validation": "validation[80%:90%]", "test": "validation[90%:]"},
     "squad_qg": {"train": "validation[:80%]", "validation": "validation[80%:90%]", "test": "validation[90%:]"},
-    "paws": {"train": "validation"},
-    "paws_paraphrase": {"train": "validation"},
-    "mlqa_hi_en": {"test": "validation[:50%]"},
+    "paws": {"train": "validation[:80%]", "validation": "validation[80%:]"},
+    "paws_paraphrase": {"train": "validation[:80%]", "validation": "validation[80%:]"},
+    "mlqa_hi_en": {"train": "validation[:80%]", "test": "validation[80%:]"},
 }
 
 

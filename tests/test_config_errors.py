@@ -22,7 +22,7 @@ def _refused(cli, tmp_path, *options: str, command: str = "run") -> str:
     """The error of `flantune COMMAND RUN... OPTIONS`, checked to be a clear one given before the run
     directory was made; returned on one line."""
     out = tmp_path / "run"
-    code, _, err = cli(command, *options, *RUN, f"output_dir={out}")
+    code, _, err = cli(command, *RUN, *options, f"output_dir={out}")  # the options last: they win
     assert code == 2, err
     assert "Traceback" not in err and err.startswith(f"flantune {command}: error: ")
     assert not out.exists()
@@ -191,9 +191,10 @@ def test_config_still_answers_without_importing_torch_or_transformers():
 
 
 @pytest.mark.parametrize("args", [["--debug", "config", "train.lrr=1"], ["config", "--debug", "train.lrr=1"]])
-def test_debug_raises_before_or_after_the_command(args):
-    with pytest.raises(FlantuneError, match="Unknown config key 'train.lrr'"):
-        main(args)
+def test_debug_shows_the_traceback_before_or_after_the_command(args, capsys):
+    assert main(args) == 2  # the exit code of bad input, with the traceback too
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "FlantuneError: Unknown config key 'train.lrr'" in err
 
 
 def test_without_debug_the_error_is_one_paragraph(cli):
@@ -254,3 +255,120 @@ def test_an_evaluation_of_one_task_of_a_weighted_mixture_run(tmp_path):
                                              ("report_to=tensorbord", "Did you mean 'tensorboard'?")])
 def test_run_checks_transformers_values_before_its_run_directory(cli, tmp_path, option, message):
     assert message in _refused(cli, tmp_path, option)
+
+
+# ---- bad input that used to end in a traceback or pass silently -----------------------------------------------
+
+
+@pytest.mark.parametrize("option, shown", [
+    ("train.lr=.nan", "nan"), ("train.lr=inf", "inf"), ("train.epochs=.inf", "inf"), ("train.max_grad_norm=.nan", "nan"),
+    ("mixing.temperature=.nan", "nan"), ("model.architecture.layer_norm_epsilon=.nan", "nan"),
+    ("train.lr_scheduler_kwargs.min_lr_rate=-.inf", "-inf"),
+])
+def test_a_number_that_is_not_finite_is_refused_wherever_it_is(cli, tmp_path, option, shown):
+    """NaN passes every comparison (nan < 0 is False): lr=inf trained a NaN model and exited 0, max_grad_norm=.nan
+    switched clipping off; checked for every number of the config, free-form mappings included."""
+    key = option.split("=")[0]
+    assert f"Config key '{key}' is {shown}; it must be a finite number." in _refused(cli, tmp_path, option)
+
+
+def test_a_mixture_and_a_task_that_disagree_are_refused(cli, tmp_path):
+    err = _refused(cli, tmp_path, "mixture=flan8", "task=emotion")  # trained emotion alone, recorded as flan8
+    assert "mixture=flan8 (command line mixture=flan8) and task=emotion (command line task=emotion) both name the " \
+           "run's tasks" in err and "Give one of them" in err
+    code, _, err = cli("config", "mixture=classify3")  # a mixture alone, or a run's own config.yaml holding both
+    assert code == 0, err
+
+
+def test_an_evaluation_of_one_task_of_a_mixture_run(tmp_path):
+    from flantune.compare import config_for
+    from flantune.config import to_yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(to_yaml(load_config(["mixture=classify3"])))  # holds the tasks and the mixture
+    cfg = config_for(["task=imdb"], [], [str(run)])
+    assert cfg.task == "imdb" and cfg.mixture is None
+    cfg = config_for([], [], [str(run)])
+    assert cfg.mixture == "classify3" and list(cfg.task) == ["imdb", "emotion", "paws"]
+
+
+def test_an_empty_model_is_refused_not_read_as_the_working_directory(cli, tmp_path):
+    assert "model= is empty (command line model=)" in _refused(cli, tmp_path, "model=")
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+@pytest.mark.parametrize("path", ["runs/imdb-tiny-typo", "evals/x", "a/b/c", "{here}/typo"])
+def test_a_mistyped_local_path_is_said_at_once_not_tried_on_the_hub(cli, tmp_path, command, path):
+    """A value that can only be a path (flantune's output folders, a folder that exists, more than one '/') is not
+    sent to the hub, where it spent 37 s retrying and then blamed the connection."""
+    here = tmp_path / "here"
+    here.mkdir()
+    path = path.format(here=here.name)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        err = _refused(cli, tmp_path, f"model={path}", command=command)
+    finally:
+        os.chdir(cwd)
+    assert f"Model path '{path}' (command line model={path}) does not exist" in err
+
+
+def test_model_architecture_that_cannot_build_is_refused(cli, tmp_path):
+    err = _refused(cli, tmp_path, "model.architecture.num_heads=0")  # a ZeroDivisionError in the weights' init
+    assert "Config key 'model.architecture.num_heads' is 0; a size or count of the model must be at least 1" in err
+    err = _refused(cli, tmp_path, "model.architecture.vocab_size=100")  # an IndexError in the embedding, mid-run
+    assert "The model's vocab_size is 100, but its tokenizer (the FLAN-T5 tokenizer shipped with flantune) has " \
+           "32,100 tokens" in err and "model.architecture.vocab_size to at least 32100" in err
+
+
+def test_an_empty_tokenizer_folder_is_refused_before_the_data(cli, tmp_path):
+    empty = tmp_path / "tok"
+    empty.mkdir()
+    assert f"Tokenizer folder '{empty}' is empty" in _refused(cli, tmp_path, f"model.tokenizer={empty}")
+    code, out, err = cli("show", "task=imdb", "data_dir=@sample", f"tokenizer={empty}")
+    assert code == 2 and "Traceback" not in err and f"Tokenizer folder '{empty}' is empty" in err
+    assert "target:" not in out  # said before any example is rendered
+
+
+def test_a_corrupt_safetensors_file_is_refused_before_the_data(cli, tmp_path, capsys):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    model = tmp_path / "model"
+    T5ForConditionalGeneration(T5Config(d_model=8, d_ff=16, d_kv=4, num_heads=2, num_layers=1,
+                                        decoder_start_token_id=0)).save_pretrained(model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # as an interrupted copy leaves it
+    capsys.readouterr()  # save_pretrained's progress bar
+    for command in ("run", "eval"):
+        err = _refused(cli, tmp_path, f"model={model}", command=command)
+        assert f"Model folder '{model}': model.safetensors can't be read as safetensors" in err
+
+
+def test_an_unreachable_hub_is_asked_once_not_retried(tmp_path):
+    """huggingface_hub retries a file it can't fetch for about 30 s; flantune asks the hub once and then reads
+    the cache only."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                                          "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))  # nothing listens there
+    proc = subprocess.run([sys.executable, "-m", "flantune", "eval", "model=google/flan-t5-basx", "task=imdb",
+                           "data_dir=@sample", f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "The Hugging Face hub at http://127.0.0.1:9 can't be reached" in proc.stderr
+    assert "Retrying" not in proc.stderr and not (tmp_path / "out").exists()
+    proc = subprocess.run([sys.executable, "-m", "flantune", "show", "task=imdb"], capture_output=True, text=True,
+                          env=env, timeout=300)  # a dataset on the hub: datasets retried it as long
+    assert proc.returncode == 2, proc.stderr
+    assert "the hub at http://127.0.0.1:9 can't be reached" in proc.stderr and "Retrying" not in proc.stderr
+
+
+def test_debug_keeps_exit_code_2_with_the_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "flantune", "--debug", "run", *RUN, "train.lr=.nan",
+                           f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "FlantuneError" in proc.stderr
+    assert "Config key 'train.lr' is nan" in proc.stderr

@@ -250,7 +250,7 @@ def test_overwrite_never_deletes_what_the_command_reads(cli, tmp_path, monkeypat
     run = tmp_path / "run"  # a run directory flantune made, whose model/ the command is given
     rundir.mark(run, "run")
     (run / rundir.CONFIG).write_text(to_yaml(load_config(["model=tiny"])), encoding="utf-8")
-    T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=8, d_ff=16, d_kv=4, num_heads=2, num_layers=1,
+    T5ForConditionalGeneration(T5Config(vocab_size=128, d_model=8, d_ff=16, d_kv=4, num_heads=2, num_layers=1,
                                         decoder_start_token_id=0)).save_pretrained(run / "model")
     for command in ("run", "eval"):
         code, _, err = cli(command, "task=imdb", f"model={run}", "data_dir=@sample", f"output_dir={run}",

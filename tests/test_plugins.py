@@ -94,7 +94,8 @@ def test_broken_plugins_are_reported_without_breaking_the_rest(tmp_path, install
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[flantune.tasks]\nbad = bad_plugin\n")
     proc = _flantune(["tasks", f"tasks_dir={folder}"], Path(f"{installed_plugin}{os.pathsep}{bad}"))
-    assert proc.returncode == 0, proc.stderr
+    # Listed with what loaded, and a failure in the exit code for a script or CI that runs `flantune tasks`.
+    assert proc.returncode == 2 and "2 task source(s) failed to load" in proc.stderr, proc.stderr
     out = proc.stdout.replace("\n", " ")
     for name in ("rotten_tomatoes", "rt_polarity", "imdb", "samsum"):
         assert name in out
@@ -224,7 +225,9 @@ def test_an_empty_or_unreadable_mirror_file_is_an_error_naming_the_file(case, tm
     assert code == 2 and "Traceback" not in err
     assert f"Task 'rotten_tomatoes' reads split 'test' (for its test role) from {mirror / name}, {expected}" in err
     if "no rows" in expected:
-        assert "tasks.rotten_tomatoes.splits.test='validation[80%:]'" in err
+        # validation and test carved apart: the old hint, test='validation[80%:]', left them sharing those rows
+        assert "tasks.rotten_tomatoes.splits.validation='validation[:50%]' " \
+               "tasks.rotten_tomatoes.splits.test='validation[50%:]'" in err
     else:
         assert "Replace it with a good copy of the split" in err
     code, out, _ = cli("tasks", f"tasks_dir={FOLDER_PLUGIN}", f"data_dir={tmp_path / 'data'}")
@@ -236,7 +239,10 @@ def test_a_missing_mirror_split_hint_names_the_role_that_reads_it(cli, shared_da
     err = " ".join(err.split())
     assert code == 2 and "Traceback" not in err
     assert "needs split 'test' (read by its test role)" in err and "has no test.parquet" in err
-    assert "tasks.mlqa_hi_en.splits.test='validation[80%:]'" in err and "splits.train" not in err
+    # train (validation less the holdout) carved apart from test too: the old hint, test='validation[80%:]'
+    # alone, tested on training rows
+    assert "tasks.mlqa_hi_en.splits.train='validation[:80%]' tasks.mlqa_hi_en.splits.test='validation[80%:]'" in err
+    assert "splits.validation" not in err  # the holdout keeps validation apart
 
 
 def _rt_file(folder: Path, file_name: str = "rotten_tomatoes.yaml", **changes) -> Path:

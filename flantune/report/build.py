@@ -128,6 +128,9 @@ def _task_section(task: Task, systems: list[System], images: dict[str, bytes], f
     }
     for s in systems:
         section["notes"] += _consistency(task, s, scores[s.name])
+        for overlap in (s.metrics.get("allowed_overlap") or {}).get(task.name, []):
+            section["notes"].append(f"{s.name} trained on rows it was evaluated on (data.allow_overlap=true): "
+                                    f"{overlap}. Its scores on this task do not measure held-out data.")
     for s in systems[1:]:
         diffs = paired_bootstrap(task, stats[ref.name], stats[s.name], n_resamples=n_resamples, seed=seed,
                                  confidence=confidence)

@@ -4,13 +4,14 @@ self-contained HTML file.
 Both renderers read the same list of sections (`document`), so the two files never say different
 things: a section is a title and blocks (tables, figures, example lists, paragraphs). The HTML
 embeds its images as data: URIs, inlines its CSS and loads nothing else: no script, font or URL, so
-it opens offline and can be mailed as it is. Every text from the data is escaped (jinja2 autoescape),
-since predictions are arbitrary model output.
+it opens offline and can be mailed as it is. Every text from the data is escaped in both files (jinja2
+autoescape in the HTML, HTML entities in the Markdown), since predictions are arbitrary model output.
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,10 +206,11 @@ def md_text(text: str) -> str:
     return " ".join(_MD_SPECIAL.sub(r"\\\1", text).split())
 
 
-def _fenced(lines: list[str]) -> str:
-    body = "\n".join(lines)
-    fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", body)), default=0))
-    return f"{fence}text\n{body}\n{fence}"
+def _pre(lines: list[str]) -> str:
+    """Texts from the data, lines kept, HTML escaped as in report.html: a <pre> block, which Markdown passes on as
+    HTML (so a viewer shows "<script>" as text), ends only at "</pre>", which escaped text can't hold."""
+    body = html.escape("\n".join(lines), quote=False)
+    return f"<pre>\n{body}\n</pre>"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -238,7 +240,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                         first, *rest = str(v).splitlines() or [""]
                         lines.append(f"{k + ':':<{width}}{first}")
                         lines += [" " * width + r for r in rest]
-                    out.append(f"{md_text(heading)}\n\n{_fenced(lines)}")
+                    out.append(f"{md_text(heading)}\n\n{_pre(lines)}")
     return "\n\n".join(out) + "\n"
 
 
