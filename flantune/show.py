@@ -7,6 +7,7 @@ truncated) and whether the tokenizer can spell it (the share of <unk> tokens).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,6 @@ def bundled_tokenizer_dir() -> Path:
 
 def load_tokenizer(name_or_path: str | None):
     """A tokenizer by path or hub id; None gives the FLAN-T5 tokenizer shipped with flantune."""
-    from transformers import AutoTokenizer
-
     target = str(bundled_tokenizer_dir()) if name_or_path in (None, "", "flan-t5") else str(name_or_path)
     looks_local = is_local_path(target)
     if looks_local and not Path(target).expanduser().is_dir():
@@ -48,12 +47,21 @@ def load_tokenizer(name_or_path: str | None):
 
         hub_unreachable()  # asked once: an unreachable hub is then read from the cache, not retried
     try:
-        return AutoTokenizer.from_pretrained(str(Path(target).expanduser()) if looks_local else target)
+        return _from_pretrained(str(Path(target).expanduser()) if looks_local else target)
     except (OSError, ValueError) as exc:  # ValueError: a folder without a tokenizer that transformers can build
         raise FlantuneError(
             f"Could not load tokenizer '{target}' ({first_line(exc)}). Offline, give tokenizer=PATH of a "
             "local folder, or leave it out for the FLAN-T5 tokenizer shipped with flantune."
         ) from exc
+
+
+@lru_cache(maxsize=8)
+def _from_pretrained(target: str):
+    """A run reads its tokenizer three times (its vocabulary against the model's, the choices' lengths, the data):
+    loaded once per process. Nothing in flantune changes a tokenizer after loading it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(target)
 
 
 @dataclass
