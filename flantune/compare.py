@@ -227,7 +227,7 @@ def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path, input_f
         reads = [*input_files, *(path for sub in subs for path in inputs_of(sub))]
         rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=reads)
         for sub in subs:  # every model's source, before the first is evaluated
-            check(sub)
+            check(sub, train=False)
         # An old report that overwrite=true replaces goes only when the new one is written.
         with rundir.replacing(out, cfg, "report"):
             return _compare_into(cfg, models, subs, out)

@@ -324,7 +324,9 @@ def split_overlaps(task: Task, data_dir: Path | None) -> list[tuple[str, str, st
     if data_dir is not None:
         sizes = {k: v for k, v in mirror_sizes(task, Path(data_dir)).items() if v is not None}
     else:
-        sizes = {s: len(load_split(task, s, None)) for s in shared}
+        # every split of a role that reads a shared one: train[:10%]+validation needs train's size to place it
+        needed = {s for role in ROLES if shared & set(read[role]) for s in read[role]}
+        sizes = {s: len(load_split(task, s, None)) for s in sorted(needed)}
     return shared_rows(dict(task.splits), task.holdout, sizes)
 
 

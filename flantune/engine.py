@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,8 +190,14 @@ def inputs_of(cfg: DictConfig) -> list[str]:
     (besides the files the config is read from: config.input_files)."""
     from flantune.modeling import adapter_base, is_local_path
 
+    from flantune.registry import TASKS_PATH_ENV
+
     model = str(cfg.model.path) if cfg.model.path else None
-    paths = [model, adapter_base(model) if model else None, cfg.model.tokenizer, cfg.data_dir, cfg.tasks_dir]
+    data_dir = cfg.data_dir or os.environ.get("FLANTUNE_DATA_DIR")  # as sources.resolve_data_dir reads it
+    given = cfg.tasks_dir or []
+    tasks_dirs = [*([given] if isinstance(given, str) else given),
+                  *os.environ.get(TASKS_PATH_ENV, "").split(os.pathsep)]  # as registry.task_folders reads them
+    paths = [model, adapter_base(model) if model else None, cfg.model.tokenizer, data_dir, *tasks_dirs]
     return [str(p) for p in paths if p and str(p) != "@sample" and is_local_path(str(p))]
 
 
@@ -212,7 +219,8 @@ def eval_sets(p: Plan, tokenizer, role: str) -> list[EvalSet]:
 def make_evaluator(p: Plan, tokenizer, role: str) -> Evaluator:
     cfg = p.cfg
     return Evaluator(eval_sets(p, tokenizer, role), tokenizer, classify=cfg.eval.classify,
-                     rank_score=cfg.eval.rank_score, batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams, autocast=autocast_for(p.precision))
+                     rank_score=cfg.eval.rank_score, batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams,
+                     autocast=autocast_for(p.precision))
 
 
 def run(cfg: DictConfig, input_files: list[str] = ()) -> Path:
@@ -228,10 +236,12 @@ def run(cfg: DictConfig, input_files: list[str] = ()) -> Path:
                             "stay as they are; to train again, use overwrite=true or another output_dir.",
                             highlight=False)
             return out
+        before = out.stat().st_ino if out.exists() else None  # an old run that overwrite=true may replace
         try:
             return _train(cfg, out)
         except KeyboardInterrupt as exc:
-            if rundir.is_run_dir(out):  # made, with its config: resume=true continues it
+            # This run's directory, made with its config: resume=true continues it (not an old one still in place)
+            if rundir.is_run_dir(out) and (cfg.resume or out.stat().st_ino != before):
                 raise Interrupted(out) from exc
             raise
 
@@ -322,10 +332,10 @@ def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInf
     if trained.mixture is not None:
         metrics["mixture"] = trained.mixture
         rundir.write_json(out / rundir.MIXTURE, trained.mixture)
-    rundir.write_json(out / rundir.METRICS, metrics)
     rundir.write_json(out / rundir.LOG_HISTORY, trained.log_history)
     tokenizer.save_pretrained(out / rundir.MODEL)
     if cfg.method == "lora" and cfg.merge:
         merged = trained.model.merge_and_unload()
         merged.save_pretrained(out / rundir.MERGED)
         tokenizer.save_pretrained(out / rundir.MERGED)
+    rundir.write_json(out / rundir.METRICS, metrics)  # last: its presence is what makes the run finished

@@ -42,7 +42,7 @@ OUTPUT_ROOTS = ("runs", "evals", "reports")
 
 def is_local_path(path: str) -> bool:
     """A path on this machine, not a hub id ORG/NAME: it exists here, is written as a path (./, ../, /, ~), starts in
-    a folder that exists here or in flantune's output folders (runs/...), or is no valid hub id (more than one
+    flantune's output folders (runs/...), or is no valid hub id (more than one
     '/', a space, ...: huggingface_hub's own rule). Such a value that doesn't exist is a mistyped path, said at once
     rather than after retrying the hub."""
     if not path:
@@ -50,7 +50,7 @@ def is_local_path(path: str) -> bool:
     if path.startswith((".", "/", "~")) or Path(path).expanduser().exists():
         return True
     first, sep, _ = path.partition("/")
-    if sep and (first in OUTPUT_ROOTS or Path(first).expanduser().is_dir()):
+    if sep and first in OUTPUT_ROOTS:  # not any folder here: google/flan-t5-base stays a hub id beside ./google/
         return True
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 

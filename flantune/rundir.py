@@ -19,11 +19,13 @@ new one is in place (`replacing`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +59,8 @@ def _as_made(saved: DictConfig) -> DictConfig:
     data = saved.get("data")
     if isinstance(data, DictConfig) and "eval_seed" not in data:  # evaluation subsets were drawn with the run's seed
         data.eval_seed = saved.get("seed")
+    if isinstance(data, DictConfig) and "allow_overlap" not in data:  # no overlap was checked: none was allowed
+        data.allow_overlap = False
     if "lr_scheduler_kwargs" not in train:
         train.lr_scheduler_kwargs = {}
     if "packed_rows_per_batch" not in train and train.get("sampling") == "packed":
@@ -207,32 +211,68 @@ def finished(out: Path) -> bool:
 @contextlib.contextmanager
 def lock(out: Path) -> Iterator[None]:
     """Held while a command writes `out`: a second flantune command on the same directory is refused at once,
-    instead of both writing it. The lock file lives outside the directory, which overwrite=true replaces: in a
-    folder of the user's own in the temp directory, named by the directory's resolved path. The OS releases an
-    flock when its process ends, however it ends, and the file is never deleted, so no two processes can each
-    lock a file of their own for one directory."""
+    instead of both writing it. The lock file sits beside the directory (which overwrite=true replaces), on the
+    same file system, so commands of other users, other TMPDIRs and other nodes of a shared file system see it
+    too. The OS releases an flock when its process ends, however it ends; the file is removed on a clean exit
+    (after a crash it stays, unlocked, and is reused). Where no lock file can be made beside `out` (its parent
+    is a file, can't be written, ...) the command goes on unlocked: the output-directory checks that follow say
+    what is wrong with the path."""
     import fcntl
 
-    folder = Path(tempfile.gettempdir()) / f"flantune-locks-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    name = hashlib.sha256(str(out.expanduser().resolve()).encode()).hexdigest()[:32]
-    with open(folder / f"{name}.lock", "a+", encoding="utf-8") as handle:
+    target = Path(os.path.abspath(out.expanduser()))
+    name = f".{target.name}.flantune-lock"
+    if len(name.encode()) > 255:  # the lock of a name near the file system's limit: by its hash
+        name = f".{hashlib.sha256(target.name.encode()).hexdigest()[:32]}.flantune-lock"
+    path = target.parent / name
+    made = []
+    try:
+        made = [p for p in target.parents if not p.exists()]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_locked(path, fcntl, out)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW: someone put a link where the lock goes
+            raise FlantuneError(f"{path}, the lock file of output_dir={out}, is a symbolic link; flantune does not "
+                                "write through one. Remove it, or choose another output_dir.") from None
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()  # before the unlock: a waiting command then makes a new file (see _open_locked)
+            os.close(fd)  # releases the flock
+        for folder in made:  # folders made for the lock that nothing else used (deepest first)
+            _rmdir_if_empty(folder)
+
+
+def _open_locked(path: Path, fcntl, out: Path) -> int:
+    """The lock file, opened (never through a symbolic link) and flocked. A file removed between our open and
+    our flock by the holder that just ended is not the lock any more: open the new one."""
+    while True:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except PermissionError:  # another user's lock file: reading is enough to flock it
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise FlantuneError(
                 f"Another flantune command is writing {out} ({holder}); two commands can't write one directory. Wait "
                 "for it to end, or choose another output_dir."
             ) from None
-        handle.truncate(0)
-        handle.write(f"process {os.getpid()}, since {time.strftime('%H:%M:%S')}")
-        handle.flush()
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}".encode(), 0)
+    return fd
 
 
 @contextlib.contextmanager

@@ -176,6 +176,24 @@ def _str(context: str, where: str, value: Any, *, optional: bool = False) -> str
     return value
 
 
+def _check_hub(context: str, hub: str | None) -> None:
+    """A hub id is NAME or ORG/NAME: datasets would read a local path given there, which a task file must not
+    point the run at (local data goes through data_dir and source.mirror)."""
+    if hub is None:
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(hub)
+        ok = not hub.startswith((".", "~"))
+    except HFValidationError:
+        ok = False
+    if not ok:
+        raise _fail(context, "source.hub",
+                    f"must be a Hugging Face hub dataset id (NAME or ORG/NAME), got {hub!r}: a path could read files "
+                    "anywhere on this machine. For local files, set source.mirror and run with data_dir=DIR.")
+
+
 def _check_mirror(context: str, mirror: str | None) -> None:
     """A mirror is one folder of data_dir: a task file must not point the run at files elsewhere."""
     if mirror is not None and (mirror in (".", "..") or any(sep in mirror for sep in "/\\")
@@ -225,6 +243,7 @@ def task_from_dict(data: Any, origin: str, *, context: str | None = None, known_
     _check_keys(context, "source", src, {f.name for f in fields(Source)})
     source = Source(**{k: _str(context, f"source.{k}", v, optional=True) for k, v in src.items()})
     _check_mirror(context, source.mirror)
+    _check_hub(context, source.hub)
     if not source.hub and not source.mirror:
         raise _fail(context, "source", "needs a hub dataset id (source.hub) or a mirror folder name (source.mirror).")
 

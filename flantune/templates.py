@@ -8,18 +8,39 @@ sandbox refuses is a `Refused` error (a FlantuneError), not a traceback.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 from functools import lru_cache
 from typing import Any
 
 import jinja2
 import jinja2.meta
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.utils import Cycler, Joiner, Namespace
+from markupsafe import Markup
 
 from flantune.errors import FlantuneError
 
+# The values a template may look into: what a row of a dataset holds, and Jinja's own helpers. An attribute of
+# anything else (a PIL image of an Image column: {{ img.save('/any/path') }}) is refused.
+_PLAIN = (str, bytes, int, float, bool, type(None), list, tuple, dict, set, frozenset, datetime.date,
+          datetime.time, datetime.timedelta, decimal.Decimal, LoopContext, Cycler, Joiner, Namespace, Markup)
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with `*` and `**` bounded: `{{ 'x' * 10**9 }}` in a stranger's task file
-    would otherwise take the machine's memory before any error could be raised."""
+    """The immutable sandbox, where a template may read the attributes of plain values only, and with `*`,
+    `**` and the widths of str's methods bounded: `{{ 'x' * 10**9 }}` in a stranger's task file would otherwise
+    take the machine's memory before any error could be raised."""
+
+    def is_safe_attribute(self, obj, attr, value):
+        return isinstance(obj, _PLAIN) and super().is_safe_attribute(obj, attr, value)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's own signature
+        if isinstance(getattr(__obj, "__self__", None), str) and any(
+                isinstance(a, int) and a > __self.MAX_SIZE for a in (*args, *kwargs.values())):
+            raise SecurityError(f"a width over {__self.MAX_SIZE:,} is not allowed")
+        return super().call(__context, __obj, *args, **kwargs)
 
     intercepted_binops = frozenset(["*", "**"])
     MAX_SIZE = 1_000_000  # characters or items a `*` may make; far beyond any prompt

@@ -293,14 +293,21 @@ def test_an_evaluation_of_one_task_of_a_mixture_run(tmp_path):
     assert cfg.mixture == "classify3" and list(cfg.task) == ["imdb", "emotion", "paws"]
 
 
+def test_a_hub_id_stays_a_hub_id_beside_a_folder_named_like_its_organisation(cli, tmp_path, monkeypatch):
+    (tmp_path / "google" / "other-model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    err = _refused(cli, tmp_path, "model=google/flan-t5-small")  # offline here: the hub's error, not a path's
+    assert "google/flan-t5-small" in err and "does not exist" not in err
+
+
 def test_an_empty_model_is_refused_not_read_as_the_working_directory(cli, tmp_path):
     assert "model= is empty (command line model=)" in _refused(cli, tmp_path, "model=")
 
 
 @pytest.mark.parametrize("command", ["run", "eval"])
-@pytest.mark.parametrize("path", ["runs/imdb-tiny-typo", "evals/x", "a/b/c", "{here}/typo"])
+@pytest.mark.parametrize("path", ["runs/imdb-tiny-typo", "evals/x", "a/b/c", "./{here}/typo"])
 def test_a_mistyped_local_path_is_said_at_once_not_tried_on_the_hub(cli, tmp_path, command, path):
-    """A value that can only be a path (flantune's output folders, a folder that exists, more than one '/') is not
+    """A value that can only be a path (flantune's output folders, written as a path, more than one '/') is not
     sent to the hub, where it spent 37 s retrying and then blamed the connection."""
     here = tmp_path / "here"
     here.mkdir()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,7 +160,7 @@ def test_resuming_a_run_made_before_eval_seed_keeps_its_evaluation_rows(tmp_path
 
     out = tmp_path / "run"
     made = OmegaConf.to_container(load_config([*SMALL, "seed=3"]))
-    del made["data"]["eval_seed"]
+    del made["data"]["eval_seed"], made["data"]["allow_overlap"]  # neither key existed then
     out.mkdir()
     OmegaConf.save(OmegaConf.create(made), out / rundir.CONFIG)
     with pytest.raises(FlantuneError, match=r"data.eval_seed \(the run: 3, now: 0\)"):
@@ -219,3 +220,47 @@ def test_output_dir_errors_come_before_any_library_loads(tmp_path, case):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "imported: []" in proc.stdout, (proc.stdout, seconds)
     assert len(proc.stderr.strip().splitlines()) == 1  # one paragraph
+
+
+def test_commands_with_different_temp_folders_share_one_lock(cli, tmp_path):
+    """The lock sits beside the directory, not in a temp folder: SLURM's per-job TMPDIR, another user or another
+    node of a shared file system sees it too."""
+    out = tmp_path / "run"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    first = subprocess.Popen([sys.executable, "-m", "flantune", "run", *SMALL, "train.max_steps=100000",
+                              "train.eval_steps=100000", f"output_dir={out}"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / rundir.CONFIG).is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert first.poll() is None, first.stderr.read().decode()[-2000:]
+        code, _, err = cli("run", *SMALL, f"output_dir={out}", "overwrite=true")
+        assert code == 2 and "Another flantune command is writing" in err
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def test_a_link_where_the_lock_goes_is_refused_and_writes_nothing(cli, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    out = tmp_path / "run"
+    (tmp_path / ".run.flantune-lock").symlink_to(victim)
+    code, _, err = cli("run", *SMALL, "train.max_steps=1", f"output_dir={out}")
+    assert code == 2 and "is a symbolic link" in err
+    assert victim.read_text() == "mine" and not out.exists()
+
+
+def test_overwrite_never_deletes_a_data_dir_given_by_the_environment(cli, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    code, _, err = cli("run", *SMALL, "train.max_steps=1", f"output_dir={out}")
+    assert code == 0, err
+    from flantune.sources import sample_data_dir
+
+    mine = out / "mydata"
+    shutil.copytree(sample_data_dir(), mine)
+    monkeypatch.setenv("FLANTUNE_DATA_DIR", str(mine))
+    options = [o for o in SMALL if not o.startswith("data_dir=")]
+    code, _, err = cli("run", *options, "train.max_steps=1", f"output_dir={out}", "overwrite=true")
+    assert code == 2 and f"this command reads {mine}" in err and mine.is_dir()

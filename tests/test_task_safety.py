@@ -179,6 +179,40 @@ def test_a_mirror_outside_data_dir_is_refused_when_the_task_file_is_read(mirror,
            "in data_dir" in err
 
 
+def test_a_hub_id_that_is_a_path_is_refused_when_the_task_file_is_read(tmp_path, cli):
+    # datasets reads a local folder given as a hub id: without data_dir this read any folder on the machine.
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "train.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    tasks, _ = _task(tmp_path, mirror=f"null, hub: {tmp_path / 'outside'}")
+    code, out, err = cli("show", "task=reviews", f"tasks_dir={tasks}")
+    assert code == 2 and "A fine film" not in out
+    assert "field 'source.hub' must be a Hugging Face hub dataset id" in _oneline(err)
+
+
+def test_a_template_reads_no_attribute_of_a_value_that_is_not_plain_data(tmp_path, cli):
+    """An Image column arrives as a PIL image, whose methods write files ({{ img.save(...) }}) or start programs."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(png, format="PNG")
+    data = tmp_path / "data" / "pictures"
+    data.mkdir(parents=True)
+    features = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string"), "img": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    rows = {"id": ["p1", "p2"], "text": ["A fine film."] * 2, "img": [{"bytes": png.getvalue(), "path": None}] * 2,
+            "label": [1, 0]}
+    for split in ("train", "validation", "test"):
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(data / f"{split}.parquet"))
+    written = tmp_path / "written.png"
+    tasks, _ = _task(tmp_path, mirror="pictures", input=json.dumps("{{ text }} {{ img.save('%s') }}" % written))
+    code, _, err = cli("show", "task=reviews", f"tasks_dir={tasks}", f"data_dir={tmp_path / 'data'}")
+    assert code == 2 and "attribute 'save'" in err and "sandbox" in err
+    assert not written.exists()
+
+
 def test_tasks_exits_2_after_listing_when_a_task_file_fails(tmp_path, cli):
     tasks, _ = _task(tmp_path)
     (tasks / "broken.yaml").write_text("name: broken\nkind: classification\ndescriptoin: typo\n")
