@@ -139,6 +139,41 @@ def test_ctrl_c_says_how_to_continue_and_a_finished_run_is_not_resumed(cli, tmp_
     assert (out / rundir.METRICS).read_text() == metrics
 
 
+def test_ctrl_c_before_an_overwrite_has_made_its_run_points_at_no_old_run(cli, tmp_path, monkeypatch):
+    from flantune import engine
+
+    out = tmp_path / "run"
+    code, _, err = cli("run", *SMALL, "train.max_steps=1", f"output_dir={out}")
+    assert code == 0, err
+    old = (out / rundir.METRICS).read_text()
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "load_model", ctrl_c)  # while the new run loads its model: the old one is in place
+    code, _, err = cli("run", *SMALL, "seed=9", f"output_dir={out}", "overwrite=true")
+    assert code == 130 and "resume=true" not in err, err  # resuming would continue the old run, not this one
+    assert (out / rundir.METRICS).read_text() == old
+
+
+def test_a_run_cut_while_writing_its_results_is_not_taken_as_finished(cli, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    write_json = rundir.write_json
+
+    def cut(path, data):
+        if path.name == rundir.LOG_HISTORY:  # among the run's last files, after its final evaluation
+            raise KeyboardInterrupt
+        write_json(path, data)
+
+    monkeypatch.setattr(rundir, "write_json", cut)
+    code, _, err = cli("run", *SMALL, f"output_dir={out}")
+    assert code == 130 and "resume=true" in err
+    monkeypatch.undo()
+    code, stdout, err = cli("run", *SMALL, f"output_dir={out}", "resume=true")
+    assert code == 0 and "finished run" not in stdout, err
+    assert (out / rundir.METRICS).is_file() and (out / "model" / "tokenizer.json").is_file()
+
+
 def test_runs_of_different_seeds_are_evaluated_on_the_same_rows(cli, tmp_path):
     evals = []
     for seed in (1, 2):
