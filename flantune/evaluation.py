@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from flantune import metrics as metric_lib
 from flantune.distributed import (
     gather_objects,
+    is_main,
     process_group,
     sharded_parameters,
     whole_parameters,
@@ -80,7 +82,8 @@ class EvalResult:
 
 class Evaluator:
     def __init__(self, sets: list[EvalSet], tokenizer, *, classify: str, rank_score: str, batch_size: int,
-                 num_beams: int, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+                 num_beams: int, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 role: str = "evaluation"):
         from flantune.task import fit_choices
 
         self.sets = [EvalSet(fit_choices(s.task, tokenizer), s.data) for s in sets]  # max_new_tokens set
@@ -90,6 +93,7 @@ class Evaluator:
         self.batch_size = batch_size
         self.num_beams = num_beams
         self.autocast = autocast
+        self.role = role  # names the progress bar: validation, test, ...
 
     def run(self, model) -> EvalResult:
         result = EvalResult()
@@ -113,13 +117,17 @@ class Evaluator:
         # Plain lists: indexing a datasets Column looks each row up in Arrow again.
         input_ids = part["input_ids"][:]
         device = next(model.parameters()).device
+        # tqdm's bar, as the trainer's (on stderr), on the main process only; it goes when done (leave=False).
+        bar = tqdm(total=len(mine), desc=f"{self.role} {task.name}", unit="example", leave=False, dynamic_ncols=True,
+                   disable=not is_main())
         start = time.perf_counter()
         rows: list[dict[str, Any]]
         labels = part["labels"][:]
         if task.is_classification and self.classify == "rank":
             choice_ids = self.tokenizer(text_target=task.choice_texts).input_ids
             scored = scoring.rank_choices(model, input_ids, choice_ids, batch_size=self.batch_size,
-                                          pad_id=self.tokenizer.pad_token_id, device=device, autocast=self.autocast)
+                                          pad_id=self.tokenizer.pad_token_id, device=device, autocast=self.autocast,
+                                          progress=bar.update)
             gold = [list(task.choices).index(label) for label in part["label"]]
             nll = -scored.scores[np.arange(len(gold)), gold] if gold else np.zeros(0)
             ranked = {rule: scoring.rank_score(scored.scores, choice_ids, task.choice_texts, rule)
@@ -135,10 +143,11 @@ class Evaluator:
         else:
             gen = scoring.generate(model, self.tokenizer, input_ids, labels, batch_size=self.batch_size,
                                    max_new_tokens=task.max_new_tokens, num_beams=self.num_beams, device=device,
-                                   autocast=self.autocast, synced_gpus=synced)
+                                   autocast=self.autocast, synced_gpus=synced, progress=bar.update)
             rows = [{"prediction": t} for t in gen.texts]
             nll, out_tokens = gen.nll, gen.new_tokens
         seconds = time.perf_counter() - start
+        bar.close()
         local_tokens = sum(len(x) for x in input_ids) + out_tokens
         for i, row, loss, target in zip(mine, rows, nll, labels):
             row.update(_index=i, _nll=float(loss), _tokens=len(target))

@@ -5,6 +5,8 @@ results come back in the input order."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -13,6 +15,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from flantune.config import RANK_SCORES  # eval.rank_score's options, checked with the config
+from flantune.modeling import base_model_of
 
 
 @dataclass
@@ -43,6 +46,10 @@ class Generated:
     new_tokens: int  # tokens generated
 
 
+def _no_progress(examples: int) -> None:
+    """What the scoring loops call after each batch with its examples (a progress bar's update, by default nothing)."""
+
+
 def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
     order = np.argsort(-np.asarray(lengths), kind="stable")
     for start in range(0, len(order), batch_size):
@@ -67,10 +74,17 @@ def _labels(seqs: Sequence[Sequence[int]], device) -> torch.Tensor:
     return labels.to(device)
 
 
-def _token_logprobs(model, encoder_out, mask, labels, past_key_values=None) -> torch.Tensor:
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """The name T5's forward takes its key/value cache by: `cache` since transformers 5.2x, which deprecates
+    `past_key_values` (a FutureWarning at every call); earlier 5.x know only `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def _token_logprobs(model, encoder_out, mask, labels, cache=None) -> torch.Tensor:
     """Summed log-probability of each row's label tokens (labels padded with -100)."""
-    logits = model(encoder_outputs=encoder_out, attention_mask=mask, labels=labels,
-                   past_key_values=past_key_values).logits.float()
+    kwargs = {_cache_keyword(type(base_model_of(model))): cache} if cache is not None else {}
+    logits = model(encoder_outputs=encoder_out, attention_mask=mask, labels=labels, **kwargs).logits.float()
     logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (logp * (labels != -100)).sum(-1)
 
@@ -84,8 +98,6 @@ def _cross_attentions(model) -> list | None:
     FSDP2, whose blocks gather their weights only inside their own forward (the projections would meet
     sharded weights)."""
     from torch.distributed.fsdp import FSDPModule
-
-    from flantune.modeling import base_model_of
 
     try:
         blocks = list(base_model_of(model).decoder.block)
@@ -113,7 +125,8 @@ def _cross_attention_cache(attentions: list, hidden: torch.Tensor, repeats: int)
 @torch.no_grad()
 def rank_choices(model, input_ids: Sequence[Sequence[int]], choice_ids: Sequence[Sequence[int]],
                  *, batch_size: int, pad_id: int, device,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Scored:
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 progress: Callable[[int], object] = _no_progress) -> Scored:
     """Score every answer choice of every example: log p(choice tokens | input), eos included.
 
     The encoder runs once per example, and so do the cross-attention projections of its states; the
@@ -133,6 +146,7 @@ def rank_choices(model, input_ids: Sequence[Sequence[int]], choice_ids: Sequence
             cache = _cross_attention_cache(attentions, hidden, n_choices) if attentions else None
             logp = _token_logprobs(model, enc, mask.repeat_interleave(n_choices, dim=0), labels, cache)
         scores[idx] = logp.double().cpu().numpy().reshape(len(idx), n_choices)
+        progress(len(idx))
     return Scored(scores=scores)
 
 
@@ -154,7 +168,7 @@ def target_nll(model, input_ids: Sequence[Sequence[int]], target_ids: Sequence[S
 def generate(model, tokenizer, input_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]], *,
              batch_size: int, max_new_tokens: int, num_beams: int, device,
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-             synced_gpus: bool = False) -> Generated:
+             synced_gpus: bool = False, progress: Callable[[int], object] = _no_progress) -> Generated:
     """Greedy (or beam) generation, plus the teacher-forced loss of the targets on the same encoding."""
     model.eval()
     texts: list[str] = [""] * len(input_ids)
@@ -173,4 +187,5 @@ def generate(model, tokenizer, input_ids: Sequence[Sequence[int]], target_ids: S
         new_tokens += int((out[:, 1:] != tokenizer.pad_token_id).sum())
         for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
             texts[i] = text.strip()
+        progress(len(idx))
     return Generated(texts=texts, nll=nll, new_tokens=new_tokens)
