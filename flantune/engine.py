@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flantune import rundir
 from flantune.config import task_names, to_yaml
-from flantune.console import console
+from flantune.console import console, no_transformers_bars
 from flantune.data import load_rows
 from flantune.distributed import (
     is_main,
@@ -220,7 +220,7 @@ def make_evaluator(p: Plan, tokenizer, role: str) -> Evaluator:
     cfg = p.cfg
     return Evaluator(eval_sets(p, tokenizer, role), tokenizer, classify=cfg.eval.classify,
                      rank_score=cfg.eval.rank_score, batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams,
-                     autocast=autocast_for(p.precision))
+                     autocast=autocast_for(p.precision), role=role)
 
 
 def run(cfg: DictConfig, input_files: list[str] = ()) -> Path:
@@ -274,7 +274,8 @@ def _train(cfg: DictConfig, out: Path) -> Path:
     on_main_then_share(lambda: _create_run_dir(out, cfg))
     if cfg.method == "lora" and cfg.model.random_init and is_main():
         # A random base can't be downloaded again: keep it beside the adapter so PeftModel can load both.
-        model.save_pretrained(out / rundir.BASE_MODEL)
+        with no_transformers_bars():
+            model.save_pretrained(out / rundir.BASE_MODEL)
         tokenizer.save_pretrained(out / rundir.BASE_MODEL)
     model = prepare_for_training(apply_method(model, cfg), p.precision, cfg.train.compile)
     if cfg.method == "lora" and cfg.model.random_init:
@@ -288,7 +289,8 @@ def _train(cfg: DictConfig, out: Path) -> Path:
     trained = training.train(p, out, model, tokenizer, train_set, validation)
     final = final_evaluator.run(trained.model)
     wall = time.perf_counter() - started
-    trained.trainer.save_model(str(out / rundir.MODEL))  # every process: FSDP gathers the shards here
+    with no_transformers_bars():  # its "Writing model shards" bar (flantune.console)
+        trained.trainer.save_model(str(out / rundir.MODEL))  # every process: FSDP gathers the shards here
     if is_main():
         write_outputs(p, out, trained, final, info, tokenizer, wall, prep_seconds)
         from flantune.summary import print_summary
@@ -336,6 +338,7 @@ def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInf
     tokenizer.save_pretrained(out / rundir.MODEL)
     if cfg.method == "lora" and cfg.merge:
         merged = trained.model.merge_and_unload()
-        merged.save_pretrained(out / rundir.MERGED)
+        with no_transformers_bars():
+            merged.save_pretrained(out / rundir.MERGED)
         tokenizer.save_pretrained(out / rundir.MERGED)
     rundir.write_json(out / rundir.METRICS, metrics)  # last: its presence is what makes the run finished
