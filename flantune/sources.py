@@ -187,12 +187,15 @@ def _read_mirror_file(task: Task, split: str, path: Path, data_dir: Path):
 def _load_file(path: str, builder: str):
     import datasets
 
+    from flantune.console import no_datasets_bars
+
     # datasets' file readers log a bad file's error before raising it; the FlantuneError says it in full.
     readers = logging.getLogger("datasets.packaged_modules")
     level = readers.level
     readers.setLevel(logging.CRITICAL)
     try:
-        return datasets.load_dataset(builder, data_files={"data": path}, split="data")
+        with no_datasets_bars():  # a local file reads in moments: its "Generating data split" bar is noise
+            return datasets.load_dataset(builder, data_files={"data": path}, split="data")
     finally:
         readers.setLevel(level)
 

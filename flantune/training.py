@@ -12,14 +12,17 @@ from omegaconf import OmegaConf
 from transformers import (
     DataCollatorForSeq2Seq,
     Seq2SeqTrainer,
+    ProgressCallback,
     Seq2SeqTrainingArguments,
     TrainerCallback,
 )
 
 from flantune import batching, packing, rundir
+from flantune.console import no_transformers_bars
 from flantune.distributed import is_main, process_group, world_size
 from flantune.evaluation import SCORE, Evaluator
 from flantune.modeling import base_model_of
+from flantune.progress import RunProgress
 
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "labels"]
 
@@ -311,6 +314,8 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
         sampler_factory=lambda: train_set.sampler(global_batch),
         callbacks=[EvaluateAtEnd()],
     )
+    trainer.remove_callback(ProgressCallback)  # its bar, with flantune's log lines (flantune.progress)
+    trainer.add_callback(RunProgress({s.task.name: s.task.primary_metric for s in evaluator.sets}))
     import torch
 
     if torch.cuda.is_available():
@@ -320,7 +325,8 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
         last = rundir.last_checkpoint(out)
         resume_from = str(last) if last else None
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    with no_transformers_bars():  # no "Writing model shards" bar inside the trainer's at each checkpoint
+        trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     _sum_over_processes(trainer)
     args = trainer.args
