@@ -3,8 +3,11 @@ full fine-tuning or LoRA (peft) through the same code path; the precision it tra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -222,8 +225,9 @@ def load_model(cfg: DictConfig, seed: int, *, train: bool = False):
             from peft import PeftModel
 
             base = AutoModelForSeq2SeqLM.from_pretrained(_load_target(base_name))
-            model = PeftModel.from_pretrained(base, str(Path(str(m.path)).expanduser()),
-                                              is_trainable=train and cfg.method == "lora")
+            with _quiet_peft_wrap():
+                model = PeftModel.from_pretrained(base, str(Path(str(m.path)).expanduser()),
+                                                  is_trainable=train and cfg.method == "lora")
             if train and cfg.method == "full":
                 model = model.merge_and_unload().requires_grad_(True)  # peft froze the base's weights
         else:
@@ -340,6 +344,15 @@ def config_model_type(cfg: DictConfig) -> str:
     return model_config(cfg).model_type
 
 
+@contextlib.contextmanager
+def _quiet_peft_wrap() -> Iterator[None]:
+    """peft's PeftModel reads the model's is_gradient_checkpointing, which transformers 5.2x deprecates: a
+    FutureWarning about peft's own call, which flantune has no other call to avoid. Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_method(model, cfg: DictConfig):
     """Full fine-tuning returns the model as is; LoRA wraps it in a peft model."""
     if cfg.method == "full" or hasattr(model, "peft_config"):  # a saved adapter trains on as it is
@@ -353,7 +366,8 @@ def apply_method(model, cfg: DictConfig):
         target_modules=targets,
     )
     try:
-        return get_peft_model(model, lora)
+        with _quiet_peft_wrap():
+            return get_peft_model(model, lora)
     except ValueError as exc:
         raise FlantuneError(f"LoRA could not wrap the model: {exc}. Check lora.target_modules.") from exc
 
