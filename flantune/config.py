@@ -57,7 +57,7 @@ class TrainCfg:
     optim: str = MISSING
     max_grad_norm: float = MISSING
     logging_steps: int = MISSING
-    eval_steps: int = MISSING
+    eval_steps: Any = MISSING  # N steps, or a fraction of the run's steps
     save_steps: Optional[int] = MISSING
     save_total_limit: Optional[int] = MISSING
     sampling: str = MISSING
@@ -448,7 +448,7 @@ def validate(cfg: DictConfig) -> None:
     check_choice(cfg, "train.loss_normalization", LOSS_NORMALIZATIONS)
     check_choice(cfg, "method", tuple(group_options(METHODS_DIR)))
     for key, minimum in (("train.batch_size", 1), ("train.grad_accum", 1), ("eval.batch_size", 1),
-                         ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1), ("train.eval_steps", 1),
+                         ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1),
                          ("train.epochs", 0), ("train.weight_decay", 0), ("train.max_grad_norm", 0),
                          ("train.num_workers", 0), ("data.template_seed", 0), ("data.eval_seed", 0)):
         _at_least(cfg, key, minimum)
@@ -458,6 +458,16 @@ def validate(cfg: DictConfig) -> None:
     if not 0 <= cfg.seed < 2**32:  # numpy's seed range (transformers' set_seed seeds numpy too)
         raise FlantuneError(f"Config key 'seed' is {cfg.seed}; it must be in [0, 2**32).")
     save, every = cfg.train.save_steps, cfg.train.eval_steps
+    fraction = isinstance(every, float) and 0 < every < 1
+    if isinstance(every, bool) or not (isinstance(every, int) and every >= 1 or fraction):
+        raise FlantuneError(f"Config key 'train.eval_steps' is {every!r}; choose a number of steps (>= 1) or a "
+                            "fraction of the run's steps between 0 and 1 (0.25: four evaluations).")
+    if fraction and save is not None:
+        raise FlantuneError(
+            f"train.save_steps={save} with train.eval_steps={every}, a fraction of the run's steps: saves must fall on "
+            "evaluations, which a number of steps can't be sure to. Leave train.save_steps null (a save at each "
+            "evaluation), or give train.eval_steps as a number of steps."
+        )
     if save is not None and save % every:
         raise FlantuneError(
             f"train.save_steps={save} is not a multiple of train.eval_steps={every}: the best checkpoint is chosen "
