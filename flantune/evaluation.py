@@ -118,7 +118,7 @@ class Evaluator:
         input_ids = part["input_ids"][:]
         device = next(model.parameters()).device
         # tqdm's bar, as the trainer's (on stderr), on the main process only; it goes when done (leave=False).
-        bar = tqdm(total=len(mine), desc=f"{self.role} {task.name}", unit="example", leave=False, dynamic_ncols=True,
+        bar = tqdm(total=len(mine), desc=f"{self.role} {task.name}", unit=" examples", leave=False, dynamic_ncols=True,
                    disable=not is_main())
         start = time.perf_counter()
         rows: list[dict[str, Any]]
