@@ -17,7 +17,7 @@ import yaml
 
 from flantune.errors import FlantuneError, did_you_mean
 from flantune.overrides import load_yaml
-from flantune.splits import check_split_syntax
+from flantune.splits import Holdout, check_split_syntax
 
 KINDS = ("classification", "generation", "extractive_qa")
 BASELINES = ("lead",)  # classification tasks always get the majority class and TF-IDF + logistic regression
@@ -30,20 +30,6 @@ class Source:
     config: str | None = None  # the hub config name
     revision: str | None = None  # e.g. refs/convert/parquet for datasets that had a loading script
     mirror: str | None = None  # the folder name under data_dir
-
-
-@dataclass(frozen=True)
-class Holdout:
-    """A seeded division of one split: `size` rows go to role `to`, every other role drawing on
-    split `from_` leaves them out, so evaluation rows never appear in training."""
-
-    from_: str
-    to: str
-    size: float  # a row count (>= 1) or a fraction of the split (< 1)
-    seed: int
-
-    def count(self, n_rows: int) -> int:
-        return int(self.size) if self.size >= 1 else int(round(self.size * n_rows))
 
 
 @dataclass(frozen=True)
@@ -494,5 +480,5 @@ def load_task_file(path: Path, origin: str | None = None) -> Task:
     return task_from_dict(read_task_file(path, origin), origin=origin)
 
 
-__all__ = ["Task", "Template", "Source", "Holdout", "MetricSpec", "task_from_dict", "task_to_dict", "load_task_file",
+__all__ = ["Task", "Template", "Source", "MetricSpec", "task_from_dict", "task_to_dict", "load_task_file",
            "read_task_file", "fit_choices", "choice_lengths", "KINDS", "ROLES"]
