@@ -1,5 +1,6 @@
 """The `flantune` commands, each declared once: its summary, its options (with their defaults), an example and the
-function that runs it. `flantune COMMAND --help` shows the declaration, and the command parses its options from it."""
+function that runs it. `flantune COMMAND --help` shows the declaration, and the command parses its options from it.
+Each command imports the modules that do its work when it runs, so that `--help` and `flantune tasks` start fast."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flantune.console import console
 from flantune.errors import FlantuneError
-from flantune.overrides import simple_options
+from flantune.overrides import parse_value, simple_options
 from flantune.registry import discover
 from flantune.sources import resolve_data_dir
 
@@ -174,8 +176,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from flantune.compare import config_for, evaluate
     from flantune import rundir
     from flantune.config import input_files
-    from flantune.console import console
-
     model, _ = _pop(args.options, "model")
     cfg = config_for(args.options, args.config, [model] if model else [])
     out = evaluate(cfg, input_files=input_files(args.options, args.config))
@@ -195,7 +195,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from flantune.compare import compare, config_for, default_report_dir
     from flantune.config import input_files
-    from flantune.overrides import parse_value
 
     base, options = _pop(args.options, "base")
     tuned, options = _pop(options, "finetuned")
@@ -210,8 +209,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = config_for(options, args.config, runs)
     out = Path(out_opt) if out_opt else default_report_dir(f"{Path(runs[0]).name}-compare")
     html = compare(cfg, base, runs, out, input_files(options, args.config))
-    from flantune.console import console
-
     console().print(f"report: [bold]{html}[/] (and report.md, report.json)")
     return 0
 
@@ -222,8 +219,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
          example="flantune report reports/imdb-run-a-compare-20261122-103000")
 def cmd_report(args: argparse.Namespace) -> int:
     from flantune.compare import config_for, report
-    from flantune.console import console
-
     dirs = [o for o in args.options if "=" not in o]
     options = [o for o in args.options if "=" in o]
     if not dirs:

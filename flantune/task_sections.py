@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import PureWindowsPath
 from typing import Any
 
+from flantune import templates
 from flantune.errors import FlantuneError, did_you_mean
+from flantune.metrics import known_metric_names, metric_outputs
 from flantune.splits import Holdout, check_split_syntax
 
 KINDS = ("classification", "generation", "extractive_qa")
@@ -187,8 +189,6 @@ def parse_row_hooks(context: str, data: dict) -> tuple[str | None, str | None]:
 def parse_metrics(context: str, raw: Any, primary: Any,
              choices: dict[int, str] | None) -> tuple[tuple[MetricSpec, ...], str]:
     """The metric specs, and the primary metric, which one of them must compute."""
-    from flantune.metrics import known_metric_names, metric_outputs
-
     metrics = _metric_specs(context, raw)
     primary = _str(context, "primary_metric", primary)
     for spec in metrics:
@@ -317,8 +317,6 @@ def _int(context: str, where: str, value: Any, *, minimum: int = 1) -> int:
 
 
 def _check_jinja(context: str, where: str, text: str, *, expression: bool = False) -> None:
-    from flantune import templates  # jinja2 is cheap to import
-
     try:
         templates.compile_expression(text) if expression else templates.compile_template(text)
     except Exception as exc:  # jinja2.TemplateSyntaxError and friends
