@@ -85,7 +85,7 @@ def _cross_attentions(model) -> list | None:
     sharded weights)."""
     from torch.distributed.fsdp import FSDPModule
 
-    from flantune.modeling import base_model_of
+    from flantune.unwrap import base_model_of
 
     try:
         blocks = list(base_model_of(model).decoder.block)
