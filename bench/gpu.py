@@ -76,7 +76,7 @@ def examples(parquet: str, n: int, seed: int = 0) -> list[dict]:
 
     from flantune.data import render_row
     from flantune.registry import discover
-    from flantune.show import load_tokenizer
+    from flantune.tokenizer import load_tokenizer
 
     task = discover().get(Path(parquet).parent.name)
     table = pq.read_table(parquet)
@@ -182,8 +182,8 @@ def run_variant(name: str, arch: str, data: list[dict], *, batch: int, steps: in
         use_fast_attention,
         use_fused_ops,
     )
-    from flantune.modeling import base_model_of
-    from flantune.show import load_tokenizer
+    from flantune.unwrap import base_model_of
+    from flantune.tokenizer import load_tokenizer
 
     opts = VARIANTS[name]
     lengths = np.array([[len(x["input_ids"]), len(x["labels"])] for x in data])

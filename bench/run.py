@@ -54,7 +54,7 @@ def _features(task_name: str, data_dir: str, n: int, role: str, seed: int, templ
     from flantune.data import load_rows
     from flantune.features import tokenize
     from flantune.registry import discover
-    from flantune.show import load_tokenizer
+    from flantune.tokenizer import load_tokenizer
 
     task = discover().get(task_name)
     tok = load_tokenizer(None)

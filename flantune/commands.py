@@ -1,27 +1,91 @@
-"""The body of each `flantune` command: parse its options, then hand over to the module that does the work."""
+"""The `flantune` commands, each declared once: its summary, its options (with their defaults), an example and the
+function that runs it. `flantune COMMAND --help` shows the declaration, and the command parses its options from it.
+Each command imports the modules that do its work when it runs, so that `--help` and `flantune tasks` start fast."""
 
 from __future__ import annotations
 
 import argparse
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from flantune.overrides import simple_options
+from flantune.console import console
+from flantune.errors import FlantuneError
+from flantune.overrides import parse_value, simple_options
 from flantune.registry import discover
 from flantune.sources import resolve_data_dir
 
 
-# The options of the commands that take a fixed set (cli.OPTIONS shows them in --help).
-TASKS_DEFAULTS = {"data_dir": None, "tasks_dir": None}
-SHOW_DEFAULTS = {"task": None, "n": 3, "split": "train", "data_dir": None, "tasks_dir": None, "tokenizer": None,
-                 "template": None, "seed": 0, "stats_rows": 2000}
+@dataclass(frozen=True)
+class Option:
+    """A key=value option of a command that takes a fixed set."""
+
+    default: Any = None
+    shown: str | None = None  # how --help writes its value (DIR, NAME, train|validation|test); else the default
+    note: str = ""  # a word on it in --help
+    required: bool = False
+    minimum: int | None = None  # set: a whole number at least this
+
+    def spelled(self, key: str) -> str:
+        return f"{key}={self.shown or self.default}"
+
+    def help(self, key: str) -> str:
+        note = ", ".join(n for n in ("required" if self.required else "", self.note) if n)
+        return self.spelled(key) + (f" ({note})" if note else "")
 
 
-def cmd_tasks(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    example: str
+    run: Callable[..., int]  # run(args, options) with `options`, else run(args)
+    options: dict[str, Option] | None = None  # a fixed set; None: config keys, which `usage` describes
+    usage: str = ""
+    config_files: bool = False  # takes --config FILE
+
+    def help(self) -> str:
+        """What --help shows below the summary: the options and the example."""
+        text = self.usage or "options: " + ", ".join(o.help(k) for k, o in self.options.items())
+        lines = textwrap.wrap(text, 100, subsequent_indent="  ", break_on_hyphens=False) if not self.usage \
+            else text.splitlines()
+        return "\n".join([*lines, f"  {self.example}"])
+
+    def parse(self, options: list[str]) -> dict[str, Any]:
+        opts = simple_options(options, {k: o.default for k, o in self.options.items()}, self.name)
+        for key, option in self.options.items():
+            value = opts[key]
+            if option.required and not value:
+                raise FlantuneError(f"`flantune {self.name}` needs {option.spelled(key)}, e.g. {self.example}.")
+            if option.minimum is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                               or value < option.minimum):
+                raise FlantuneError(f"`flantune {self.name}` option {key} must be a whole number, got {value!r}.")
+        return opts
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        return self.run(args, self.parse(args.options)) if self.options is not None else self.run(args)
+
+
+COMMANDS: dict[str, Command] = {}  # in the order `flantune --help` lists them
+
+
+def command(name: str, summary: str, *, example: str, options: dict[str, Option] | None = None, usage: str = "",
+            config_files: bool = False) -> Callable:
+    def declare(run: Callable[..., int]) -> Callable[..., int]:
+        COMMANDS[name] = Command(name, summary, example, run, options, usage, config_files)
+        return run
+    return declare
+
+
+@command("tasks", "list every registered task (built-in and plugins)",
+         options={"data_dir": Option(shown="DIR", note="count the rows of a local mirror"),
+                  "tasks_dir": Option(shown="DIR", note="plugin task files")},
+         example="flantune tasks data_dir=../shared/data")
+def cmd_tasks(args: argparse.Namespace, opts: dict[str, Any]) -> int:
     from flantune.listing import print_tasks
 
-    from flantune.errors import FlantuneError
-
-    opts = simple_options(args.options, TASKS_DEFAULTS, "tasks")
     registry = discover(opts["tasks_dir"])
     print_tasks(registry, resolve_data_dir(opts["data_dir"]))
     if registry.problems:  # listed with the tasks that loaded; a script sees the failure in the exit code
@@ -30,22 +94,25 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    from flantune.errors import FlantuneError
+@command("show", "render real examples of a task and measure their token lengths",
+         options={"task": Option(shown="NAME", required=True), "n": Option(3, minimum=1),
+                  "split": Option("train", shown="train|validation|test"), "data_dir": Option(shown="DIR"),
+                  "tasks_dir": Option(shown="DIR"), "tokenizer": Option(shown="PATH"),
+                  "template": Option(shown="NAME"), "seed": Option(0, minimum=0), "stats_rows": Option(2000, minimum=1)},
+         example="flantune show task=imdb n=3 split=train data_dir=../shared/data")
+def cmd_show(args: argparse.Namespace, opts: dict[str, Any]) -> int:
     from flantune.show import show
 
-    opts = simple_options(args.options, SHOW_DEFAULTS, "show")
-    if not opts["task"]:
-        raise FlantuneError("`flantune show` needs task=NAME, e.g. flantune show task=imdb n=3 split=train.")
-    for key in ("n", "stats_rows", "seed"):
-        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < (0 if key == "seed" else 1):
-            raise FlantuneError(f"`flantune show` option {key} must be a whole number, got {opts[key]!r}.")
     task = discover(opts["tasks_dir"]).get(str(opts["task"]))
     show(task, role=str(opts["split"]), n=opts["n"], data_dir=resolve_data_dir(opts["data_dir"]),
          tokenizer_name=opts["tokenizer"], template=opts["template"], seed=opts["seed"], stats_rows=opts["stats_rows"])
     return 0
 
 
+@command("validate", "check a task against its data: every template rendered on every row of its splits",
+         usage="options: task=NAME (several: task=[a,b]) or mixture=NAME, data_dir=DIR, tasks_dir=DIR,\n"
+               "  tasks.NAME.FIELD=... as for run (--config FILE too)",
+         example="flantune validate task=imdb data_dir=../shared/data", config_files=True)
 def cmd_validate(args: argparse.Namespace) -> int:
     from flantune.config import load_config
     from flantune.engine import resolve_tasks
@@ -57,6 +124,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("config", "print the resolved run configuration",
+         usage="options: any config key (configs/defaults.yaml documents each), e.g. task=, model=, method=,\n"
+               "  train.lr=; --config FILE adds a YAML file before them",
+         example="flantune config task=imdb method=lora", config_files=True)
 def cmd_config(args: argparse.Namespace) -> int:
     from flantune.config import load_config, task_names, to_yaml
 
@@ -68,6 +139,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("run", "fine-tune (full or LoRA) on a task or a mixture, then evaluate",
+         usage="options: any config key (flantune config prints them all), e.g. task=imdb model=flan-t5-large\n"
+               "  method=lora train.lr=3e-4 data_dir=DIR output_dir=DIR resume=true overwrite=true compare=true",
+         example="flantune run task=imdb model=tiny data_dir=@sample", config_files=True)
 def cmd_run(args: argparse.Namespace) -> int:
     from flantune.config import input_files, load_config
     from flantune.engine import run
@@ -93,12 +168,14 @@ def _pop(options: list[str], key: str) -> tuple[str | None, list[str]]:
     return found, rest
 
 
+@command("eval", "evaluate a base model or a finished run on a task or a mixture",
+         usage="options: model= (a hub id, a local folder or a run directory), then any config key, e.g. task=,\n"
+               "  eval.split=, data_dir=, output_dir=",
+         example="flantune eval model=runs/imdb-flan-t5-base-20261122-101500", config_files=True)
 def cmd_eval(args: argparse.Namespace) -> int:
     from flantune.compare import config_for, evaluate
     from flantune import rundir
     from flantune.config import input_files
-    from flantune.console import console
-
     model, _ = _pop(args.options, "model")
     cfg = config_for(args.options, args.config, [model] if model else [])
     out = evaluate(cfg, input_files=input_files(args.options, args.config))
@@ -111,11 +188,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("compare", "compare a base model with fine-tuned runs in a report with confidence intervals",
+         usage="options: base=MODEL finetuned=RUN_DIR (several: finetuned=[run-a,run-b]), output_dir=DIR,\n"
+               "  then any config key",
+         example="flantune compare base=google/flan-t5-base finetuned=runs/imdb-run-a", config_files=True)
 def cmd_compare(args: argparse.Namespace) -> int:
     from flantune.compare import compare, config_for, default_report_dir
     from flantune.config import input_files
-    from flantune.errors import FlantuneError
-    from flantune.overrides import parse_value
 
     base, options = _pop(args.options, "base")
     tuned, options = _pop(options, "finetuned")
@@ -130,17 +209,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = config_for(options, args.config, runs)
     out = Path(out_opt) if out_opt else default_report_dir(f"{Path(runs[0]).name}-compare")
     html = compare(cfg, base, runs, out, input_files(options, args.config))
-    from flantune.console import console
-
     console().print(f"report: [bold]{html}[/] (and report.md, report.json)")
     return 0
 
 
+@command("report", "rebuild comparison reports from saved predictions, without running a model",
+         usage="arguments: a report directory to rebuild, or run / evaluation directories (the first is the\n"
+               "  reference); options: output_dir=DIR, overwrite=true",
+         example="flantune report reports/imdb-run-a-compare-20261122-103000")
 def cmd_report(args: argparse.Namespace) -> int:
     from flantune.compare import config_for, report
-    from flantune.console import console
-    from flantune.errors import FlantuneError
-
     dirs = [o for o in args.options if "=" not in o]
     options = [o for o in args.options if "=" in o]
     if not dirs:

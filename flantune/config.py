@@ -13,25 +13,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flantune import rundir
+from flantune.config_files import METHODS_DIR, MIXTURES_DIR, MODELS_DIR, configs_root, group_options, read_yaml
 from flantune.errors import FlantuneError, did_you_mean, first_line
-from flantune.modeling import is_local_path
-from flantune.overrides import load_yaml, parse_overrides
+from flantune.hub import is_local_path
+from flantune.overrides import parse_overrides
 
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
 CLASSIFY = ("rank", "generate")
 RANK_SCORES = ("sum", "per_token", "per_byte")  # eval.rank_score: flantune.scoring.rank_score
 SAMPLING = ("length_grouped", "input_length_grouped", "random", "packed")
 LOSS_NORMALIZATIONS = ("tokens", "batch")
-METHODS_DIR, MODELS_DIR, MIXTURES_DIR = "method", "model", "mixture"
 
 
 @dataclass
@@ -133,52 +131,6 @@ class RunCfg:
 
 # Mappings whose keys are the user's (task names, T5Config fields, a scheduler's arguments): not checked against the schema.
 FREE_KEYS = ("tasks", "model.architecture", "mixing.weights", "train.lr_scheduler_kwargs")
-
-
-def configs_root() -> Path:
-    return Path(str(resources.files("flantune._builtin_configs")))
-
-
-def group_options(group: str) -> list[str]:
-    folder = configs_root() / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-
-
-def read_yaml(path: Path, what: str) -> dict:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise FlantuneError(f"{what} '{path}' does not exist.") from exc
-    except IsADirectoryError as exc:
-        raise FlantuneError(f"{what} '{path}' is a directory: give the path of a YAML file.") from exc
-    except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise FlantuneError(f"{what} '{path}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} on line {line}): "
-                            "save it as UTF-8 YAML.") from exc
-    except OSError as exc:
-        raise FlantuneError(f"{what} '{path}' could not be read: {exc.strerror or first_line(exc)}.") from exc
-    try:
-        data = load_yaml(text)
-    except yaml.YAMLError as exc:
-        raise FlantuneError(f"{what} '{path}' is not valid YAML: {_yaml_problem(exc)}.") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise FlantuneError(f"{what} '{path}' must be a mapping of settings, got {type(data).__name__}.")
-    return data
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """What yaml found wrong and where: 'expected ..., but found ... at line 3, column 1 (while parsing ...
-    that starts at line 2, column 7)'."""
-    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
-    if mark is None or not problem:
-        return first_line(exc)
-    text = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if context and start is not None and (start.line, start.column) != (mark.line, mark.column):
-        text += f" ({context} that starts at line {start.line + 1}, column {start.column + 1})"
-    return text
 
 
 def _schema_keys(node: Any, prefix: str = "") -> set[str]:

@@ -23,7 +23,8 @@ from flantune import templates
 from flantune.errors import FlantuneError, first_line
 from flantune.sources import carve_hint, load_split, mirror_sizes
 from flantune.splits import check_split_syntax, describe_rows, select_rows, shared_rows
-from flantune.task import ROLES, Task, Template
+from flantune.task import ROLES, Task
+from flantune.task_sections import Template
 
 ID = "_id"  # the column that carries an example's id through every step
 # Names a template may use besides the dataset's columns.

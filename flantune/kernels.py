@@ -17,7 +17,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from flantune.modeling import base_model_of
+from flantune.unwrap import base_model_of
 
 ATTENTION = "flantune_sdpa"
 T5_LAYOUT = ("t5", "mt5", "umt5")  # the models with T5's own attention, layer norm and feed-forward modules

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from flantune.config_files import MIXTURES_DIR, configs_root, group_options, read_yaml
 from flantune.errors import FlantuneError, did_you_mean
 
 SCHEMES = ("proportional", "temperature", "equal", "weights")
@@ -33,8 +34,6 @@ MIXING_KEYS = ("scheme", "cap", "temperature", "weights")
 
 def _mixture_file(name: str) -> Path:
     """A built-in mixture by name (configs/mixture/NAME.yaml), or a mixture file by path."""
-    from flantune.config import MIXTURES_DIR, configs_root, group_options
-
     if name.endswith((".yaml", ".yml")) or "/" in name:
         path = Path(name).expanduser()
         if not path.is_file():
@@ -50,8 +49,6 @@ def _mixture_file(name: str) -> Path:
 
 
 def _read_mixture(name: str) -> dict:
-    from flantune.config import read_yaml
-
     path = _mixture_file(name)
     data = read_yaml(path, "Mixture file")
     if not isinstance(data.get("tasks", []), (list, dict)):

@@ -282,7 +282,7 @@ def accept_rows(model) -> None:
     around the forward."""
     if getattr(model, "_flantune_packed_rows", False):
         return
-    from flantune.modeling import base_model_of
+    from flantune.unwrap import base_model_of
 
     model.register_forward_pre_hook(_packed_masks, with_kwargs=True)
     base_model_of(model).get_encoder().register_forward_pre_hook(_encoder_mask, with_kwargs=True)
@@ -295,7 +295,7 @@ def _packed_masks(model, args: tuple, kwargs: dict):
     (`_encoder_mask`), for these input ids only."""
     if SEGMENT_KEYS[0] not in kwargs:
         return None
-    from flantune.modeling import base_model_of
+    from flantune.unwrap import base_model_of
 
     kwargs = dict(kwargs)
     input_segments, label_segments = (kwargs.pop(key) for key in SEGMENT_KEYS)

@@ -15,7 +15,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from flantune.config import RANK_SCORES  # eval.rank_score's options, checked with the config
-from flantune.modeling import base_model_of
+from flantune.unwrap import base_model_of
 
 
 @dataclass

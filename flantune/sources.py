@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from flantune.errors import FlantuneError, did_you_mean, first_line
+from flantune.hub import hub_unreachable
 from flantune.splits import carve_apart, check_split_syntax
 from flantune.task import ROLES, Task
 
@@ -216,8 +217,6 @@ def load_split(task: Task, split: str, data_dir: Path | None):
             f"Task '{task.name}' ({task.origin}) has no hub dataset (source.hub); give data_dir=DIR with its "
             f"mirror folder '{task.source.mirror}'."
         )
-    from flantune.modeling import hub_unreachable
-
     unreachable = hub_unreachable()  # asked once: an unreachable hub is then read from the cache, not retried
     try:
         return _load_hub(task.source.hub, task.source.config, task.source.revision, split)

@@ -1,5 +1,5 @@
-"""Split specs in the hub's slicing syntax (`train`, `validation[:80%]`, `train[10:20]+test`) and the
-rows they select, with a task's seeded holdout taken out.
+"""Split specs in the hub's slicing syntax (`train`, `validation[:80%]`, `train[10:20]+test`), a task's seeded
+holdout, and the rows they select.
 
 The rows are computed as index lists over the full base split, so selecting them costs an index
 mapping, not a copy of the data.
@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flantune.errors import FlantuneError
 
-if TYPE_CHECKING:
-    from flantune.task import Holdout
+
+@dataclass(frozen=True)
+class Holdout:
+    """A seeded division of one split: `size` rows go to role `to`, every other role drawing on
+    split `from_` leaves them out, so evaluation rows never appear in training."""
+
+    from_: str
+    to: str
+    size: float  # a row count (>= 1) or a fraction of the split (< 1)
+    seed: int
+
+    def count(self, n_rows: int) -> int:
+        return int(self.size) if self.size >= 1 else int(round(self.size * n_rows))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pytest
 from flantune.data import load_rows
 from flantune.features import tokenize
 from flantune.registry import discover
-from flantune.show import load_tokenizer
+from flantune.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = REPO / "examples" / "plugin_folder"

@@ -138,13 +138,16 @@ def test_debug_shows_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "FlantuneError" in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["tasks", "show"])
-def test_each_commands_help_names_every_option_it_takes(command, capsys):
-    from flantune import commands
+@pytest.mark.parametrize("command", ["tasks", "show", "validate", "config", "run", "eval", "compare", "report"])
+def test_each_commands_help_shows_its_options_and_example(command, capsys):
+    from flantune.commands import COMMANDS
     from flantune.cli import main
 
     with pytest.raises(SystemExit):
         main([command, "--help"])
     shown = capsys.readouterr().out
-    for key in getattr(commands, f"{command.upper()}_DEFAULTS"):
+    declared = COMMANDS[command]
+    assert declared.summary in shown and declared.example in shown
+    for key in declared.options or {}:  # the options the command parses, from the same declaration
         assert f"{key}=" in shown, key
+    assert ("--config FILE" in shown) == declared.config_files

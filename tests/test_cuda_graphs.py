@@ -161,7 +161,7 @@ def test_buckets_pad_by_at_most_an_eighth_beyond_64_tokens():
 def test_padding_to_buckets_masks_what_it_adds():
     from transformers import DataCollatorForSeq2Seq
 
-    from flantune.show import load_tokenizer
+    from flantune.tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     features = [{"input_ids": list(range(2, 2 + n)), "attention_mask": [1] * n, "labels": list(range(5, 5 + m))}

@@ -186,7 +186,7 @@ def _run_fsdp2_script(code: str, tmp_path: Path, port: int) -> tuple[dict, dict]
 FSDP2_EVAL = FSDP2_SETUP + r"""
 from flantune import scoring
 from flantune.distributed import whole_parameters
-from flantune.show import load_tokenizer
+from flantune.tokenizer import load_tokenizer
 
 sharded = shard(copy.deepcopy(plain))
 

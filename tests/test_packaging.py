@@ -40,7 +40,7 @@ def test_wheel_ships_tasks_configs_sample_and_tokenizer(wheel_site, tmp_path):
 import flantune, importlib.resources as r
 from flantune.registry import discover
 from flantune.sources import sample_data_dir
-from flantune.show import bundled_tokenizer_dir
+from flantune.tokenizer import bundled_tokenizer_dir
 print('FILE', flantune.__file__)
 reg = discover()
 print('TASKS', sorted(reg.tasks), {t.origin for t in reg.tasks.values()}, reg.problems)

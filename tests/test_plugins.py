@@ -14,7 +14,7 @@ from flantune.data import load_rows, preprocess_digest, render_row
 from flantune.features import tokenize
 from flantune.metrics import compute
 from flantune.registry import discover
-from flantune.show import load_tokenizer
+from flantune.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER_PLUGIN = REPO / "examples" / "plugin_folder"

@@ -7,8 +7,7 @@ import pytest
 from datasets.arrow_reader import ReadInstruction
 
 from flantune.errors import FlantuneError
-from flantune.splits import check_split_syntax, segments, select_rows
-from flantune.task import Holdout
+from flantune.splits import Holdout, check_split_syntax, segments, select_rows
 
 SPECS = ["train", "train[:80%]", "train[80%:]", "train[10:20]", "train[-10:]", "train[:-5%]", "train[5:3]",
          "train[33%:66%](pct1_dropremainder)", "train[:33%](closest)", "train[:50%]+validation[10:]",
