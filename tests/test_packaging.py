@@ -35,6 +35,7 @@ def _run(code: str, site: Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_wheel_ships_tasks_configs_sample_and_tokenizer(wheel_site, tmp_path):
     code = """
 import flantune, importlib.resources as r
@@ -66,6 +67,7 @@ print('TOKENIZER', sorted(p.name for p in bundled_tokenizer_dir().iterdir()))
     assert "tokenizer.json" in out
 
 
+@pytest.mark.slow
 def test_wheel_cli_lists_tasks_from_another_folder(wheel_site, tmp_path, shared_data):
     proc = _run(f"import sys; from flantune.cli import main; sys.exit(main(['tasks', 'data_dir={shared_data}']))",
                 wheel_site, tmp_path)
