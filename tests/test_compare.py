@@ -145,3 +145,16 @@ def test_compare_checks_every_model_before_evaluating_any(compared_run, cli, tmp
     code, _, err = cli("compare", "base=tiny", f"finetuned=[{compared_run},{not_run}]", f"output_dir={out}",
                        f"data_dir={shared_data}")
     assert code == 2 and "not-a-run" in err and not out.exists()
+
+
+def test_compare_and_report_refuse_folders_without_a_model_or_predictions(cli, tmp_path):
+    """Without a trained run (the fast tier): a fine-tuned "run" that holds no model is refused before the base
+    model is evaluated, and a report of a folder without saved predictions is refused; nothing is written."""
+    not_run = tmp_path / "not-a-run"
+    not_run.mkdir()
+    out = tmp_path / "report"
+    code, _, err = cli("compare", "base=tiny", f"finetuned={not_run}", "task=imdb", f"output_dir={out}",
+                       "data_dir=@sample")
+    assert code == 2 and "not-a-run" in err and "Traceback" not in err and not out.exists()
+    code, _, err = cli("report", str(not_run), f"output_dir={out}")
+    assert code == 2 and "holds no saved predictions" in err and not out.exists()

@@ -270,10 +270,12 @@ def test_the_trainers_replayed_steps_train_and_log_as_its_eager_ones(cli, tmp_pa
                                                                      trained_run, trained_options, normalization):
     """FlantuneTrainer's graphed step scales each batch as compute_loss does, under gradient accumulation and
     either loss normalisation: the same logged losses and gradient norms as the eager run (the stand-in
-    recorder on CPU). The eager run with token normalisation (the default) is conftest's shared run."""
+    recorder on CPU). The eager run with token normalisation (the default) is conftest's shared run; the runs
+    made here evaluate less (evaluation comes after each step's log and draws nothing from the training stream)."""
     import json
 
-    opts = [*trained_options, f"data_dir={shared_data}", f"train.loss_normalization={normalization}"]
+    opts = [*trained_options, f"data_dir={shared_data}", f"train.loss_normalization={normalization}",
+            "train.eval_steps=100", "data.max_eval_examples=4"]
     logs = {}
     for graphed in (False, True):
         if graphed or normalization != "tokens":
