@@ -92,6 +92,8 @@ def trained_run(tmp_path_factory, shared_data) -> Path:
 
 # Paths of the developer's environment and of the tools around the tests, which may change while they run.
 _ENVIRONMENT = {".venv", "venv", "__pycache__", ".pytest_cache", ".whl", ".device", ".gl"}
+_BEFORE = pytest.StashKey[set | None]()  # the checkout's untracked files when the session starts
+_LEFT = pytest.StashKey[list]()  # those the session added
 
 
 def _checkout_files() -> set[str] | None:
@@ -142,7 +144,3 @@ def pytest_terminal_summary(terminalreporter, config):
             terminalreporter.write_line(f"  {path}")
         if len(left) > 20:
             terminalreporter.write_line(f"  ... and {len(left) - 20} more")
-
-
-_BEFORE = pytest.StashKey[set | None]()
-_LEFT = pytest.StashKey[list]()

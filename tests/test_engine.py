@@ -171,7 +171,8 @@ def test_generation_task_samsum(trained_run):
     scores = json.loads((out / "metrics.json").read_text())["tasks"]["samsum"]
     assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "loss"}
     preds = _predictions(out, "samsum")
-    assert len(preds) == OmegaConf.load(out / "config.yaml").data.max_eval_examples and all(isinstance(p["prediction"], str) for p in preds)
+    assert len(preds) == OmegaConf.load(out / "config.yaml").data.max_eval_examples
+    assert all(isinstance(p["prediction"], str) for p in preds)
     assert all("scores" not in p for p in preds)
 
 

@@ -25,4 +25,5 @@ def assert_close(actual, expected, rel: float, name: str = "", scale: float | No
     actual, expected = torch.as_tensor(actual).detach(), torch.as_tensor(expected).detach()
     if scale is None:
         scale = float(expected.abs().max()) if expected.numel() else 0.0
-    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * scale, check_dtype=False, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * scale, check_dtype=False,
+                               msg=lambda message: f"{name}: {message}")
