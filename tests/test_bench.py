@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 
 
+@pytest.mark.slow
 def test_a_packed_child_counts_the_examples_in_its_rows(tmp_path, shared_data):
     out = tmp_path / "child.json"
     done = subprocess.run([sys.executable, str(BENCH), "--child", "--recipe", "flantune", "--sampling", "packed",

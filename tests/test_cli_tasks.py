@@ -46,6 +46,7 @@ def test_tasks_counts_the_rows_of_every_mirror_format(cli, tmp_path):
     assert "test: test (unreadable: flantune show" in " ".join(out.split())
 
 
+@pytest.mark.slow
 def test_tasks_answers_without_importing_torch_or_transformers(shared_data):
     code = ("import sys; from flantune.cli import main; main(['tasks', 'data_dir=' + sys.argv[1]]);"
             "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules];"
@@ -132,6 +133,7 @@ def test_bad_option_of_a_command(cli):
     assert code == 2 and "is not an override" in err
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "flantune", "show", "--debug", "task=imbd"],
                           capture_output=True, text=True)

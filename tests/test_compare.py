@@ -10,24 +10,16 @@ import pytest
 
 from flantune.evaluation import read_predictions
 
-TINY = ["model=tiny", "task=[imdb,samsum]", "mixing.scheme=equal", "train.max_steps=30", "train.eval_steps=15",
-        "data.max_train_examples=400", "data.max_eval_examples=40", "tasks.imdb.max_input_length=128",
-        "tasks.samsum.max_input_length=128", "tasks.samsum.max_new_tokens=16", "seed=11"]
-
-
-@pytest.fixture(scope="module")
-def compared_run(tmp_path_factory, shared_data) -> Path:
-    from flantune.cli import main
-
-    out = tmp_path_factory.mktemp("cmp") / "run"
-    assert main(["run", *TINY, "compare=true", f"data_dir={shared_data}", f"output_dir={out}"]) == 0
-    return out
+@pytest.fixture
+def compared_run(trained_run) -> Path:
+    return trained_run  # conftest's shared run: a mixture of imdb and samsum, run with compare=true
 
 
 def _report(folder: Path) -> dict:
     return json.loads((folder / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_report_after_a_run_holds_every_section(compared_run):
     folder = compared_run / "report"
     report = _report(folder)
@@ -62,6 +54,7 @@ def test_report_after_a_run_holds_every_section(compared_run):
     assert report["training"][tuned]["trainable_parameters"] > 0
 
 
+@pytest.mark.slow
 def test_the_report_rebuilds_from_saved_predictions(compared_run, cli, tmp_path):
     before = _report(compared_run / "report")
     code, out, err = cli("report", str(compared_run / "report"), f"output_dir={tmp_path / 'again'}")
@@ -72,6 +65,7 @@ def test_the_report_rebuilds_from_saved_predictions(compared_run, cli, tmp_path)
     assert [s["source"] for s in after["systems"]] == [s["source"] for s in before["systems"]]
 
 
+@pytest.mark.slow
 def test_eval_of_a_run_directory_gives_the_runs_predictions(compared_run, cli, tmp_path):
     out = tmp_path / "eval"
     code, stdout, err = cli("eval", f"model={compared_run}", f"output_dir={out}")
@@ -83,6 +77,7 @@ def test_eval_of_a_run_directory_gives_the_runs_predictions(compared_run, cli, t
     assert metrics["eval"]["examples_per_s"] > 0 and metrics["eval"]["ms_per_example"] > 0
 
 
+@pytest.mark.slow
 def test_compare_command_base_against_a_run(compared_run, cli, tmp_path, shared_data):
     out = tmp_path / "report"
     code, stdout, err = cli("compare", "base=tiny", f"finetuned={compared_run}", f"output_dir={out}",
@@ -94,7 +89,9 @@ def test_compare_command_base_against_a_run(compared_run, cli, tmp_path, shared_
     assert (out / "systems").is_dir() and (out / "report.html").is_file()
 
 
-def test_report_bad_inputs(compared_run, cli, tmp_path):
+@pytest.mark.slow
+def test_report_bad_inputs(compared_run, cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a report without output_dir goes to ./reports/
     empty = tmp_path / "not-a-run"
     empty.mkdir()
     code, _, err = cli("report", str(empty))
@@ -110,6 +107,7 @@ def test_report_bad_inputs(compared_run, cli, tmp_path):
     assert code == 2 and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_reports_never_replace_what_flantune_did_not_make(compared_run, cli, tmp_path):
     mine = tmp_path / "mine"
     (mine / "systems").mkdir(parents=True)
@@ -129,6 +127,7 @@ def test_reports_never_replace_what_flantune_did_not_make(compared_run, cli, tmp
     assert not (again / "systems" / "old").exists()
 
 
+@pytest.mark.slow
 def test_a_report_of_two_runs_of_one_base_names_them_apart(compared_run, cli, tmp_path):
     # both systems are labelled by their base model, "tiny (random init)"
     code, _, err = cli("report", str(compared_run), str(compared_run / "report" / "evaluations" / "0-base"),
@@ -138,6 +137,7 @@ def test_a_report_of_two_runs_of_one_base_names_them_apart(compared_run, cli, tm
     assert names[:2] == ["tiny (random init) (run)", "tiny (random init) (0-base)"]
 
 
+@pytest.mark.slow
 def test_compare_checks_every_model_before_evaluating_any(compared_run, cli, tmp_path, shared_data):
     not_run = tmp_path / "not-a-run"
     not_run.mkdir()
@@ -145,3 +145,16 @@ def test_compare_checks_every_model_before_evaluating_any(compared_run, cli, tmp
     code, _, err = cli("compare", "base=tiny", f"finetuned=[{compared_run},{not_run}]", f"output_dir={out}",
                        f"data_dir={shared_data}")
     assert code == 2 and "not-a-run" in err and not out.exists()
+
+
+def test_compare_and_report_refuse_folders_without_a_model_or_predictions(cli, tmp_path):
+    """Without a trained run (the fast tier): a fine-tuned "run" that holds no model is refused before the base
+    model is evaluated, and a report of a folder without saved predictions is refused; nothing is written."""
+    not_run = tmp_path / "not-a-run"
+    not_run.mkdir()
+    out = tmp_path / "report"
+    code, _, err = cli("compare", "base=tiny", f"finetuned={not_run}", "task=imdb", f"output_dir={out}",
+                       "data_dir=@sample")
+    assert code == 2 and "not-a-run" in err and "Traceback" not in err and not out.exists()
+    code, _, err = cli("report", str(not_run), f"output_dir={out}")
+    assert code == 2 and "holds no saved predictions" in err and not out.exists()

@@ -179,6 +179,7 @@ def test_numbers_without_a_decimal_point_are_numbers_in_free_form_mappings_too(t
     validate_with_transformers(cfg)
 
 
+@pytest.mark.slow
 def test_config_still_answers_without_importing_torch_or_transformers():
     code = ("import sys; from flantune.cli import main; main(['config', 'model=tiny', 'mixing.scheme=equal']);"
             "print('HEAVY', [m for m in ('torch', 'transformers') if m in sys.modules], file=sys.stderr)")
@@ -354,6 +355,7 @@ def test_a_corrupt_safetensors_file_is_refused_before_the_data(cli, tmp_path, ca
         assert f"Model folder '{model}': model.safetensors can't be read as safetensors" in err
 
 
+@pytest.mark.slow
 def test_an_unreachable_hub_is_asked_once_not_retried(tmp_path):
     """huggingface_hub retries a file it can't fetch for about 30 s; flantune asks the hub once and then reads
     the cache only."""
@@ -374,6 +376,7 @@ def test_an_unreachable_hub_is_asked_once_not_retried(tmp_path):
     assert "the hub at http://127.0.0.1:9 can't be reached" in proc.stderr and "Retrying" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_debug_keeps_exit_code_2_with_the_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "flantune", "--debug", "run", *RUN, "train.lr=.nan",
                            f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)

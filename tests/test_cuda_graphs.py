@@ -12,12 +12,15 @@ import copy
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import T5Config, T5ForConditionalGeneration
 
 from flantune import cuda_graphs
 from flantune.cuda_graphs import GraphedSteps, PadToBuckets, bucket
 from flantune.errors import FlantuneError
 from flantune.kernels import use_fast_attention, use_fused_ops
+
+from tolerances import assert_close, reordered
 
 
 def _tiny(seed=0, device="cpu"):
@@ -39,6 +42,11 @@ def _batch(rows, length, labels_len, seed, device="cpu"):
     labels = torch.randint(2, 300, (rows, labels_len), generator=g)
     labels[-1, labels_len // 2:] = -100
     return {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": mask, "labels": labels}.items()}
+
+
+# The tiny model here: d_ff=128, 2+2 layers, forward and backward (8 chained reductions). The graphed step
+# scales and adds gradients in its own buffers, the eager one through autograd: the same sums, in another order.
+REORDERED = reordered(128, depth=8)
 
 
 class Rerun:
@@ -73,9 +81,9 @@ def test_replayed_steps_give_the_eager_loss_and_gradients():
         model.zero_grad(set_to_none=True)
         loss = graphed.step(batch, 1.0)
         (want,), grads = _eager_grads(reference, [batch], [1.0])
-        assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+        assert loss.item() == pytest.approx(want.item(), rel=REORDERED)
         for p, g in zip(model.parameters(), grads):
-            assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-5)
+            assert_close(p.grad, g, REORDERED)
     assert recorder.recordings == 2 and len(graphed.graphs) == 2
     # without accumulation the buffers are handed over as .grad, not copied
     assert all(p.grad is b for p, b in zip(graphed.params, graphed.buffers))
@@ -113,11 +121,11 @@ def test_replayed_packed_rows_give_the_eager_loss_and_gradients():
         reference.zero_grad(set_to_none=True)
         want = forward(reference, batch).loss
         want.backward()
-        assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+        assert loss.item() == pytest.approx(want.item(), rel=REORDERED)
         assert loss.item() != pytest.approx(reference(**{k: batch[k] for k in ("input_ids", "attention_mask",
                                                                                 "labels")}).loss.item(), rel=1e-3)
         for p, q in zip(model.parameters(), reference.parameters()):
-            assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-5)
+            assert_close(p.grad, q.grad, REORDERED)
     assert recorder.recordings == 1
 
 
@@ -130,10 +138,10 @@ def test_accumulated_micro_batches_sum_their_scaled_gradients():
     model.zero_grad(set_to_none=True)
     losses = [graphed.step(b, s) for b, s in zip(batches, scales)]
     want, grads = _eager_grads(reference, batches, [float(s) for s in scales])
-    assert [x.item() for x in losses] == pytest.approx([x.item() for x in want], rel=1e-6)
+    assert [x.item() for x in losses] == pytest.approx([x.item() for x in want], rel=REORDERED)
     for p, b, g in zip(model.parameters(), graphed.buffers, grads):
         assert p.grad is not b  # the buffers are overwritten by the next micro-batch
-        assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-5)
+        assert_close(p.grad, g, REORDERED)
 
 
 def test_shapes_beyond_the_limit_train_eagerly_and_a_failed_recording_stops_the_run():
@@ -180,7 +188,7 @@ def test_padding_to_buckets_masks_what_it_adds():
     with torch.no_grad():
         a = model(**{k: v % 300 if k != "labels" else v for k, v in plain.items()}).loss
         b = model(**{k: v % 300 if k != "labels" else v for k, v in padded.items()}).loss
-    assert a.item() == pytest.approx(b.item(), rel=1e-5)
+    assert a.item() == pytest.approx(b.item(), rel=reordered(128, depth=4))  # padded: the forward's sums reordered
 
 
 @pytest.mark.parametrize("kwargs, reason", [
@@ -219,6 +227,9 @@ def test_real_cuda_graphs_match_eager_steps_on_a_gpu(dtype):
     model = _tiny(seed=7, device="cuda").to(dtype)
     reference = copy.deepcopy(model)
     graphed = GraphedSteps(model, accumulate=False)
+    # fp32: a GPU's matmuls reorder their sums by tiles (and a recording may pick other kernels), as REORDERED but
+    # with sums over d_ff=128 split across more threads; bf16: 8 bits of mantissa, a relative step of 2^-8 = 4e-3
+    # at each of its roundings, a few of which survive: 2e-2
     tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     for seed, shape in enumerate([(4, 64, 8), (4, 72, 8), (4, 64, 8), (4, 64, 8)]):
         batch = _batch(*shape, seed=seed, device="cuda")
@@ -253,31 +264,36 @@ def test_real_cuda_graphs_draw_new_dropout_masks_on_every_replay():
     assert len(set(losses)) == 3  # the same batch, three dropout masks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalization", ["tokens", "batch"])
 def test_the_trainers_replayed_steps_train_and_log_as_its_eager_ones(cli, tmp_path, monkeypatch, shared_data,
-                                                                     normalization):
+                                                                     trained_run, trained_options, normalization):
     """FlantuneTrainer's graphed step scales each batch as compute_loss does, under gradient accumulation and
     either loss normalisation: the same logged losses and gradient norms as the eager run (the stand-in
-    recorder on CPU)."""
+    recorder on CPU). The eager run with token normalisation (the default) is conftest's shared run; the runs
+    made here evaluate less (evaluation comes after each step's log and draws nothing from the training stream)."""
     import json
 
-    opts = ["task=[imdb,samsum]", "model=tiny", "train.max_steps=4", "train.logging_steps=1", "train.eval_steps=100",
-            "train.batch_size=4", "train.grad_accum=2", "data.max_train_examples=24", "data.max_eval_examples=4",
-            "tasks.imdb.max_input_length=64", "tasks.samsum.max_input_length=64", f"data_dir={shared_data}",
-            f"train.loss_normalization={normalization}"]
+    opts = [*trained_options, f"data_dir={shared_data}", f"train.loss_normalization={normalization}",
+            "train.eval_steps=100", "data.max_eval_examples=4"]
     logs = {}
     for graphed in (False, True):
-        with monkeypatch.context() as m:
-            if graphed:
-                m.setattr(cuda_graphs, "resolve", lambda setting, **kw: True)
-                m.setattr(cuda_graphs, "CudaRecorder", Rerun)
-            out = tmp_path / str(graphed)
-            code, _, err = cli("run", *opts, f"output_dir={out}")
-            assert code == 0, err
+        if graphed or normalization != "tokens":
+            with monkeypatch.context() as m:
+                if graphed:
+                    m.setattr(cuda_graphs, "resolve", lambda setting, **kw: True)
+                    m.setattr(cuda_graphs, "CudaRecorder", Rerun)
+                out = tmp_path / str(graphed)
+                code, _, err = cli("run", *opts, f"output_dir={out}")
+                assert code == 0, err
+        else:
+            out = trained_run
+            assert OmegaConf.load(out / "config.yaml").train.loss_normalization == normalization
         metrics = json.loads((out / "metrics.json").read_text())
         assert ("cuda_graphs" in metrics["train"]) == graphed
         history = json.loads((out / "log_history.json").read_text())
         logs[graphed] = [(h["loss"], h["grad_norm"]) for h in history if "loss" in h]
     assert len(logs[False]) == 4
     for eager, replayed in zip(logs[False], logs[True]):
-        assert replayed == pytest.approx(eager, rel=1e-5)
+        # model=tiny (d_ff=256, 2+2 layers): 4 optimizer steps, each adding its reordered sums
+        assert replayed == pytest.approx(eager, rel=4 * reordered(256, depth=8))

@@ -14,10 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from tolerances import assert_close, reordered
+
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = ["task=imdb", "model=tiny", "train.max_steps=20", "train.eval_steps=10", "data.max_train_examples=320",
            "data.max_eval_examples=48", "tasks.imdb.max_input_length=64", "seed=3"]
-TOLERANCE = 1e-5  # on losses (nats per token); classification metrics must be identical
+TINY_D_FF = 256  # configs/model/tiny.yaml: its longest float32 reduction (d_model is 128)
+# On losses near 0.7 nats per token, about 120 ulps: 20 Adam steps, each on gradients whose all-reduce summed
+# them in another order (a few ulps), move the weights and so the loss by a growing few ulps a step.
+# Classification metrics must be identical.
+TOLERANCE = 1e-5
 
 
 def _bin(name: str) -> str:
@@ -58,14 +64,16 @@ def _assert_same(one: dict, many: dict, examples: int | None = 320) -> None:
               for run in (one, many)]
     assert len(logged[0]) >= 2 and [s for s, *_ in logged[0]] == [s for s, *_ in logged[1]]
     for (_, *x), (_, *y) in zip(*logged):
-        assert y == pytest.approx(x, rel=1e-4)
+        assert y == pytest.approx(x, rel=1e-4)  # as TOLERANCE: up to 20 steps of a few ulps each, and clipping
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path, shared_data, single):
     many = _run([_bin("torchrun"), "--nproc_per_node=2", "--master_port=29533"], tmp_path / "run", 8, shared_data)
     _assert_same(single, many)
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes_match_one(tmp_path, shared_data, single):
     config = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
     many = _run([_bin("accelerate"), "launch", "--config_file", str(config), "--main_process_port=29534"],
@@ -100,6 +108,7 @@ def test_sharding_configs_load_and_fit_every_t5_family_model():
     assert not {"gradient_accumulation_steps", "gradient_clipping"} & zero3.deepspeed_config.keys()
 
 
+@pytest.mark.slow
 def test_packed_rows_split_between_two_processes_match_one(tmp_path, shared_data):
     """train.sampling=packed: the encoder runs in a forward pre-hook (flantune.packing.forward); its gradients
     must still be all-reduced. Rows hold different numbers of label tokens, so the loss is only the one-process
@@ -112,6 +121,7 @@ def test_packed_rows_split_between_two_processes_match_one(tmp_path, shared_data
     _assert_same(one, many, examples=None)
 
 
+@pytest.mark.slow
 def test_a_mixtures_micro_batches_split_between_two_processes_match_one(tmp_path, shared_data):
     """train.micro_batches=auto is decided on each process's batch: two processes of 8 examples run a mixture's
     step as 2 micro-batches of 4 each, the micro-batches of 8 that one process of 16 runs with
@@ -207,6 +217,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_fsdp2_model_evaluates_like_the_unsharded_one(tmp_path):
     """Evaluation calls the encoder on its own, outside the root module's forward, where FSDP2 gathers the
     shared embedding: on the H100 a run under configs/accelerate/fsdp.yaml trained its 40 steps and then
@@ -215,7 +226,8 @@ def test_fsdp2_model_evaluates_like_the_unsharded_one(tmp_path):
     plain, sharded = _run_fsdp2_script(FSDP2_EVAL, tmp_path, port=29536)
     assert plain["texts"] == sharded["texts"]
     for a, b in zip(plain["scores"], sharded["scores"]):
-        assert a == pytest.approx(b, rel=1e-6)  # log-probabilities near -125, summed in another order
+        # log-probabilities near -125 from the 2+2 layers' forward pass (4 reductions), summed in another order
+        assert a == pytest.approx(b, rel=reordered(TINY_D_FF, depth=4))
 
 
 FSDP2_PACKED = FSDP2_SETUP + r"""
@@ -242,19 +254,22 @@ for name, model in (("plain", plain), ("sharded", sharded)):
         loss.backward()
         losses.append(loss.item())
     grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad) for n, p in model.named_parameters()}
-    out[name] = {"losses": losses, "grads": {n: g.flatten()[:64].tolist() for n, g in grads.items()}}
+    out[name] = {"losses": losses, "grads": {n: g.flatten()[:64].tolist() for n, g in grads.items()},
+                 "scales": {n: g.abs().max().item() for n, g in grads.items()}}
 print("RESULT", json.dumps(out))
 dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_fsdp2_trains_on_packed_rows_as_unsharded(tmp_path):
     """Packed rows need the encoder run on its own, with its own mask: run outside the root module's call,
     it met the shared embedding still sharded under FSDP2 ("got mixed torch.Tensor and DTensor"), so packed
     rows were refused under FSDP. FSDP2 on CPU (gloo, one process): loss and gradients match the unsharded
     model's."""
     plain, sharded = _run_fsdp2_script(FSDP2_PACKED, tmp_path, port=29537)
-    assert sharded["losses"] == pytest.approx(plain["losses"], rel=1e-6)
+    # the tiny model's 2+2 layers, forward and backward: 8 chained reductions of up to d_ff=256 terms
+    assert sharded["losses"] == pytest.approx(plain["losses"], rel=reordered(TINY_D_FF, depth=8))
     assert plain["grads"].keys() == sharded["grads"].keys()
     for name, grad in plain["grads"].items():
-        assert sharded["grads"][name] == pytest.approx(grad, rel=1e-4, abs=1e-7), name
+        assert_close(sharded["grads"][name], grad, reordered(TINY_D_FF, depth=8), name, scale=plain["scales"][name])

@@ -15,6 +15,8 @@ from flantune.config import load_config, to_yaml
 from flantune.engine import make_evaluator, plan
 from flantune.evaluation import EvalResult, read_predictions
 
+from tolerances import reordered
+
 # A small real subset: 4,000 training reviews cut to 256 tokens, 200 steps of 16, 500 test reviews.
 LEARN = ["task=imdb", "model=tiny", "train.max_steps=200", "train.eval_steps=100", "data.max_train_examples=4000",
          "data.max_eval_examples=500", "tasks.imdb.max_input_length=256", "seed=7"]
@@ -26,6 +28,16 @@ def _run(cli, tmp: Path, *options: str) -> Path:
     assert code == 0, err
     assert f"run directory: {out}" in stdout
     return out
+
+
+# A choice's score sums a few log-probabilities over the 32,128-token vocabulary, up to ~30 nats: a reloaded (or
+# merged) model's forward pass, 2+2 layers of sums up to d_ff=256 terms, may reorder them (LoRA's x A B against
+# the merged W + A B): reordered(...) of 30 nats, ~1e-3.
+SCORES = 30 * reordered(256, depth=4)
+
+
+def _score_gap(again: list[dict], saved: list[dict]) -> float:
+    return max(abs(a["scores"][c] - b["scores"][c]) for a, b in zip(again, saved) for c in a["scores"])
 
 
 def _predictions(out: Path, task: str) -> list[dict]:
@@ -50,23 +62,24 @@ def imdb_run(tmp_path_factory, shared_data):
     return out
 
 
-def test_run_directory_holds_everything(imdb_run):
-    out = imdb_run
+@pytest.mark.slow
+def test_run_directory_holds_everything(trained_run):
+    out = trained_run
     cfg = OmegaConf.load(out / "config.yaml")
-    assert cfg.task == "imdb" and cfg.model.name == "tiny" and cfg.train.max_steps == 200
+    assert list(cfg.task) == ["imdb", "samsum"] and cfg.model.name == "tiny" and cfg.train.max_steps == 4
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["model"]["label"] == "tiny (random init)"
     imdb = metrics["tasks"]["imdb"]
     for key in ("accuracy", "macro_f1", "precision/negative", "recall/positive", "f1/positive", "support/negative",
                 "loss"):
         assert key in imdb
-    assert imdb["support/negative"] + imdb["support/positive"] == 500
+    assert imdb["support/negative"] + imdb["support/positive"] == cfg.data.max_eval_examples
     assert metrics["trainable_parameters"] == metrics["total_parameters"] > 0
     for part in ("train", "eval"):
         assert metrics[part]["examples_per_s"] > 0 and metrics[part]["tokens_per_s"] > 0
-    assert metrics["train"]["steps"] == 200 and metrics["wall_time_s"] > 0
+    assert metrics["train"]["steps"] == 4 and metrics["wall_time_s"] > 0
     preds = _predictions(out, "imdb")
-    assert len(preds) == 500
+    assert len(preds) == cfg.data.max_eval_examples
     assert set(preds[0]) >= {"id", "input", "target", "prediction", "scores"}
     assert set(preds[0]["scores"]) == {"negative", "positive"}
     history = json.loads((out / "log_history.json").read_text())
@@ -74,6 +87,7 @@ def test_run_directory_holds_everything(imdb_run):
     assert (out / "model" / "config.json").exists() and (out / "model" / "tokenizer.json").exists()
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_imdb(imdb_run):
     # Chance is 50% (the 500 test reviews are about half positive); with 500 examples one standard error
     # is 2.2 points, so 60% is 4.5 standard errors above chance. (This run lands at about 65%.)
@@ -82,6 +96,7 @@ def test_tiny_model_learns_imdb(imdb_run):
     assert metrics["macro_f1"] >= 58.0, metrics
 
 
+@pytest.mark.slow
 def test_rank_scoring_never_invalid_and_agrees_with_generation_on_easy_cases(imdb_run):
     from transformers import AutoModelForSeq2SeqLM
 
@@ -97,16 +112,18 @@ def test_rank_scoring_never_invalid_and_agrees_with_generation_on_easy_cases(imd
     assert agree / len(easy) >= 0.95, (agree, len(easy))
 
 
-def test_saved_full_model_reloads_with_the_same_predictions(imdb_run):
+@pytest.mark.slow
+def test_saved_full_model_reloads_with_the_same_predictions(trained_run):
     from transformers import AutoModelForSeq2SeqLM
 
-    model = AutoModelForSeq2SeqLM.from_pretrained(imdb_run / "model")
-    again = _reevaluate(imdb_run, model).tasks["imdb"].predictions
-    saved = _predictions(imdb_run, "imdb")
+    model = AutoModelForSeq2SeqLM.from_pretrained(trained_run / "model")
+    again = _reevaluate(trained_run, model).tasks["imdb"].predictions
+    saved = _predictions(trained_run, "imdb")
     assert [p["prediction"] for p in again] == [p["prediction"] for p in saved]
-    assert max(abs(a["scores"][c] - b["scores"][c]) for a, b in zip(again, saved) for c in a["scores"]) < 1e-4
+    assert _score_gap(again, saved) <= SCORES
 
 
+@pytest.mark.slow
 def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data):
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
@@ -122,10 +139,10 @@ def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data):
     model = PeftModel.from_pretrained(base, out / "model")
     saved = _predictions(out, "imdb")
     again = _reevaluate(out, model).tasks["imdb"].predictions
-    assert max(abs(a["scores"][c] - b["scores"][c]) for a, b in zip(again, saved) for c in a["scores"]) < 1e-4
+    assert _score_gap(again, saved) <= SCORES
     merged = AutoModelForSeq2SeqLM.from_pretrained(out / "merged")
     again = _reevaluate(out, merged).tasks["imdb"].predictions
-    assert max(abs(a["scores"][c] - b["scores"][c]) for a, b in zip(again, saved) for c in a["scores"]) < 1e-4
+    assert _score_gap(again, saved) <= SCORES
     # `flantune eval` of the LoRA run directory loads base + adapter itself
     code, _, err = cli("eval", f"model={out}", f"output_dir={tmp_path / 'eval'}")
     assert code == 0, err
@@ -148,17 +165,18 @@ def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data):
         assert again["trainable_parameters"] == want
 
 
-def test_generation_task_samsum(cli, tmp_path, shared_data):
-    out = _run(cli, tmp_path, "task=samsum", "model=tiny", "train.max_steps=10", "train.eval_steps=10",
-               "data.max_train_examples=160", "data.max_eval_examples=12", "tasks.samsum.max_input_length=96",
-               "tasks.samsum.max_new_tokens=12", f"data_dir={shared_data}")
+@pytest.mark.slow
+def test_generation_task_samsum(trained_run):
+    out = trained_run
     scores = json.loads((out / "metrics.json").read_text())["tasks"]["samsum"]
     assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "loss"}
     preds = _predictions(out, "samsum")
-    assert len(preds) == 12 and all(isinstance(p["prediction"], str) for p in preds)
+    assert len(preds) == OmegaConf.load(out / "config.yaml").data.max_eval_examples
+    assert all(isinstance(p["prediction"], str) for p in preds)
     assert all("scores" not in p for p in preds)
 
 
+@pytest.mark.slow
 def test_extractive_qa_task_squad(cli, tmp_path, shared_data):
     # The mirror has no SQuAD train split: carve train / validation / test out of the official dev set.
     out = _run(cli, tmp_path, "task=squad", "model=tiny", "train.max_steps=10", "train.eval_steps=10",
@@ -171,6 +189,7 @@ def test_extractive_qa_task_squad(cli, tmp_path, shared_data):
     assert len(preds) == 12 and all(p["references"] for p in preds)  # every gold answer is kept
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_metrics(cli, tmp_path, shared_data):
     opts = ["task=emotion", "model=tiny", "train.max_steps=12", "train.eval_steps=6", "data.max_train_examples=200",
             "data.max_eval_examples=40", f"data_dir={shared_data}"]
@@ -269,6 +288,7 @@ def test_precision_auto_is_bf16_on_a_gpu_and_fp32_on_cpu():
     assert resolve_precision(cfg, "t5") == ("bf16" if torch.cuda.is_available() else "fp32")
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_trains_like_the_whole_batch(cli, tmp_path, shared_data):
     """grad_accum=2 of 8 examples takes the same steps as batches of 16 (the same examples in random order):
     each step's loss is the token mean over both micro-batches. SAMSum's summaries differ in length, so a
@@ -283,9 +303,11 @@ def test_gradient_accumulation_trains_like_the_whole_batch(cli, tmp_path, shared
         logs[accum] = [(h["loss"], h["grad_norm"]) for h in history if "loss" in h]
     assert len(logs[1]) == 3
     for whole, accumulated in zip(logs[1], logs[2]):
-        assert accumulated == pytest.approx(whole, rel=1e-5)
+        # batches of 8 pad and sum otherwise than one of 16 (model=tiny: 2+2 layers, d_ff=256), for up to 3 steps
+        assert accumulated == pytest.approx(whole, rel=3 * reordered(256, depth=8))
 
 
+@pytest.mark.slow
 def test_the_schedulers_own_arguments_reach_it(cli, tmp_path, shared_data):
     """train.lr_scheduler_kwargs goes to transformers' scheduler, numbers as numbers (PyYAML alone reads 25e-2, with
     no decimal point, as text): cosine_with_min_lr decays to min_lr_rate x lr, where plain cosine decays to 0."""

@@ -11,6 +11,8 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from flantune.kernels import MasterWeightAdamW, use_fast_attention, use_fused_ops
 
+from tolerances import assert_close, reordered
+
 
 def _tiny(seed=0):
     torch.manual_seed(seed)
@@ -41,9 +43,10 @@ def test_fast_attention_matches_eager_forward_and_backward():
         out = model(input_ids=ids, attention_mask=mask, labels=labels)
         out.loss.backward()
         losses.append(out.loss.item())
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    # SDPA against eager attention: the 3+3 layers' sums (up to d_ff=128 terms), forward and backward, reordered
+    assert losses[0] == pytest.approx(losses[1], rel=reordered(128, depth=12))
     for (name, a), (_, b) in zip(eager.named_parameters(), fast.named_parameters()):
-        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+        assert_close(b.grad, a.grad, reordered(128, depth=12), name)
     # the position-bias tables get their gradient through the shared bias
     bias = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
     assert dict(fast.named_parameters())[bias].grad.abs().sum() > 0
@@ -68,7 +71,7 @@ def test_fast_attention_under_gradient_checkpointing_gives_the_same_gradients(ea
         with set_checkpoint_early_stop(early_stop):
             model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
-        assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-5), name
+        assert_close(b.grad, a.grad, reordered(128, depth=12), name)  # the recomputation may add in another order
 
 
 def test_fast_attention_generates_the_same_text():
@@ -91,8 +94,9 @@ def test_fused_ops_match_t5_layer_norm_and_gelu_forward_and_backward(dtype):
     ids, mask, labels = _batch(seed=7)
     for model in (reference, fused):
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-    # fp32: the same function to rounding; bf16: T5 rounds after every op, the fused kernels once
-    rel, atol = (1e-5, 1e-6) if dtype == torch.float32 else (2e-2, 2e-2)
+    # fp32: the same function to rounding (a norm's mean over d_model=64 and the 3+3 layers' sums, reordered);
+    # bf16: T5 rounds after every op, the fused kernels once: a few of bf16's relative steps of 2^-8 = 4e-3
+    rel, atol = (reordered(128, depth=12), 1e-6) if dtype == torch.float32 else (2e-2, 2e-2)
     out = [m(input_ids=ids, attention_mask=mask, labels=labels).loss.item() for m in (reference, fused)]
     assert out[1] == pytest.approx(out[0], rel=rel)
     for (name, a), (_, b) in zip(reference.named_parameters(), fused.named_parameters()):
@@ -107,7 +111,7 @@ def test_fused_ops_leave_autocast_to_t5s_own_layer_norm():
     x = torch.randn(2, 5, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(norm(x), type(norm).forward(norm, x))
-    assert torch.allclose(norm(x), type(norm).forward(norm, x), atol=1e-6)
+    assert_close(norm(x), type(norm).forward(norm, x), reordered(64))  # one mean of d_model=64 squares
     # bf16 states into fp32 weights (no autocast): T5's rule, an fp32 result, not F.rms_norm's error
     half = x.to(torch.bfloat16)
     assert torch.equal(norm(half), type(norm).forward(norm, half)) and norm(half).dtype == torch.float32

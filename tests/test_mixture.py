@@ -135,6 +135,7 @@ THREE = ["mixture=three_kinds", "model=tiny", "train.max_steps=24", "train.eval_
          "tasks.squad.splits.validation=validation[80%:90%]", "tasks.squad.splits.test=validation[90%:]"]
 
 
+@pytest.mark.slow
 def test_three_task_mixture_run_writes_per_task_results(cli, tmp_path, shared_data):
     out = tmp_path / "run"
     code, stdout, err = cli("run", *THREE, f"data_dir={shared_data}", f"output_dir={out}")
@@ -230,6 +231,7 @@ def _epoch_losses(cli, out, monkeypatch, shared_data, *options: str) -> dict:
             "mixture": json.loads((out / "mixture.json").read_text())}
 
 
+@pytest.mark.slow
 def test_the_sampling_does_not_reweight_a_mixtures_tasks(cli, tmp_path, monkeypatch, shared_data):
     """train.loss_normalization=tokens: an epoch's loss is its token mean whether batches are random, grouped by
     length or packed by task, so grouping or packing a mixture doesn't change how much each task weighs. With
@@ -261,6 +263,7 @@ def test_the_sampling_does_not_reweight_a_mixtures_tasks(cli, tmp_path, monkeypa
     assert batch_mean["logged"] == pytest.approx(runs["length_grouped"]["logged"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_micro_batches_are_the_steps_of_smaller_batches_accumulated(cli, tmp_path, monkeypatch, shared_data):
     """train.micro_batches=auto runs a grouped mixture's batch of 8 as 2 micro-batches of 4: the same micro-batches
     and trained losses as train.batch_size=4 train.grad_accum=2, and steps that hold more of the tasks than

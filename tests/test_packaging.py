@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -35,6 +35,7 @@ def _run(code: str, site: Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_wheel_ships_tasks_configs_sample_and_tokenizer(wheel_site, tmp_path):
     code = """
 import flantune, importlib.resources as r
@@ -66,8 +67,25 @@ print('TOKENIZER', sorted(p.name for p in bundled_tokenizer_dir().iterdir()))
     assert "tokenizer.json" in out
 
 
+@pytest.mark.slow
 def test_wheel_cli_lists_tasks_from_another_folder(wheel_site, tmp_path, shared_data):
     proc = _run(f"import sys; from flantune.cli import main; sys.exit(main(['tasks', 'data_dir={shared_data}']))",
                 wheel_site, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "stanfordnlp/imdb" in proc.stdout and "built-in" in proc.stdout
+
+
+def test_the_package_data_patterns_take_every_file_the_wheel_ships():
+    """Without building a wheel (the fast tier): each file git tracks in tasks/, configs/ and flantune/assets/
+    matches a package-data pattern of pyproject.toml, so a new task, config or asset is not left out."""
+    from setuptools.config.pyprojecttoml import load_file
+
+    setuptools = load_file(REPO / "pyproject.toml")["tool"]["setuptools"]
+    tracked = subprocess.run(["git", "ls-files", "tasks", "configs", "flantune/assets"], cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout.split()
+    assert len(tracked) > 20
+    folders = {PurePosixPath(folder): package for package, folder in setuptools["package-dir"].items()}
+    for path in (PurePosixPath(p) for p in tracked if not p.endswith(".py")):
+        folder = max((f for f in folders if path.is_relative_to(f)), key=lambda f: len(f.parts))
+        inside, patterns = path.relative_to(folder), setuptools["package-data"].get(folders[folder], [])
+        assert any(inside.match(p) and len(inside.parts) == len(PurePosixPath(p).parts) for p in patterns), path

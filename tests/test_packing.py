@@ -16,6 +16,8 @@ from flantune import packing
 from flantune.errors import FlantuneError
 from flantune.modeling import prepare_for_training
 
+from tolerances import assert_close, reordered
+
 
 def _tiny(seed=0, fast=True):
     torch.manual_seed(seed)
@@ -75,9 +77,10 @@ def test_packed_rows_give_the_loss_and_gradients_of_the_unpacked_batch(input_len
     assert packed["input_ids"].shape[1:] == (input_length,) and packed["labels"].shape[1:] == (label_length,)
     loss, grads = _loss_and_grads(model, _padded(ds))
     packed_loss, packed_grads = _loss_and_grads(copy.deepcopy(model), packed)
-    assert packed_loss == pytest.approx(loss, rel=1e-5)
+    # rows of other shapes: the 2+2 layers' sums (up to d_ff=128 terms), forward and backward, in another order
+    assert packed_loss == pytest.approx(loss, rel=reordered(128, depth=8))
     for name, grad in grads.items():
-        assert torch.allclose(packed_grads[name], grad, atol=1e-6, rtol=1e-4), name
+        assert_close(packed_grads[name], grad, reordered(128, depth=8), name)
 
 
 def test_packed_rows_run_the_encoder_under_the_models_autocast():
@@ -239,6 +242,7 @@ def test_packed_batches_hold_batch_size_examples_on_average(batch_size):
     assert abs(examples / batches - batch_size) <= per_row / 2 + 0.05 * batch_size
 
 
+@pytest.mark.slow
 def test_a_packed_run_trains_and_counts_examples_not_rows(cli, tmp_path, shared_data):
     """A mixture of long and short inputs in rows of 512 tokens: train.batch_size=16 takes a few rows a batch,
     which hold about 16 examples, and the mixture report counts the same examples as the trainer did."""
@@ -261,6 +265,7 @@ def test_a_packed_run_trains_and_counts_examples_not_rows(cli, tmp_path, shared_
     assert throughput["packed_rows"][0][0] == 512 and emotion_labels < samsum_labels <= 128
 
 
+@pytest.mark.slow
 def test_a_batch_size_that_whole_rows_miss_is_pointed_out(cli, tmp_path, shared_data):
     """imdb reviews of up to 64 tokens pack several to a row of 512, so a batch of 2 takes one row, of
     several examples: the run says so, and how to choose."""

@@ -59,6 +59,7 @@ def _flantune(args, pythonpath: Path, extra_env=None):
     return subprocess.run([sys.executable, "-m", "flantune", *args], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_entry_point_plugin_is_listed_renders_and_evaluates(installed_plugin, shared_data):
     proc = _flantune(["tasks", f"data_dir={shared_data}"], installed_plugin)
     assert proc.returncode == 0, proc.stderr
@@ -80,6 +81,7 @@ def test_entry_point_plugin_is_listed_renders_and_evaluates(installed_plugin, sh
     assert float(proc.stdout) == pytest.approx(50.0)  # 533 of 1,066 validation rows are negative ("no")
 
 
+@pytest.mark.slow
 def test_broken_plugins_are_reported_without_breaking_the_rest(tmp_path, installed_plugin):
     folder = tmp_path / "tasks"
     folder.mkdir()

@@ -204,6 +204,7 @@ def test_measured_together_and_alignment_errors(tmp_path, tasks, data):
         build_report({"imdb": tasks["imdb"]}, [base, short], tmp_path / "b", n_resamples=50)
 
 
+@pytest.mark.slow
 def test_chromium_renders_the_report_offline(built, tmp_path):
     from PIL import Image
     from playwright.sync_api import sync_playwright

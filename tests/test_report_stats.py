@@ -50,7 +50,7 @@ def test_paired_bootstrap_matches_the_known_difference_and_the_normal_approximat
     diffs = paired_bootstrap(imdb, _stats(imdb, a, gold), _stats(imdb, b, gold), n_resamples=1000, seed=0)
     acc = diffs["accuracy"]
     assert acc.reference == pytest.approx(65.0) and acc.system == pytest.approx(75.0)
-    assert acc.diff == pytest.approx(10.0, abs=1e-9)  # (30 fixed - 10 broken) / 200 examples
+    assert acc.diff == pytest.approx(10.0, abs=1e-9)  # (30 fixed - 10 broken) / 200 examples, in float64
     assert acc.n == 200
     assert acc.ci_low < 10.0 < acc.ci_high and acc.significant
     # The per-example difference d_i is +1 (fixed), -1 (broken) or 0: its standard error gives the
@@ -141,7 +141,7 @@ def test_mcnemar_against_scipy_and_by_hand():
     _, _, _, a_right, b_right = _paired_classification()
     m = mcnemar_exact(a_right, b_right)
     assert (m.b, m.c, m.n) == (10, 30, 200)
-    assert m.p_value == pytest.approx(binomtest(30, 40, 0.5).pvalue, rel=1e-12)
+    assert m.p_value == pytest.approx(binomtest(30, 40, 0.5).pvalue, rel=1e-12)  # float64 sums of 40 terms
     # b=0, c=5: both tails of Binomial(5, 1/2) at their extremes: 2 * 0.5**5.
     five = mcnemar_exact(np.zeros(5, bool), np.ones(5, bool))
     assert (five.b, five.c) == (0, 5) and five.p_value == pytest.approx(2 * 0.5 ** 5)

@@ -42,6 +42,7 @@ def _log(out: Path) -> dict[tuple, float]:
 
 
 @pytest.mark.parametrize("options", [OPTIONS, MIXTURE], ids=["single-task", "mixture"])
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, shared_data, options):
     data = f"data_dir={shared_data}"
     straight = tmp_path / "straight"
@@ -67,6 +68,8 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, shared_da
     for task in a:
         assert a[task].keys() == b[task].keys()
         for key in a[task]:
+            # the same float32 operations in the same order on the same machine (the optimizer, scheduler and
+            # random states reload exactly): equal but for the last bits of values up to ~10
             assert b[task][key] == pytest.approx(a[task][key], abs=1e-6), (task, key)
     # The steps after the kill trained on the same batches: same losses, step by step.
     la, lb = _log(straight), _log(killed)

@@ -42,6 +42,7 @@ def _fails(cli, *args) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_run_only_once_the_new_one_has_loaded_its_model(cli, tmp_path, monkeypatch):
     out = tmp_path / "run"
     old = _old_run(out)
@@ -81,6 +82,7 @@ def test_overwrite_never_deletes_the_runs_config_or_mixture_file(cli, tmp_path):
     assert settings.is_file() and mixture.is_file() and (out / rundir.METRICS).read_text() == old
 
 
+@pytest.mark.slow
 def test_a_second_command_on_a_run_directory_is_refused_until_the_first_ends(cli, tmp_path):
     """The first command has a TMPDIR of its own, as SLURM gives each job: the lock sits beside the directory,
     where other jobs, users and nodes of a shared file system see it too."""
@@ -104,6 +106,7 @@ def test_a_second_command_on_a_run_directory_is_refused_until_the_first_ends(cli
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_resume_passes_over_a_checkpoint_cut_mid_write(cli, tmp_path):
     out = tmp_path / "run"
     code, _, err = cli("run", *SMALL, "train.max_steps=4", f"output_dir={out}")
@@ -117,6 +120,7 @@ def test_resume_passes_over_a_checkpoint_cut_mid_write(cli, tmp_path):
     assert json.loads((out / rundir.METRICS).read_text())["train"]["resumed_from"].endswith("checkpoint-2")
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_continue_and_a_finished_run_is_not_resumed(cli, tmp_path, monkeypatch):
     from flantune import training
 
@@ -141,6 +145,7 @@ def test_ctrl_c_says_how_to_continue_and_a_finished_run_is_not_resumed(cli, tmp_
     assert (out / rundir.METRICS).read_text() == metrics
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_an_overwrite_has_made_its_run_points_at_no_old_run(cli, tmp_path, monkeypatch):
     from flantune import engine
 
@@ -158,6 +163,7 @@ def test_ctrl_c_before_an_overwrite_has_made_its_run_points_at_no_old_run(cli, t
     assert (out / rundir.METRICS).read_text() == old
 
 
+@pytest.mark.slow
 def test_a_run_cut_while_writing_its_results_is_not_taken_as_finished(cli, tmp_path, monkeypatch):
     out = tmp_path / "run"
     write_json = rundir.write_json
@@ -248,6 +254,7 @@ def _bad_output_dirs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 
 
 @pytest.mark.parametrize("case", ["existing", "long name", "proc", "symlink"])
+@pytest.mark.slow
 def test_output_dir_errors_come_before_any_library_loads(tmp_path, case):
     options, message = _bad_output_dirs(tmp_path)[case]
     started = time.perf_counter()
@@ -269,6 +276,7 @@ def test_a_link_where_the_lock_goes_is_refused_and_writes_nothing(cli, tmp_path)
     assert victim.read_text() == "mine" and not out.exists()
 
 
+@pytest.mark.slow
 def test_overwrite_never_deletes_a_data_dir_given_by_the_environment(cli, tmp_path, monkeypatch):
     out = tmp_path / "run"
     code, _, err = cli("run", *SMALL, "train.max_steps=1", f"output_dir={out}")

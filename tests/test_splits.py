@@ -103,6 +103,7 @@ def test_training_on_test_rows_is_an_error_before_anything_is_made(cli, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_allowed_overlap_is_recorded_in_metrics_and_the_report(cli, tmp_path, shared_data):
     out = tmp_path / "run"
     code, _, err = cli("run", "task=squad", *RUN, f"data_dir={shared_data}", f"output_dir={out}",
