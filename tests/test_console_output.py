@@ -45,6 +45,7 @@ def _printed_dicts(stdout: str, first_key: str) -> list[dict]:
     return [ast.literal_eval(line) for line in stdout.splitlines() if line.startswith(f"{{'{first_key}'")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_a_short_run_shows_its_evaluations_in_numbers_without_noise(tmp_path, data_dir, method):
     out = tmp_path / "run"
@@ -71,6 +72,7 @@ def test_a_short_run_shows_its_evaluations_in_numbers_without_noise(tmp_path, da
     assert all("eval_imdb/precision/negative" in entry and "eval_imdb/macro_f1" in entry for entry in logged)
 
 
+@pytest.mark.slow  # a subprocess
 def test_show_reads_its_data_without_a_library_bar(tmp_path, data_dir):
     stdout, stderr = _flantune(tmp_path, "show", "task=imdb", f"data_dir={data_dir}")
     assert "review_then_question" in stdout
