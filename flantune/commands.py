@@ -48,7 +48,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from flantune.config import load_config
-    from flantune.engine import resolve_tasks
+    from flantune.prelude import resolve_tasks
     from flantune.validate import validate
 
     # The tasks as `flantune run` resolves them: task=[a,b], mixture=, tasks.NAME.FIELD=... overrides, --config.
