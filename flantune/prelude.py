@@ -27,16 +27,18 @@ from flantune.errors import FlantuneError, did_you_mean
 from flantune.evaluation import EvalSet, Evaluator
 from flantune.modeling import (
     T5_FAMILY,
+    adapter_base,
     check_lora_targets,
     check_model_files,
     check_model_source,
     config_model_type,
+    is_local_path,
     load_model,
     load_tokenizer,
     prepare_for_training,
     resolve_precision,
 )
-from flantune.registry import discover
+from flantune.registry import TASKS_PATH_ENV, discover
 from flantune.sources import resolve_data_dir
 from flantune.task import Task
 from flantune.transformers_checks import validate_with_transformers
@@ -112,9 +114,6 @@ def claim(cfg: DictConfig, held: contextlib.ExitStack, *, kind: str = "run", out
 def paths_read(cfg: DictConfig) -> list[str]:
     """The local paths a command reads, which its output directory must not hold when overwrite=true deletes it
     (besides the files the config is read from: config.input_files)."""
-    from flantune.modeling import adapter_base, is_local_path
-    from flantune.registry import TASKS_PATH_ENV
-
     model = str(cfg.model.path) if cfg.model.path else None
     data_dir = cfg.data_dir or os.environ.get("FLANTUNE_DATA_DIR")  # as sources.resolve_data_dir reads it
     given = cfg.tasks_dir or []
