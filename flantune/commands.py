@@ -115,7 +115,7 @@ def cmd_show(args: argparse.Namespace, opts: dict[str, Any]) -> int:
          example="flantune validate task=imdb data_dir=../shared/data", config_files=True)
 def cmd_validate(args: argparse.Namespace) -> int:
     from flantune.config import load_config
-    from flantune.engine import resolve_tasks
+    from flantune.prelude import resolve_tasks
     from flantune.validate import validate
 
     # The tasks as `flantune run` resolves them: task=[a,b], mixture=, tasks.NAME.FIELD=... overrides, --config.

@@ -9,11 +9,11 @@ rebuild it without running any model.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,11 +21,11 @@ from flantune import rundir
 from flantune.config import load_config, set_model, to_yaml
 from flantune.errors import FlantuneError
 from flantune.evaluation import read_predictions, write_prediction_rows, write_predictions
+from flantune.modeling import ModelInfo, count_parameters, model_label
+from flantune.outputs import write_metrics
+from flantune.prelude import Checked, Inputs, check, claim, inference_model, paths_read, prepare, resolve_tasks
 from flantune.report import System
 from flantune.task import Task
-
-if TYPE_CHECKING:
-    from flantune.engine import Plan
 
 SYSTEMS = "systems"
 SYSTEM_FILE = "system.json"  # name and kind of a system in a report directory
@@ -42,41 +42,21 @@ def evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: boo
 
 
 def _evaluate(cfg: DictConfig, out: Path | None = None, *, measured_together: bool = False,
-              input_files: list[str] = ()) -> tuple[Path, Plan]:
-    """`evaluate`, and the plan it evaluated (its tasks and evaluation rows, which the baselines reuse)."""
-    from flantune.engine import check, inputs_of, resolve_tasks, run_label
-
-    # The output directory first, before any library loads, and held until it is written.
-    out = Path(out or cfg.output_dir
-               or rundir.default_output_dir(cfg, run_label(cfg, resolve_tasks(cfg)), root="evals"))
-    with rundir.lock(out):
-        rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=[*inputs_of(cfg), *input_files])
-        return out, _evaluate_into(check(cfg, train=False), out, measured_together)
-
-
-def _evaluate_into(p: Plan, out: Path, measured_together: bool) -> Plan:
-    from flantune.engine import load_data, make_evaluator
-    from flantune.modeling import count_parameters, load_model, load_tokenizer, model_label, prepare_for_training
-
-    cfg = p.cfg
-    load_data(p, train=False)
-    tokenizer = load_tokenizer(cfg)
-    evaluator = make_evaluator(p, tokenizer, cfg.eval.split)
-    model = load_model(cfg, cfg.seed)
-    model = prepare_for_training(model, p.precision, False).eval()  # the same attention path as training
-    result = evaluator.run(model)
-    with rundir.replacing(out, cfg, "evaluation"):  # replaces it if overwrite=true: checked above
-        (out / rundir.CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
-        write_predictions(result, out / rundir.PREDICTIONS)
-        _, total = count_parameters(model)
-        rundir.write_json(out / rundir.METRICS, {
-            "split": cfg.eval.split, "tasks": result.metrics_by_task(), "score": result.score,
-            "model": {"name": str(cfg.model.name), "label": model_label(cfg), "path": cfg.model.path,
-                      "random_init": bool(cfg.model.random_init)},
-            "total_parameters": total, "eval": result.throughput(), "precision": p.precision,
-            "measured_together": measured_together,
-        })
-    return p
+              input_files: list[str] = (), checked: Checked | None = None) -> tuple[Path, Inputs]:
+    """`evaluate`, and what it evaluated on (its tasks and evaluation rows, which the baselines reuse); `checked`:
+    cfg's checks, made already."""
+    with contextlib.ExitStack() as held:
+        out = claim(cfg, held, kind="evaluation", out=out, input_files=input_files)
+        inputs = prepare(checked or check(cfg, train=False))
+        model = inference_model(inputs.checked)
+        result = inputs.evaluators[cfg.eval.split].run(model)
+        with rundir.replacing(out, cfg, "evaluation"):  # replaces it if overwrite=true: checked above
+            (out / rundir.CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
+            write_predictions(result, out / rundir.PREDICTIONS)
+            trainable, total = count_parameters(model)
+            info = ModelInfo(model_label(cfg), bool(cfg.model.random_init), inputs.checked.model_type, trainable, total)
+            write_metrics(out, inputs.checked, result, info, measured_together=measured_together)
+        return out, inputs
 
 
 # ---- systems ------------------------------------------------------------------------------------------------
@@ -92,7 +72,7 @@ def system_from_dir(path: Path, name: str | None = None) -> System:
             "`flantune run` or `flantune eval` directory, or a report directory."
         )
     meta = rundir.read_json(path / SYSTEM_FILE) if (path / SYSTEM_FILE).is_file() else {}
-    metrics = rundir.read_json(path / rundir.METRICS)
+    metrics = rundir.read_metrics(path)
     history = path / rundir.LOG_HISTORY
     return System(
         name=name or meta.get("name") or (metrics.get("model") or {}).get("label") or path.name,
@@ -113,7 +93,7 @@ def save_system(system: System, folder: Path) -> None:
     rundir.write_json(folder / SYSTEM_FILE, {"name": system.name, "kind": system.kind, "source": system.source})
 
 
-def baselines(p, reference: System) -> list[System]:
+def baselines(p: Inputs, reference: System) -> list[System]:
     """Majority class and TF-IDF + logistic regression (trained on each classification task's train split),
     and the lead baselines a task declares, as prediction rows aligned with the reference's."""
     from flantune.data import load_rows, render_row
@@ -131,7 +111,8 @@ def baselines(p, reference: System) -> list[System]:
         by_id = {r["_id"]: r for r in eval_rows}
         raw = [by_id[row["id"]] for row in ref_rows]
         if task.is_classification:
-            train = load_rows(task, "train", p.data_dir, max_examples=cfg.data.max_train_examples, seed=cfg.seed)
+            train = load_rows(task, "train", p.checked.data_dir, max_examples=cfg.data.max_train_examples,
+                              seed=cfg.seed)
             template = task.evaluation_template
             rendered = [render_row(task, train[i], template) for i in range(len(train))]
             labels = [r["target"] for r in rendered]
@@ -161,8 +142,6 @@ def _rows_with(ref_rows: list[dict], predictions: list[str]) -> list[dict]:
 
 def tasks_of(systems: list[System], cfg: DictConfig) -> dict[str, Task]:
     """The task definitions of a report: the reference's tasks, with the config's per-task changes."""
-    from flantune.engine import resolve_tasks
-
     names = list(systems[0].predictions)
     for s in systems[1:]:
         if s.kind == "model" and set(s.predictions) != set(names):
@@ -209,9 +188,9 @@ def _training_record(system: System, run: Path) -> System:
     """A fine-tuned run's training curves, trainable parameters and wall time, from its run directory."""
     if (run / rundir.LOG_HISTORY).is_file():
         system.log_history = rundir.read_json(run / rundir.LOG_HISTORY)
-    trained = rundir.read_json(run / rundir.METRICS) if (run / rundir.METRICS).is_file() else {}
-    for key in ("train", "trainable_parameters", "wall_time_s"):
-        if key in trained:
+    if (run / rundir.METRICS).is_file():
+        trained = rundir.read_metrics(run)
+        for key in ("train", "trainable_parameters", "wall_time_s"):
             system.metrics[key] = trained[key]
     return system
 
@@ -219,40 +198,37 @@ def _training_record(system: System, run: Path) -> System:
 def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path, input_files: list[str] = ()) -> Path:
     """Evaluate the base model and every fine-tuned run on the same machine, one after the other, add the
     baselines, and write the report (`input_files` as in `evaluate`)."""
-    from flantune.engine import check, inputs_of
-
     models = [base, *finetuned]
     subs = [_with_model(cfg, model) for model in models]
     with rundir.lock(out):
-        reads = [*input_files, *(path for sub in subs for path in inputs_of(sub))]
+        reads = [*input_files, *(path for sub in subs for path in paths_read(sub))]
         rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=reads)
-        for sub in subs:  # every model's source, before the first is evaluated
-            check(sub, train=False)
+        checks = [check(sub, train=False) for sub in subs]  # every model's source, before the first is evaluated
         # An old report that overwrite=true replaces goes only when the new one is written.
         with rundir.replacing(out, cfg, "report"):
-            return _compare_into(cfg, models, subs, out)
+            return _compare_into(cfg, models, checks, out)
 
 
-def _compare_into(cfg: DictConfig, models: list[str], subs: list[DictConfig], out: Path) -> Path:
+def _compare_into(cfg: DictConfig, models: list[str], checks: list[Checked], out: Path) -> Path:
     systems = []
-    for i, (model, sub) in enumerate(zip(models, subs)):
-        path, p = _evaluate(sub, out / "evaluations" / f"{i}-{_slug(model)}", measured_together=True)
+    for i, (model, checked) in enumerate(zip(models, checks)):
+        sub = checked.cfg
+        path, p = _evaluate(sub, out / "evaluations" / f"{i}-{_slug(model)}", measured_together=True,
+                            checked=checked)
         if i == 0:
-            base_plan = p  # the models differ, their tasks and evaluation rows don't
+            base_inputs = p  # the models differ, their tasks and evaluation rows don't
         name = ("base: " if i == 0 else "fine-tuned: ") + _label(model, sub)
         system = system_from_dir(path, name=name)
         if i > 0 and rundir.is_run_dir(Path(model)):
             _training_record(system, Path(model))
         systems.append(system)
-    systems.extend(baselines(base_plan, systems[0]))
+    systems.extend(baselines(base_inputs, systems[0]))
     return write_report(systems, cfg, out)
 
 
 def compare_after_run(cfg: DictConfig, run: Path) -> Path:
     """`flantune run ... compare=true`: the run against its own base model, evaluated now on the same split
     in the same process, plus the baselines; the report goes to <run>/report/."""
-    from flantune.modeling import model_label
-
     base_cfg = cfg.copy()
     for key, value in (("resume", False), ("overwrite", False), ("compare", False), ("output_dir", None)):
         OmegaConf.update(base_cfg, key, value, merge=False)
@@ -267,8 +243,6 @@ def compare_after_run(cfg: DictConfig, run: Path) -> Path:
 
 
 def _label(model: str, cfg: DictConfig) -> str:
-    from flantune.modeling import model_label
-
     return model_label(cfg) if not Path(model).is_dir() else Path(model).resolve().name
 
 

@@ -1,7 +1,7 @@
 """The run directory: what a run writes, and the rule that nothing is overwritten silently.
 
     config.yaml            the resolved config
-    metrics.json           task -> metric -> value on the final evaluation split, plus throughput
+    metrics.json           task -> metric -> value on the final evaluation split, plus throughput (flantune.outputs)
     predictions/<task>.jsonl
     log_history.json       the trainer's log history (losses, validation metrics)
     mixture.json           a mixture's requested rates and the examples seen per task
@@ -9,7 +9,8 @@
     merged/                LoRA merged into the base model (merge=true)
     base_model/            the random-init base of a LoRA run (only when it can't be downloaded again)
     checkpoints/           the trainer's checkpoints (resume=true continues from the last complete one)
-    .flantune              the mark of a directory flantune made: the only kind overwrite=true replaces
+    .flantune              the mark of a directory flantune made: the only kind overwrite=true replaces; it
+                           records the version of the files flantune writes there (flantune.versions)
 
 A command holds its output directory's lock (`claim`, `lock`) for its whole life, so a second command on
 the same directory is refused; overwrite=true moves the old directory aside and deletes it only once the
@@ -34,38 +35,36 @@ from typing import Any, Iterable, Iterator
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from flantune import versions
 from flantune.errors import FlantuneError, first_line
 
 CONFIG, METRICS, LOG_HISTORY, MIXTURE = "config.yaml", "metrics.json", "log_history.json", "mixture.json"
 PREDICTIONS, MODEL, MERGED, BASE_MODEL, CHECKPOINTS = "predictions", "model", "merged", "base_model", "checkpoints"
-MARK = ".flantune"  # {"kind": "run" | "evaluation" | "report"}, written when flantune creates the directory
+MARK = ".flantune"  # {"kind": "run" | "evaluation" | "report", "schema_version": N}, written when flantune made it
 RUN_KEYS = {"task", "model", "method", "train", "eval"}  # top-level keys every saved flantune config has
 # Keys that may differ between a run and its resumption.
 RESUME_FREE = ("resume", "overwrite", "output_dir", "compare", "report_to", "data_dir", "tasks_dir", "eval")
 
 
-def _as_made(saved: DictConfig) -> DictConfig:
-    """A saved config with the keys added since it was written set to what runs did before them, so resuming
-    an older run asks for its own behaviour rather than silently taking the new default."""
-    train = saved.get("train")
-    if not isinstance(train, DictConfig):
-        return saved
-    if "loss_normalization" not in train:  # each step's token mean, before train.loss_normalization
-        train.loss_normalization = "batch"
-    if "micro_batches" not in train:  # a step was one forward pass per process before train.micro_batches,
-        tasks = saved.get("task")  # which is what auto still is but for a mixture's grouped or packed batches
-        mixture = OmegaConf.is_list(tasks) and len(set(tasks)) > 1
-        train.micro_batches = 1 if mixture and train.get("sampling") != "random" else "auto"
-    data = saved.get("data")
-    if isinstance(data, DictConfig) and "eval_seed" not in data:  # evaluation subsets were drawn with the run's seed
-        data.eval_seed = saved.get("seed")
-    if isinstance(data, DictConfig) and "allow_overlap" not in data:  # no overlap was checked: none was allowed
-        data.allow_overlap = False
-    if "lr_scheduler_kwargs" not in train:
-        train.lr_scheduler_kwargs = {}
-    if "packed_rows_per_batch" not in train and train.get("sampling") == "packed":
-        train.packed_rows_per_batch = train.get("batch_size")  # batch_size counted packed rows before the key
-    return saved
+ROOTS = {"run": "runs", "evaluation": "evals"}  # where each kind of command writes when output_dir isn't set
+
+
+def schema_version(folder: Path) -> int:
+    """The version of the config.yaml in `folder`: its mark's, 1 for a folder made before the version (or the mark)."""
+    try:
+        return int(read_json(folder / MARK).get("schema_version", 1))
+    except (OSError, ValueError, AttributeError):
+        return 1
+
+
+def read_config(folder: Path) -> DictConfig:
+    """The config.yaml of a run or evaluation directory, in the current version's keys."""
+    return versions.upgrade_config(OmegaConf.load(folder / CONFIG), schema_version(folder))
+
+
+def read_metrics(folder: Path) -> dict[str, Any]:
+    """The metrics.json of a run, evaluation or report-system directory, in the current version's keys."""
+    return versions.upgrade_metrics(read_json(folder / METRICS))
 
 
 def default_output_dir(cfg: DictConfig, label: str, root: str = "runs") -> Path:
@@ -97,7 +96,10 @@ def made_by_flantune(path: Path) -> bool:
 def mark(path: Path, kind: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if not (path / MARK).is_file():
-        write_json(path / MARK, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        made = {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if not (path / CONFIG).is_file():  # not a run made before the mark, now resumed: that one keeps version 1
+            made["schema_version"] = versions.SCHEMA_VERSION
+        write_json(path / MARK, made)
 
 
 def check_output_dir(out: Path, *, overwrite: bool, reads: Iterable[Any] = (), instead: str = "") -> None:
@@ -168,8 +170,8 @@ def _check_writable(out: Path, replaced: bool) -> None:
         ) from None
 
 
-def output_dir(cfg: DictConfig, label: str) -> Path:
-    return Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, label)
+def output_dir(cfg: DictConfig, label: str, kind: str = "run") -> Path:
+    return Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, label, ROOTS[kind])
 
 
 def check(cfg: DictConfig, label: str, reads: Iterable[Any] = (), out: Path | None = None) -> Path:
@@ -182,7 +184,7 @@ def check(cfg: DictConfig, label: str, reads: Iterable[Any] = (), out: Path | No
                 f"resume=true, but {out} is not a flantune run directory (no readable flantune {CONFIG}). Point "
                 "output_dir at the run to continue."
             )
-        saved = _as_made(OmegaConf.load(out / CONFIG))
+        saved = read_config(out)
         differ = _differences(OmegaConf.to_container(saved), OmegaConf.to_container(cfg))
         if differ:
             said = [f"{k} (the run: {OmegaConf.select(saved, k)}, now: {OmegaConf.select(cfg, k)})" for k in differ]
@@ -196,11 +198,14 @@ def check(cfg: DictConfig, label: str, reads: Iterable[Any] = (), out: Path | No
     return out
 
 
-def claim(cfg: DictConfig, label: str, reads: Iterable[Any], held: contextlib.ExitStack) -> Path:
-    """`check` under the run directory's lock, which `held` keeps until the run ends."""
-    out = output_dir(cfg, label)
+def claim(cfg: DictConfig, out: Path, reads: Iterable[Any], held: contextlib.ExitStack, kind: str = "run") -> Path:
+    """`out` checked under its lock, which `held` keeps until the command ends: a run's with `check` (it may be
+    one to resume), an evaluation's with `check_output_dir`."""
     held.enter_context(lock(out))
-    return check(cfg, label, reads, out)
+    if kind == "run":
+        return check(cfg, "", reads, out)
+    check_output_dir(out, overwrite=cfg.overwrite, reads=reads)
+    return out
 
 
 def finished(out: Path) -> bool:

@@ -141,7 +141,7 @@ def test_values_for_transformers_are_checked_against_its_lists(options, message)
 
 
 def test_an_optimizer_whose_package_is_missing_is_refused_before_a_run_but_not_an_evaluation(cli, tmp_path):
-    from flantune.engine import check
+    from flantune.prelude import check
 
     err = _refused(cli, tmp_path, "train.optim=adamw_torch_xla", "precision=fp32")
     assert ("train.optim=adamw_torch_xla can't run here: Trainer failed to import syncfree AdamW from torch_xla. "
@@ -236,7 +236,7 @@ def test_mixing_weights_take_effect_or_are_an_error(tmp_path):
     mixture.write_text("tasks: {imdb: 1, emotion: 3}\n")
     cfg = load_config([f"mixture={mixture}"])
     assert cfg.mixing.scheme == "weights" and dict(cfg.mixing.weights) == {"imdb": 1, "emotion": 3}
-    from flantune.engine import run_label
+    from flantune.prelude import run_label
 
     assert run_label(cfg, []) == "weighed"  # runs/weighed-..., not a run directory beside the file
 

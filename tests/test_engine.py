@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from flantune.config import load_config, to_yaml
-from flantune.engine import make_evaluator, plan
+from flantune.prelude import check, prepare
 from flantune.evaluation import EvalResult, read_predictions
 
 from tolerances import reordered
@@ -47,10 +47,7 @@ def _predictions(out: Path, task: str) -> list[dict]:
 def _reevaluate(out: Path, model, classify: str = "rank") -> EvalResult:
     cfg = OmegaConf.load(out / "config.yaml")
     cfg.eval.classify = classify
-    p = plan(cfg, train=False)
-    from flantune.modeling import load_tokenizer
-
-    return make_evaluator(p, load_tokenizer(cfg), cfg.eval.split).run(model)
+    return prepare(check(cfg, train=False)).evaluators[cfg.eval.split].run(model)
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def test_the_carve_a_missing_split_error_suggests_keeps_every_role_apart(cli, tm
     assert code == 0, err
     from flantune.config import load_config
     from flantune.data import split_overlaps
-    from flantune.engine import resolve_tasks
+    from flantune.prelude import resolve_tasks
 
     carved = resolve_tasks(load_config([f"task={task}", *[h.replace("'", "") for h in hint]]))[0]
     assert split_overlaps(carved, shared_data) == []
