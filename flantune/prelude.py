@@ -25,6 +25,7 @@ from flantune.data import load_rows
 from flantune.distributed import main_first, on_main_then_share, sharded_parameters, world_size
 from flantune.errors import FlantuneError, did_you_mean
 from flantune.evaluation import EvalSet, Evaluator
+from flantune.hub import is_local_path
 from flantune.modeling import (
     T5_FAMILY,
     adapter_base,
@@ -32,7 +33,6 @@ from flantune.modeling import (
     check_model_files,
     check_model_source,
     config_model_type,
-    is_local_path,
     load_model,
     load_tokenizer,
     prepare_for_training,
