@@ -35,6 +35,7 @@ from flantune.evaluation import SCORE, EvalResult, EvalSet, Evaluator, write_pre
 from flantune.modeling import (
     T5_FAMILY,
     ModelInfo,
+    Precision,
     apply_method,
     check_lora_targets,
     check_model_files,
@@ -61,7 +62,7 @@ class Plan:
     tasks: list[Task]
     label: str  # names the run: the task, the mixture, or the tasks joined
     data_dir: Path | None
-    precision: str
+    precision: Precision
     model_type: str
     cuda_graphs: bool = False
     rows: dict[tuple[str, str], Any] = field(default_factory=dict)  # (task, role) -> checked rows
@@ -112,23 +113,10 @@ def check(cfg: DictConfig, *, train: bool = True) -> Plan:
                     if (found := check_overlap(t, data_dir, allow=bool(cfg.data.allow_overlap)))}
     check_lora_targets(cfg)
     check_metric_sources(tasks)
-    precision = resolve_precision(cfg, model_type)
-    if sharded_parameters():
-        if precision == "bf16":
-            if cfg.precision == "bf16":
-                raise FlantuneError(
-                    "precision=bf16 (bf16 weights with flantune's fp32-master AdamW) can't shard its master weights "
-                    "under FSDP or DeepSpeed: use precision=bf16-mixed, which they support."
-                )
-            precision = "bf16-mixed"  # auto under FSDP / DeepSpeed
-        if cfg.merge:
-            raise FlantuneError("merge=true isn't supported under FSDP or DeepSpeed: merge the saved adapter "
-                                "afterwards (PeftModel.from_pretrained(...).merge_and_unload()).")
-    if precision == "bf16" and cfg.train.optim not in ("adamw_torch", "adamw_torch_fused"):
-        raise FlantuneError(
-            f"precision=bf16 trains bf16 weights with flantune's fp32-master AdamW, so train.optim={cfg.train.optim} "
-            "can't apply. Use precision=bf16-mixed for the trainer's optimizers, or train.optim=adamw_torch."
-        )
+    precision = resolve_precision(cfg, model_type, sharded=sharded_parameters())
+    if sharded_parameters() and cfg.merge:
+        raise FlantuneError("merge=true isn't supported under FSDP or DeepSpeed: merge the saved adapter "
+                            "afterwards (PeftModel.from_pretrained(...).merge_and_unload()).")
     from flantune.kernels import T5_LAYOUT
 
     if cfg.train.sampling == "packed" and model_type not in T5_LAYOUT:
@@ -323,6 +311,7 @@ def write_outputs(p: Plan, out: Path, trained, final: EvalResult, info: ModelInf
         "wall_time_s": wall,
         "data_prep_seconds": prep_seconds,
         "train": trained.throughput,
+        "step": trained.step.record(),  # what one optimizer step trained on (flantune.step.Step)
         "eval": final.throughput(),
         "best_checkpoint": trained.best_checkpoint,
         "precision": p.precision,
