@@ -468,8 +468,6 @@ def validate(cfg: DictConfig) -> None:
     if micro != "auto" and (isinstance(micro, bool) or not isinstance(micro, int) or micro < 1):
         raise FlantuneError(f"Config key 'train.micro_batches' is {micro!r}; choose auto or a number >= 1.")
     if cfg.train.sampling != "packed":  # before any data is read; the rows of a packed batch are known later
-        from flantune.step import micro_batches
-
         micro_batches(micro, cfg.train.batch_size, mixture=False, sampling=cfg.train.sampling)
     if cfg.train.cuda_graphs not in (True, False, "auto"):
         raise FlantuneError(f"Config key 'train.cuda_graphs' is {cfg.train.cuda_graphs!r}; choose auto, true or false.")

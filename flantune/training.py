@@ -55,8 +55,11 @@ class FlantuneTrainer(Seq2SeqTrainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, step: Step, evaluator: Evaluator, sampler_factory, cuda_graphs: bool = False,
-                 **kwargs):
+                 optimizer_cls_and_kwargs=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # The Trainer's own argument, which Seq2SeqTrainer doesn't pass on: create_optimizer builds this class
+        # over the trainer's weight-decay groups.
+        self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self.step = step
         self.evaluator = evaluator
         self.sampler_factory = sampler_factory
