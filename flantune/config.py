@@ -25,6 +25,7 @@ from flantune import rundir
 from flantune.errors import FlantuneError, did_you_mean, first_line
 from flantune.modeling import is_local_path
 from flantune.overrides import load_yaml, parse_overrides
+from flantune.step import micro_batches
 
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
 CLASSIFY = ("rank", "generate")
