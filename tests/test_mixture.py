@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -209,10 +210,11 @@ def _epoch_losses(cli, out, monkeypatch, shared_data, *options: str) -> dict:
     seen = []
     forward = T5ForConditionalGeneration.forward
 
+    @functools.wraps(forward)  # generate() reads the forward's signature
     def probe(self, *args, **kwargs):
         outputs = forward(self, *args, **kwargs)
         if self.training and outputs.loss is not None and outputs.loss.requires_grad:
-            mean, tokens = float(outputs.loss), int((kwargs["labels"] != -100).sum())
+            mean, tokens = float(outputs.loss.detach()), int((kwargs["labels"] != -100).sum())
             outputs.loss.register_hook(lambda grad: seen.append((mean, tokens, mean * float(grad))))
         return outputs
 
