@@ -225,7 +225,8 @@ def run_child(recipe: str, dataset: str, args, save_model: str | None = None) ->
 
 def padding_over_epochs(args) -> list[dict]:
     """Pad fraction of one epoch of each full train split, and of a mixture of long and short tasks."""
-    from flantune.batching import LengthGroupedSampler, micro_batches, pad_fraction
+    from flantune.batching import LengthGroupedSampler, pad_fraction
+    from flantune.step import micro_batches
 
     sets = {name: _lengths(_features(name, args.data_dir, None, "train", args.seed, 0)[2])
             for name in ("imdb", "samsum", "emotion")}

@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from flantune.errors import FlantuneError
-
 Stream = Callable[[int], np.ndarray]  # epoch -> row indices
 
 
@@ -99,27 +97,3 @@ def pad_fraction(lengths: np.ndarray, rows: np.ndarray, batch_size: int) -> floa
         padded += int(batch.max(axis=0).sum()) * len(batch)
     return 1.0 - useful / padded if padded else 0.0
 
-
-# train.micro_batches=auto: at most 4 forward passes a step, of 4 items or more each
-MAX_MICRO_BATCHES, MIN_MICRO_BATCH = 4, 4
-
-
-def micro_batches(setting, items: int, *, mixture: bool, sampling: str) -> int:
-    """How many forward passes (micro-batches) a step's `items` per process (examples, or rows when packed) run
-    as, their gradients accumulated. Length-grouped batches and packed rows of a mixture each hold one task,
-    so steps of one batch train one task at a time, which cost every task validation loss against random
-    batches; steps of 4 micro-batches of 4 mixed tasks and gave most of it back (bench/RESULTS.md). `auto`
-    does that for a mixture: the most micro-batches, up to 4, that split the batch evenly into micro-batches
-    of 4 items or more; whole batches otherwise."""
-    if setting == "auto":
-        if not mixture or sampling == "random":  # random batches mix tasks already
-            return 1
-        splits = [n for n in range(MAX_MICRO_BATCHES, 1, -1) if items % n == 0 and items // n >= MIN_MICRO_BATCH]
-        return splits[0] if splits else 1
-    if items % int(setting):
-        what = "rows a batch packs into (train.packed_rows_per_batch)" if sampling == "packed" else "train.batch_size"
-        raise FlantuneError(
-            f"train.micro_batches={setting} does not divide the {items} {what}: each micro-batch must hold as "
-            f"many as the others. Set train.micro_batches to a divisor of {items}, or auto."
-        )
-    return int(setting)

@@ -24,6 +24,7 @@ from flantune.config_files import METHODS_DIR, MIXTURES_DIR, MODELS_DIR, configs
 from flantune.errors import FlantuneError, did_you_mean, first_line
 from flantune.hub import is_local_path
 from flantune.overrides import parse_overrides
+from flantune.step import micro_batches
 
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16")
 CLASSIFY = ("rank", "generate")
@@ -429,11 +430,8 @@ def validate(cfg: DictConfig) -> None:
     micro = cfg.train.micro_batches
     if micro != "auto" and (isinstance(micro, bool) or not isinstance(micro, int) or micro < 1):
         raise FlantuneError(f"Config key 'train.micro_batches' is {micro!r}; choose auto or a number >= 1.")
-    if micro != "auto" and cfg.train.sampling != "packed" and cfg.train.batch_size % micro:
-        raise FlantuneError(
-            f"train.micro_batches={micro} does not divide train.batch_size={cfg.train.batch_size}: each micro-batch "
-            f"must hold as many examples as the others. Set train.micro_batches to a divisor of it, or auto."
-        )
+    if cfg.train.sampling != "packed":  # before any data is read; the rows of a packed batch are known later
+        micro_batches(micro, cfg.train.batch_size, mixture=False, sampling=cfg.train.sampling)
     if cfg.train.cuda_graphs not in (True, False, "auto"):
         raise FlantuneError(f"Config key 'train.cuda_graphs' is {cfg.train.cuda_graphs!r}; choose auto, true or false.")
     if cfg.train.lr <= 0:

@@ -18,6 +18,8 @@ T = TypeVar("T")
 
 
 def world_size() -> int:
+    """The run's processes, as the launcher (torchrun, accelerate launch) set them: known before any process group
+    exists, and the one count of processes flantune reads (the step's, the evaluation's split)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -26,13 +28,15 @@ def is_main() -> bool:
 
 
 def process_group() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, or (0, 1) where there is none: the
-    processes that actually take part, as against the launcher's environment above."""
+    """(rank, world size) for work split between the run's processes, their process group set up first where
+    there are several."""
+    world = world_size()
+    if world == 1:
+        return 0, 1
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    _state()
+    return dist.get_rank(), world
 
 
 def gather_objects(items: list) -> list:

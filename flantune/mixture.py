@@ -264,8 +264,8 @@ class TrainSet:
 
     def label_tokens_per_batch(self, batch_size: int, processes: int = 1) -> float:
         """The label tokens one process's batch of `batch_size` (examples, or rows when packed) holds on average
-        over the first epoch: what train.loss_normalization=tokens divides each batch's summed loss by, so an
-        epoch's steps add up to its token mean however its examples are batched."""
+        over the first epoch: what a step's normaliser under train.loss_normalization=tokens is made of
+        (flantune.step.decide), so an epoch's steps add up to its token mean however its examples are batched."""
         global_batch = batch_size * processes
         if self.sampling == "packed":
             plan = self.plan(global_batch)

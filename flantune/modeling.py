@@ -7,6 +7,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -195,15 +196,51 @@ def load_model(cfg: DictConfig, seed: int, *, train: bool = False):
     return keep_separate_head(model)
 
 
-def resolve_precision(cfg: DictConfig, model_type: str | None = None) -> str:
-    """bf16 / fp32 / fp16, checked: fp16 overflows in T5, and needs a GPU."""
+class Precision(str, Enum):
+    """The precision a run trains and evaluates in, decided once (`resolve_precision`) and read everywhere: the
+    model's cast, the trainer's autocast flags, the optimizer, CUDA graphs, evaluation's autocast. A str, so it
+    compares to and is written as its name ("bf16")."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"  # bf16 weights, no autocast; the optimizer keeps fp32 master weights (kernels.MasterWeightAdamW)
+    BF16_MIXED = "bf16-mixed"  # fp32 weights under bf16 autocast (the trainer's bf16=True)
+    FP16 = "fp16"  # fp32 weights under fp16 autocast with loss scaling (the trainer's fp16=True)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def weights(self) -> str:
+        """The torch dtype (by name) the model's weights are held in."""
+        return "bfloat16" if self is Precision.BF16 else "float32"
+
+    @property
+    def master_weights(self) -> bool:
+        """Whether the optimizer updates fp32 copies of the (bf16) weights."""
+        return self is Precision.BF16
+
+    @property
+    def autocast(self) -> dict[str, bool]:
+        """The trainer's autocast flags."""
+        return {"bf16": self is Precision.BF16_MIXED, "fp16": self is Precision.FP16}
+
+
+def resolve_precision(cfg: DictConfig, model_type: str | None = None, *, sharded: bool = False) -> Precision:
+    """The run's precision, checked: fp16 overflows in T5 and needs a GPU; bf16 needs a GPU that has it, and its
+    fp32-master AdamW can't shard (`sharded`: FSDP or DeepSpeed, where auto means bf16-mixed) and is AdamW."""
     import torch
 
-    precision = cfg.precision
     cuda = torch.cuda.is_available()
-    if precision == "auto":
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16":
+    if cfg.precision == "auto":
+        precision = Precision.BF16 if cuda and torch.cuda.is_bf16_supported() else Precision.FP32
+        if precision is Precision.BF16 and sharded:
+            precision = Precision.BF16_MIXED
+    else:
+        precision = Precision(cfg.precision)
+    if precision is Precision.FP16:
         if model_type in T5_FAMILY and not cfg.force_fp16:
             raise FlantuneError(
                 "precision=fp16 is refused for T5-family models: their activations overflow fp16's range and the "
@@ -214,13 +251,23 @@ def resolve_precision(cfg: DictConfig, model_type: str | None = None) -> str:
             raise FlantuneError("precision=fp16 needs a CUDA GPU; on CPU use precision=fp32 (or auto).")
     if precision.startswith("bf16") and cuda and not torch.cuda.is_bf16_supported():
         raise FlantuneError(f"precision={precision}: this GPU does not support bfloat16. Use precision=fp32.")
+    if precision.master_weights and sharded:
+        raise FlantuneError(
+            "precision=bf16 (bf16 weights with flantune's fp32-master AdamW) can't shard its master weights "
+            "under FSDP or DeepSpeed: use precision=bf16-mixed, which they support."
+        )
+    if precision.master_weights and cfg.train.optim not in ("adamw_torch", "adamw_torch_fused"):
+        raise FlantuneError(
+            f"precision=bf16 trains bf16 weights with flantune's fp32-master AdamW, so train.optim={cfg.train.optim} "
+            "can't apply. Use precision=bf16-mixed for the trainer's optimizers, or train.optim=adamw_torch."
+        )
     return precision
 
 
-def prepare_for_training(model, precision: str, compile_blocks_: bool):
+def prepare_for_training(model, precision: Precision, compile_blocks_: bool):
     """The speed-ups of flantune's training path (flantune/kernels.py): T5's position bias on SDPA's fused
-    kernel, fused RMSNorm and GELU kernels, no key/value cache while training, bf16 weights for
-    precision=bf16, optional regional compile."""
+    kernel, fused RMSNorm and GELU kernels, no key/value cache while training, the weights in the precision's
+    dtype (a checkpoint saved in bf16 loads as bf16), optional regional compile."""
     import torch
 
     from flantune import kernels
@@ -228,8 +275,7 @@ def prepare_for_training(model, precision: str, compile_blocks_: bool):
     kernels.use_fast_attention(model)
     kernels.use_fused_ops(model)
     kernels.disable_kv_cache(model)
-    if precision == "bf16":
-        model.to(torch.bfloat16)
+    model.to(getattr(torch, Precision(precision).weights))
     if compile_blocks_:
         kernels.compile_blocks(model)
     return model

@@ -39,6 +39,7 @@ def write_metrics(out: Path, checked: Checked, final: EvalResult, model: ModelIn
         "eval": final.throughput(),
         "measured_together": measured_together,  # with the other systems of a comparison, in one process
         "train": trained.throughput if trained else None,
+        "step": trained.step.record() if trained else None,  # what one optimizer step trained on (flantune.step)
         "wall_time_s": wall_seconds,
         "data_prep_seconds": prep_seconds,
         "best_checkpoint": trained.best_checkpoint if trained else None,

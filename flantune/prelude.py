@@ -28,6 +28,7 @@ from flantune.evaluation import EvalSet, Evaluator
 from flantune.hub import is_local_path
 from flantune.modeling import (
     T5_FAMILY,
+    Precision,
     adapter_base,
     check_lora_targets,
     check_model_files,
@@ -54,7 +55,7 @@ class Checked:
     roles: tuple[str, ...]  # the splits the command reads: train and validation to train, and eval.split
     evaluated: tuple[str, ...]  # those it evaluates on: validation while training, eval.split at the end
     data_dir: Path | None
-    precision: str
+    precision: Precision
     model_type: str
     cuda_graphs: bool = False
     overlaps: dict[str, list[str]] = field(default_factory=dict)  # task -> train rows also evaluated on (allowed)
@@ -170,23 +171,10 @@ def check(cfg: DictConfig, *, train: bool = True) -> Checked:
                     if (found := check_overlap(t, data_dir, allow=bool(cfg.data.allow_overlap)))}
     check_lora_targets(cfg)
     check_metric_sources(tasks)
-    precision = resolve_precision(cfg, model_type)
-    if sharded_parameters():
-        if precision == "bf16":
-            if cfg.precision == "bf16":
-                raise FlantuneError(
-                    "precision=bf16 (bf16 weights with flantune's fp32-master AdamW) can't shard its master weights "
-                    "under FSDP or DeepSpeed: use precision=bf16-mixed, which they support."
-                )
-            precision = "bf16-mixed"  # auto under FSDP / DeepSpeed
-        if cfg.merge:
-            raise FlantuneError("merge=true isn't supported under FSDP or DeepSpeed: merge the saved adapter "
-                                "afterwards (PeftModel.from_pretrained(...).merge_and_unload()).")
-    if precision == "bf16" and cfg.train.optim not in ("adamw_torch", "adamw_torch_fused"):
-        raise FlantuneError(
-            f"precision=bf16 trains bf16 weights with flantune's fp32-master AdamW, so train.optim={cfg.train.optim} "
-            "can't apply. Use precision=bf16-mixed for the trainer's optimizers, or train.optim=adamw_torch."
-        )
+    precision = resolve_precision(cfg, model_type, sharded=sharded_parameters())
+    if sharded_parameters() and cfg.merge:
+        raise FlantuneError("merge=true isn't supported under FSDP or DeepSpeed: merge the saved adapter "
+                            "afterwards (PeftModel.from_pretrained(...).merge_and_unload()).")
     from flantune.kernels import T5_LAYOUT
 
     if cfg.train.sampling == "packed" and model_type not in T5_LAYOUT:
@@ -266,10 +254,10 @@ def make_evaluator(checked: Checked, rows: dict[tuple[str, str], Any], tokenizer
                      autocast=autocast_for(checked.precision), role=role)
 
 
-def autocast_for(precision: str):
+def autocast_for(precision: Precision):
     import torch
 
-    if precision == "bf16-mixed" and torch.cuda.is_available():
+    if precision is Precision.BF16_MIXED and torch.cuda.is_available():
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
 

@@ -38,18 +38,15 @@ def print_summary(p, out: Path, final: EvalResult, trained, info, wall: float) -
             mt.add_row(t, f"{mix['train_sizes'][t]:,}", f"{mix['requested_rates'][t]:.3f}",
                        f"{mix['examples_seen'][t]:,}", f"{mix['realised_rates'][t]:.3f}")
         say.print(mt)
-        tp = trained.throughput
-        unit = " rows" if "packed_rows" in tp else ""
-        split = (f"{tp['micro_batches']} micro-batches of {tp['micro_batch_size']}{unit} a step (train.micro_batches)"
-                 if tp.get("micro_batches", 1) > 1 else "one batch a step")
-        say.print(f"a step held {mix['tasks_per_step']:.1f} of the {len(mix['train_sizes'])} tasks on average, "
-                  f"{split}", highlight=False)
+        say.print(f"a step held {mix['tasks_per_step']:.1f} of the {len(mix['train_sizes'])} tasks on average",
+                  highlight=False)
     tp = trained.throughput
     say.print(
         f"trained {tp['steps']} steps in {tp['seconds']:.1f}s ({tp['examples_per_s']:.1f} examples/s, "
         f"{tp['tokens_per_s']:,.0f} tokens/s); {info.trainable_parameters:,} trainable parameters; "
         f"wall time {wall:.1f}s", highlight=False,
     )
+    say.print(trained.step.describe(), highlight=False)
     if "packed_rows_per_batch" in tp:
         shapes = ", ".join(f"{e} + {d}" for e, d in tp["packed_rows"])
         say.print(f"packed rows of {shapes} tokens, {tp['packed_rows_per_batch']} a batch per process: "

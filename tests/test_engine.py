@@ -327,7 +327,7 @@ def test_flops_estimate_is_the_trainers_with_the_parameters_counted_once(tmp_pat
 
     model = load_model(load_config(["model=tiny"]), 0)
     args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    trainer = FlantuneTrainer(model=model, args=args, evaluator=None, sampler_factory=None)
+    trainer = FlantuneTrainer(model=model, args=args, step=None, evaluator=None, sampler_factory=None)
     batches = [{"input_ids": torch.ones(b, n, dtype=torch.long), "labels": torch.ones(b, 3, dtype=torch.long)}
                for b, n in ((4, 7), (16, 300), (1, 1))]
     expected = [Seq2SeqTrainer.floating_point_ops(trainer, b) for b in batches]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -202,33 +203,36 @@ def test_bad_mixture_files(cli, tmp_path):
 
 
 def _epoch_losses(cli, out, monkeypatch, shared_data, *options: str) -> dict:
-    """One epoch of a 3-task mixture at a learning rate too small to move the weights, with every batch's mean
-    token loss, label tokens and loss taken by the backward pass recorded."""
-    from flantune.training import FlantuneTrainer
+    """One epoch of a 3-task mixture at a learning rate too small to move the weights, with every training batch's
+    mean token loss and label tokens, as the model's forward returns them, and the loss its backward pass took:
+    the mean times the gradient that reached it (what the step's loss multiplied it by)."""
+    from transformers import T5ForConditionalGeneration
 
     seen = []
-    compute_loss = FlantuneTrainer.compute_loss
+    forward = T5ForConditionalGeneration.forward
 
-    def probe(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-        mean = self._logged_loss / self.batch_factors(inputs, num_items_in_batch)[1]
-        seen.append((float(mean), int((inputs["labels"] != -100).sum()),
-                     float(loss.detach()) * self._trainer_scales(num_items_in_batch)[1]))
-        return loss
+    @functools.wraps(forward)  # generate() reads the forward's signature
+    def probe(self, *args, **kwargs):
+        outputs = forward(self, *args, **kwargs)
+        if self.training and outputs.loss is not None and outputs.loss.requires_grad:
+            mean, tokens = float(outputs.loss.detach()), int((kwargs["labels"] != -100).sum())
+            outputs.loss.register_hook(lambda grad: seen.append((mean, tokens, mean * float(grad))))
+        return outputs
 
-    monkeypatch.setattr(FlantuneTrainer, "compute_loss", probe)
-    code, _, err = cli("run", "task=[imdb,samsum,emotion]", "model=tiny", "data.max_train_examples=40",
-                       "data.max_eval_examples=4", "tasks.imdb.max_input_length=64", "tasks.samsum.max_input_length=64",
-                       "train.batch_size=8", "train.lr=1e-12", "train.epochs=1", f"data_dir={shared_data}",
-                       f"output_dir={out}", *options)
+    monkeypatch.setattr(T5ForConditionalGeneration, "forward", probe)
+    code, text, err = cli("run", "task=[imdb,samsum,emotion]", "model=tiny", "data.max_train_examples=40",
+                          "data.max_eval_examples=4", "tasks.imdb.max_input_length=64",
+                          "tasks.samsum.max_input_length=64", "train.batch_size=8", "train.lr=1e-12", "train.epochs=1",
+                          f"data_dir={shared_data}", f"output_dir={out}", *options)
     assert code == 0, err
     mean, tokens, trained = (np.array(v) for v in zip(*seen))
-    steps = json.loads((out / "metrics.json").read_text())["train"]["steps"]
+    metrics = json.loads((out / "metrics.json").read_text())
     history = json.loads((out / "log_history.json").read_text())
-    return {"token_mean": float((mean * tokens).sum() / tokens.sum()), "objective": float(trained.sum() / steps),
+    return {"token_mean": float((mean * tokens).sum() / tokens.sum()),
+            "objective": float(trained.sum() / metrics["train"]["steps"]),
             "logged": next(h["train_loss"] for h in history if "train_loss" in h), "tokens": int(tokens.sum()),
             "trained_sum": float(trained.sum()), "batches": len(seen), "seen": list(seen),
-            "mixture": json.loads((out / "mixture.json").read_text())}
+            "mixture": json.loads((out / "mixture.json").read_text()), "step": metrics["step"], "text": text}
 
 
 @pytest.mark.slow
@@ -276,10 +280,15 @@ def test_micro_batches_are_the_steps_of_smaller_batches_accumulated(cli, tmp_pat
     assert auto["mixture"]["tasks_per_step"] == by_hand["mixture"]["tasks_per_step"]
     assert auto["mixture"]["tasks_per_step"] > whole["mixture"]["tasks_per_step"]
     assert json.loads((tmp_path / "auto" / "metrics.json").read_text())["train"]["micro_batches"] == 2
+    # metrics.json's step and the summary say so; the step by hand is the same step, its batches whole
+    same = ("unit", "micro_batch", "accumulation", "processes", "global_batch", "label_tokens")
+    assert {k: auto["step"][k] for k in same} == {k: by_hand["step"][k] for k in same}
+    assert [auto["step"][k] for k in ("batch", "micro_batches", "grad_accum", "global_batch")] == [8, 2, 1, 8]
+    assert "a step: 1 batch of 8 examples a process, run as 2 micro-batches of 4" in auto["text"]
 
 
 def test_auto_micro_batches_split_only_a_mixtures_one_task_batches():
-    from flantune.batching import micro_batches
+    from flantune.step import micro_batches
 
     assert micro_batches("auto", 16, mixture=True, sampling="length_grouped") == 4  # 4 of 4
     assert micro_batches("auto", 64, mixture=True, sampling="length_grouped") == 4  # 4 of 16
