@@ -46,7 +46,7 @@ def _metrics_from_1(metrics: dict) -> None:
     for key in ("name", "label", "path", "random_init", "model_type", "method"):
         model.setdefault(key, None)
     for key in ("split", "tasks", "score", "precision", "trainable_parameters", "total_parameters", "eval", "train",
-                "wall_time_s", "data_prep_seconds", "best_checkpoint", "mixture"):
+                "wall_time_s", "data_prep_seconds", "best_checkpoint", "mixture", "step"):
         metrics.setdefault(key, None)
     metrics.setdefault("allowed_overlap", {})
     metrics.setdefault("measured_together", False)
