@@ -47,9 +47,9 @@ def print_summary(p, out: Path, final: EvalResult, trained, info, wall: float) -
         f"wall time {wall:.1f}s", highlight=False,
     )
     say.print(trained.step.describe(), highlight=False)
-    if "packed_rows_per_batch" in tp:
+    if "packed_rows" in tp:
         shapes = ", ".join(f"{e} + {d}" for e, d in tp["packed_rows"])
-        say.print(f"packed rows of {shapes} tokens, {tp['packed_rows_per_batch']} a batch per process: "
+        say.print(f"packed rows of {shapes} tokens, {trained.step.batch} a batch per process: "
                   f"{tp['examples'] / max(tp['steps'], 1):.1f} examples a step on average", highlight=False)
     if info.random_init:
         say.print("[yellow]The model was built with random weights: these scores test the pipeline, not FLAN-T5.[/]")

@@ -280,19 +280,11 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
         "pad_fraction": 1 - trainer.useful_tokens / trainer.padded_tokens if trainer.padded_tokens else 0.0,
         "pad_fraction_random_batching": train_set.random_pad_fraction(cfg.train.batch_size),
         "resumed_from": resume_from,
-        # The step's keys as metrics.json had them before its "step" mapping (Trained.step), for their readers
-        "loss_normalization": step.loss_normalization,
-        "label_tokens_per_batch": step.label_tokens / (step.processes * step.accumulation)
-        if step.label_tokens else None,
-        "micro_batches": step.micro_batches,
-        "micro_batch_size": step.micro_batch,
-        "processes": step.processes,
         "parallelism": "fsdp" if trainer.is_fsdp_enabled else "deepspeed" if trainer.is_deepspeed_enabled
         else "ddp" if step.processes > 1 else "single",
     }
     if train_set.sampling == "packed":  # the (input, label) lengths of the rows, one per shape
         throughput["packed_rows"] = [list(shape) for shape in train_set.row_shapes.shapes]
-        throughput["packed_rows_per_batch"] = step.batch
     if trainer.graphed is not None:
         throughput["cuda_graphs"] = trainer.graphed.summary()
     if torch.cuda.is_available():

@@ -47,7 +47,7 @@ def single(tmp_path_factory, shared_data):
 
 
 def _assert_same(one: dict, many: dict, examples: int | None = 320) -> None:
-    assert many["train"]["processes"] == 2 and many["train"]["parallelism"] == "ddp"
+    assert many["step"]["processes"] == 2 and many["train"]["parallelism"] == "ddp"
     assert many["train"]["examples"] == one["train"]["examples"]
     assert examples is None or one["train"]["examples"] == examples  # 20 steps x global batch 16
     assert one["tasks"].keys() == many["tasks"].keys()
@@ -130,7 +130,7 @@ def test_a_mixtures_micro_batches_split_between_two_processes_match_one(tmp_path
     one = _run([sys.executable], tmp_path / "one", 16, shared_data, *mixture, "train.micro_batches=2")
     many = _run([_bin("torchrun"), "--nproc_per_node=2", "--master_port=29538"], tmp_path / "many", 8, shared_data,
                 *mixture)
-    assert (many["train"]["micro_batches"], many["train"]["micro_batch_size"]) == (2, 4)
+    assert (many["step"]["micro_batches"], many["step"]["micro_batch"]) == (2, 4)
     _assert_same(one, many)
 
 

@@ -279,7 +279,7 @@ def test_micro_batches_are_the_steps_of_smaller_batches_accumulated(cli, tmp_pat
     assert auto["seen"] == by_hand["seen"] and len(auto["seen"]) == 30
     assert auto["mixture"]["tasks_per_step"] == by_hand["mixture"]["tasks_per_step"]
     assert auto["mixture"]["tasks_per_step"] > whole["mixture"]["tasks_per_step"]
-    assert json.loads((tmp_path / "auto" / "metrics.json").read_text())["train"]["micro_batches"] == 2
+    assert json.loads((tmp_path / "auto" / "metrics.json").read_text())["step"]["micro_batches"] == 2
     # metrics.json's step and the summary say so; the step by hand is the same step, its batches whole
     same = ("unit", "micro_batch", "accumulation", "processes", "global_batch", "label_tokens")
     assert {k: auto["step"][k] for k in same} == {k: by_hand["step"][k] for k in same}

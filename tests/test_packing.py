@@ -255,7 +255,7 @@ def test_a_packed_run_trains_and_counts_examples_not_rows(cli, tmp_path, shared_
     metrics = json.loads((out / "metrics.json").read_text())
     throughput = metrics["train"]
     assert throughput["steps"] == 4
-    rows = throughput["packed_rows_per_batch"]
+    rows = metrics["step"]["batch"]  # packed: the rows of a batch per process
     assert 1 <= rows < 8 and throughput["examples"] >= 4 * rows * 4  # at least 4 examples a row
     assert f"{rows} a batch per process" in out_text
     assert throughput["pad_fraction"] < throughput["pad_fraction_random_batching"] / 1.5
