@@ -9,12 +9,14 @@ Recipes (each trains the tiny T5 from the same seed on the same tokenised exampl
                   (what most FLAN-T5 fine-tuning notebooks do);
   example-script  dynamic padding with DataCollatorForSeq2Seq, random order (transformers'
                   run_summarization.py);
-  flantune        flantune's training path: length-grouped (k-d) batches, T5's bias on fused SDPA,
-                  fused RMSNorm and GELU, no key/value cache while training.
+  flantune        `flantune run`'s own training path (its checks and data, its model preparation, and
+                  training.train: FlantuneTrainer, its sampler, collator, loss and kernels): length-grouped
+                  (k-d) batches, T5's bias on fused SDPA, fused RMSNorm and GELU, no key/value cache while
+                  training; timed by a callback, with the run's one evaluation after the timed window.
 Three more rows read the validation losses: the example script with another random order (the noise between
 orders), flantune with batches grouped by input length alone (train.sampling=input_length_grouped), and
-flantune with packed rows (train.sampling=packed; as many rows per batch as make about the same number of
-steps over the same examples).
+flantune with packed rows (train.sampling=packed: whole rows a batch that hold train.batch_size examples, as
+a run takes them; as many steps as the others).
 Each recipe runs in its own process, so its peak memory (max RSS) is its own.
 `--padding-only` prints the pad fractions over whole train splits alone (about a minute).
 """
@@ -78,19 +80,83 @@ def validation_loss(model, ds, batch: int = 32) -> float:
 
 
 def child(args) -> None:
-    from transformers import (
-        DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, default_data_collator,
-    )
-
-    from flantune import packing
-    from flantune.batching import LengthGroupedSampler, StreamSampler, grouping_keys
-    from flantune.config import load_config
-    from flantune.modeling import load_model, prepare_for_training
-
     torch.set_num_threads(args.threads)
-    task, tok, train = _features(args.dataset, args.data_dir, args.examples, "train", args.seed, 0)
     _, _, valid = _features(args.dataset, args.data_dir, args.valid_examples, "validation", args.seed, None)
-    lengths = _lengths(train)
+    steps = args.examples // args.batch  # one epoch of the peers' batches; the flantune rows train as many steps
+    run = _flantune_run if args.recipe == "flantune" else _peer_run
+    result, model, tok = run(args, steps)
+    seconds = result["end"][0] - result["start"][0]
+    useful, padded, examples = (end - start for start, end in zip(result["start"][1:], result["end"][1:]))
+    report = {
+        "recipe": args.recipe, "dataset": args.dataset, "examples": result["examples"], "batch": result["batch"],
+        "timed_steps": steps - args.warmup, "seconds": seconds,
+        "useful_tokens_per_s": useful / seconds, "examples_per_s": examples / seconds,
+        "pad_fraction": 1 - useful / padded,
+        "validation_loss": validation_loss(model, valid),
+    }
+    if args.save_model:
+        model.save_pretrained(args.save_model)
+        tok.save_pretrained(args.save_model)
+    Path(args.child_out).write_text(json.dumps(report))
+
+
+def _clock(counts, warmup: int, steps: int, window: dict):
+    """A trainer callback that reads the clock and the token and example counts (`counts()`) when step `warmup`
+    begins and when step `steps` ends: the timed window, the same in every recipe."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            if state.global_step == warmup:
+                window["start"] = (time.perf_counter(), *counts())
+
+        def on_step_end(self, a, state, control, **kw):
+            if state.global_step == steps:
+                window["end"] = (time.perf_counter(), *counts())
+
+    return Clock()
+
+
+def _flantune_run(args, steps: int):
+    """The flantune rows: `flantune run`'s own path (the prelude's checks and data, the train set, the model as a
+    run loads and prepares it, and training.train: its trainer, sampler, collator, loss and kernels), with a clock
+    callback. One evaluation of 8 validation rows at the end, after the timed window, is the run's own."""
+    from transformers import set_seed
+
+    from flantune import training
+    from flantune.config import load_config
+    from flantune.mixture import build_train_set
+    from flantune.modeling import apply_method, load_model, prepare_for_training
+    from flantune.prelude import check, prepare
+
+    cfg = load_config([f"task={args.dataset}", "model=tiny", f"data_dir={args.data_dir}", f"seed={args.seed}",
+                       f"data.max_train_examples={args.examples}", "data.max_eval_examples=8", "eval.split=validation",
+                       f"train.batch_size={args.batch}", f"train.max_steps={steps}", f"train.eval_steps={steps}",
+                       "train.lr=1e-3", f"train.sampling={args.sampling}", "train.logging_steps=1000000",
+                       f"train.loss_normalization={args.loss_normalization}", "precision=fp32", "report_to=none"])
+    p = prepare(check(cfg))
+    set_seed(cfg.seed)
+    train_set = build_train_set(p, p.tokenizer)
+    model = prepare_for_training(apply_method(load_model(cfg, cfg.seed, train=True), cfg), p.precision, False)
+    window: dict = {}
+
+    def clock(trainer):  # reads flantune's own counts (FlantuneTrainer.training_step), twice
+        counts = lambda: (float(trainer.useful_tokens), float(trainer.padded_tokens), float(trainer.train_examples))
+        return _clock(counts, args.warmup, steps, window)
+
+    out = Path(tempfile.mkdtemp())
+    trained = training.train(p, out, model, p.tokenizer, train_set, p.evaluators["validation"], callbacks=[clock])
+    return {**window, "examples": len(train_set.dataset), "batch": trained.step.batch}, trained.model, p.tokenizer
+
+
+def _peer_run(args, steps: int):
+    """The peers' recipes, plain transformers: Seq2SeqTrainer on the same tokenised examples and initial weights."""
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, default_data_collator
+
+    from flantune.config import load_config
+    from flantune.modeling import load_model
+
+    task, tok, train = _features(args.dataset, args.data_dir, args.examples, "train", args.seed, 0)
     data_seed = args.seed if args.data_seed is None else args.data_seed
     rows = [{"input_ids": i, "labels": lab} for i, lab in zip(train["input_ids"], train["labels"])]
     if args.recipe == "notebook":  # pad everything to the limits, as the notebooks' tokenize(padding="max_length") do
@@ -103,95 +169,24 @@ def child(args) -> None:
         rows = [{**r, "attention_mask": [1] * len(r["input_ids"])} for r in rows]
         collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)
     model = load_model(load_config(["model=tiny"]), args.seed)  # the same initial weights in every recipe
-    if args.recipe == "flantune":
-        prepare_for_training(model, "fp32", False)
-    counts = {"useful": 0, "padded": 0, "examples": 0}
-    window: dict[str, float] = {}
-    warmup, steps = args.warmup, len(rows) // args.batch
-    batch = args.batch
-    packed = args.recipe == "flantune" and args.sampling == "packed"
-    if packed:  # one epoch of rows, in about as many batches as the other recipes take
-        plan, batch = packed_plan(lengths, args.batch, data_seed)
-        steps = plan.rows_per_epoch // batch
-        rows = packing.PackedRows(train.select_columns(["input_ids", "labels"]), plan, tok.pad_token_id,
-                                  model.config.decoder_start_token_id)
-        collator = packing.collate
-    # flantune's train.loss_normalization: tokens divides each batch's summed token loss by the label tokens a
-    # batch holds on average (flantune.mixture.TrainSet.label_tokens_per_batch); batch takes each batch's mean
-    tokens_per_batch = None
-    if args.recipe == "flantune" and args.loss_normalization == "tokens":
-        trained = plan.examples(range(plan.rows_per_epoch)) if packed else np.arange(len(lengths))
-        tokens_per_batch = lengths[trained, 1].sum() / ((plan.rows_per_epoch if packed else len(lengths)) / batch)
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            if state.global_step == warmup:
-                window["start"] = time.perf_counter()
-
-        def on_step_end(self, a, state, control, **kw):
-            if state.global_step == steps:
-                window["end"] = time.perf_counter()
+    counted = {"useful": 0, "padded": 0, "examples": 0}
 
     class Trainer(Seq2SeqTrainer):
-        def _get_train_sampler(self, train_dataset=None):
-            if packed:
-                return StreamSampler(plan.row_indices)
-            if args.recipe == "flantune":
-                return LengthGroupedSampler(grouping_keys(lengths, args.sampling), args.batch, data_seed)
-            return super()._get_train_sampler(train_dataset)
-
         def training_step(self, model, inputs, num_items_in_batch=None):
-            if self.state.global_step >= warmup:
-                counts["useful"] += int(inputs["attention_mask"].sum()) + int((inputs["labels"] != -100).sum())
-                counts["padded"] += inputs["input_ids"].numel() + inputs["labels"].numel()
-                counts["examples"] += int(packing.example_count(inputs))
+            counted["useful"] += int(inputs["attention_mask"].sum()) + int((inputs["labels"] != -100).sum())
+            counted["padded"] += inputs["input_ids"].numel() + inputs["labels"].numel()
+            counted["examples"] += len(inputs["input_ids"])
             return super().training_step(model, inputs, num_items_in_batch)
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not packed:
-                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-            elif not packing.is_packed(inputs):  # without the segments' masks, examples would see each other
-                raise RuntimeError("the trainer dropped the packed rows' segment ids")
-            else:
-                outputs = packing.forward(model, inputs)
-                loss = outputs.loss
-            if tokens_per_batch:  # train.loss_normalization=tokens: the summed token loss over a fixed count
-                loss = loss * (inputs["labels"] != -100).sum() / tokens_per_batch
-            return (loss, outputs) if return_outputs else loss
-
+    window: dict = {}
     targs = Seq2SeqTrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, max_steps=steps, learning_rate=1e-3,
         logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none", seed=args.seed,
-        data_seed=data_seed, disable_tqdm=True, use_cpu=True,
-        dataloader_pin_memory=False,
-        remove_unused_columns=not packed,  # the segment ids aren't forward() arguments: the trainer would drop them
+        data_seed=data_seed, disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False,
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[Clock()])
-    trainer.train()
-    seconds = window["end"] - window["start"]
-    result = {
-        "recipe": args.recipe, "dataset": args.dataset, "examples": len(lengths), "batch": batch,
-        "timed_steps": steps - warmup, "seconds": seconds,
-        "useful_tokens_per_s": counts["useful"] / seconds, "examples_per_s": counts["examples"] / seconds,
-        "pad_fraction": 1 - counts["useful"] / counts["padded"],
-        "validation_loss": validation_loss(model, valid),
-    }
-    if args.save_model:
-        model.save_pretrained(args.save_model)
-        tok.save_pretrained(args.save_model)
-    Path(args.child_out).write_text(json.dumps(result))
-
-
-def packed_plan(lengths: np.ndarray, examples_per_batch: int, seed: int):
-    """train.sampling=packed over one task's examples in a seeded order, with as many rows a batch as hold
-    about `examples_per_batch` examples: (the plan, rows per batch)."""
-    from flantune import packing
-
-    stream = lambda epoch: np.random.default_rng([seed, epoch]).permutation(len(lengths))
-    shapes = packing.row_shapes(lengths, np.zeros(len(lengths)), seed=seed)
-    rows = packing.PackedPlan(stream, lengths, shapes, seed=seed).rows_per_epoch
-    batch_rows = packing.rows_per_batch(examples_per_batch, len(lengths) / rows)
-    return packing.PackedPlan(stream, lengths, shapes, batch_rows=batch_rows, seed=seed), batch_rows
+    clock = _clock(lambda: (counted["useful"], counted["padded"], counted["examples"]), args.warmup, steps, window)
+    Trainer(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[clock]).train()
+    return {**window, "examples": len(rows), "batch": args.batch}, model, tok
 
 
 def run_child(recipe: str, dataset: str, args, save_model: str | None = None) -> dict:

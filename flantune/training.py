@@ -4,6 +4,7 @@ evaluator on the validation split, the best checkpoint kept by the aggregate sco
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,10 @@ def _sum_over_processes(trainer: FlantuneTrainer) -> None:
     trainer.useful_tokens, trainer.padded_tokens, trainer.train_examples = (int(v) for v in counts.tolist())
 
 
-def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Trained:
+def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator, *,
+          callbacks: Sequence[Callable[[FlantuneTrainer], TrainerCallback]] = ()) -> Trained:
+    """Train the run's model. `callbacks` make extra trainer callbacks from the trainer (bench/run.py's clock reads
+    its token counts), so a benchmark times this very path."""
     cfg = p.cfg
     step = decide(cfg, train_set, processes=world_size(), mixture=len(p.tasks) > 1)
     args = training_arguments(p, out, step)
@@ -257,6 +261,8 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator) -> Tr
     )
     trainer.remove_callback(ProgressCallback)  # its bar, with flantune's log lines (flantune.progress)
     trainer.add_callback(RunProgress({s.task.name: s.task.primary_metric for s in evaluator.sets}))
+    for make in callbacks:
+        trainer.add_callback(make(trainer))
     import torch
 
     if torch.cuda.is_available():
