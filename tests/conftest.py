@@ -71,7 +71,7 @@ def cli(capsys):
 TRAINED = ["task=[imdb,samsum]", "model=tiny", "mixing.scheme=equal", "train.max_steps=4", "train.logging_steps=1",
            "train.eval_steps=4", "train.batch_size=4", "train.grad_accum=2", "data.max_train_examples=400",
            "data.max_eval_examples=40", "tasks.imdb.max_input_length=128", "tasks.samsum.max_input_length=128",
-           "tasks.samsum.max_new_tokens=16", "seed=11"]
+           "tasks.samsum.max_new_tokens=8", "seed=11"]
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ import pytest
 from tolerances import assert_close, reordered
 
 REPO = Path(__file__).resolve().parents[1]
-OPTIONS = ["task=imdb", "model=tiny", "train.max_steps=20", "train.eval_steps=10", "data.max_train_examples=320",
-           "data.max_eval_examples=48", "tasks.imdb.max_input_length=64", "seed=3"]
+OPTIONS = ["task=imdb", "model=tiny", "train.max_steps=10", "train.eval_steps=5", "train.logging_steps=2",
+           "data.max_train_examples=160", "data.max_eval_examples=16", "tasks.imdb.max_input_length=64", "seed=3"]
 TINY_D_FF = 256  # configs/model/tiny.yaml: its longest float32 reduction (d_model is 128)
 # On losses near 0.7 nats per token, about 120 ulps: 20 Adam steps, each on gradients whose all-reduce summed
 # them in another order (a few ulps), move the weights and so the loss by a growing few ulps a step.
@@ -46,10 +46,10 @@ def single(tmp_path_factory, shared_data):
     return _run([sys.executable], tmp_path_factory.mktemp("one") / "run", 16, shared_data)
 
 
-def _assert_same(one: dict, many: dict, examples: int | None = 320) -> None:
+def _assert_same(one: dict, many: dict, examples: int | None = 160) -> None:
     assert many["step"]["processes"] == 2 and many["train"]["parallelism"] == "ddp"
     assert many["train"]["examples"] == one["train"]["examples"]
-    assert examples is None or one["train"]["examples"] == examples  # 20 steps x global batch 16
+    assert examples is None or one["train"]["examples"] == examples  # 10 steps x global batch 16
     assert one["tasks"].keys() == many["tasks"].keys()
     for task in one["tasks"]:
         a, b = one["tasks"][task], many["tasks"][task]
@@ -70,6 +70,25 @@ def _assert_same(one: dict, many: dict, examples: int | None = 320) -> None:
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path, shared_data, single):
     many = _run([_bin("torchrun"), "--nproc_per_node=2", "--master_port=29533"], tmp_path / "run", 8, shared_data)
+    _assert_same(single, many)
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_match_one_process(tmp_path, shared_data, single):
+    """The README's multi-node command, as two "nodes" on 127.0.0.1 of one process each (gloo): node 0 and
+    node 1 started side by side end where one process with the same global batch ends."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([_bin("torchrun"), "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
+                               "--master_addr=127.0.0.1", "--master_port=29541", "-m", "flantune", "run", *OPTIONS,
+                               "train.batch_size=8", f"data_dir={shared_data}", f"output_dir={out}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for rank in (0, 1)]
+    for rank, node in enumerate(nodes):
+        output, _ = node.communicate(timeout=600)
+        assert node.returncode == 0, f"node {rank}:\n{output[-3000:]}"
+    many = {**json.loads((out / "metrics.json").read_text()),
+            "log_history": json.loads((out / "log_history.json").read_text())}
     _assert_same(single, many)
 
 
@@ -117,7 +136,7 @@ def test_packed_rows_split_between_two_processes_match_one(tmp_path, shared_data
     one = _run([sys.executable], tmp_path / "one", 4, shared_data, *packed, "train.packed_rows_per_batch=4")
     many = _run([_bin("torchrun"), "--nproc_per_node=2", "--master_port=29535"], tmp_path / "many", 2, shared_data,
                 *packed, "train.packed_rows_per_batch=2")
-    assert one["train"]["examples"] > 20 * 4 * 2  # several examples a row
+    assert one["train"]["examples"] > 10 * 4 * 2  # several examples a row
     _assert_same(one, many, examples=None)
 
 

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pytest
 
-# 320 training examples in batches of 16: 20 steps an epoch, so the kill at step 30 falls mid-way
+# 160 training examples in batches of 16: 10 steps an epoch, so the kill at step 12 falls mid-way
 # through the second epoch and the resumed run must rebuild that epoch's batch order.
-OPTIONS = ["task=imdb", "model=tiny", "train.max_steps=40", "train.eval_steps=10", "train.logging_steps=5",
-           "data.max_train_examples=320", "data.max_eval_examples=48", "tasks.imdb.max_input_length=64",
+OPTIONS = ["task=imdb", "model=tiny", "train.max_steps=20", "train.eval_steps=6", "train.logging_steps=2",
+           "data.max_train_examples=160", "data.max_eval_examples=16", "tasks.imdb.max_input_length=64",
            "seed=3"]
-# The same for a mixture of three tasks of different kinds: 3 x 110 examples, 20 steps an epoch.
-MIXTURE = ["task=[imdb,squad,samsum]", "mixing.scheme=equal", "model=tiny", "train.max_steps=40",
-           "train.eval_steps=10", "train.logging_steps=5", "data.max_train_examples=110", "data.max_eval_examples=8",
+# The same for a mixture of three tasks of different kinds: 3 x 55 examples, 10 steps an epoch.
+MIXTURE = ["task=[imdb,squad,samsum]", "mixing.scheme=equal", "model=tiny", "train.max_steps=20",
+           "train.eval_steps=6", "train.logging_steps=2", "data.max_train_examples=55", "data.max_eval_examples=8",
            "seed=3", "tasks.squad.splits.train=validation[:80%]", "tasks.squad.splits.validation=validation[80%:90%]",
            "tasks.squad.splits.test=validation[90%:]", "tasks.squad.max_new_tokens=6", "tasks.samsum.max_new_tokens=6",
            *[f"tasks.{t}.max_input_length=64" for t in ("imdb", "squad", "samsum")]]
+KILLED_AT = 12
 
 
 def _flantune(*args: str, wait: bool = True):
@@ -50,17 +51,17 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, shared_da
 
     killed = tmp_path / "killed"
     proc = _flantune(*options, data, f"output_dir={killed}", wait=False)
-    marker = killed / "checkpoints" / "checkpoint-30" / "trainer_state.json"
+    marker = killed / "checkpoints" / f"checkpoint-{KILLED_AT}" / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert marker.exists() and proc.poll() is None, "the run ended before it could be killed at step 30"
+    assert marker.exists() and proc.poll() is None, f"the run ended before it could be killed at step {KILLED_AT}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists()  # it really died before finishing
 
     resumed = _flantune(*options, data, f"output_dir={killed}", "resume=true")
-    assert "checkpoint-30" in json.loads((killed / "metrics.json").read_text())["train"]["resumed_from"]
+    assert f"checkpoint-{KILLED_AT}" in json.loads((killed / "metrics.json").read_text())["train"]["resumed_from"]
 
     a = json.loads((straight / "metrics.json").read_text())["tasks"]
     b = json.loads((killed / "metrics.json").read_text())["tasks"]
@@ -73,7 +74,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, shared_da
             assert b[task][key] == pytest.approx(a[task][key], abs=1e-6), (task, key)
     # The steps after the kill trained on the same batches: same losses, step by step.
     la, lb = _log(straight), _log(killed)
-    after = [k for k in la if k[0] > 30]
+    after = [k for k in la if k[0] > KILLED_AT]
     assert after and all(lb[k] == pytest.approx(la[k], abs=1e-6) for k in after)
     assert "run directory" in resumed.stdout
 
