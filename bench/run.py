@@ -1,22 +1,25 @@
-"""The CPU benchmark: flantune's training path against the two plain recipes people use, on real IMDB and
-SAMSum data with the same model, the same examples and the same steps; then evaluation, caching and
-start-up figures. One command, a table on stdout and the numbers in JSON:
+"""The CPU benchmark: `flantune run`'s training path against the plain recipes people use, on real IMDB, SAMSum
+and a three-task mixture (imdb, samsum, emotion), with the same model, the same examples and the same steps;
+then evaluation, caching and start-up figures. One command, tables on stdout, the numbers in JSON and the
+loss-versus-seconds curves in a PNG beside it:
 
     python bench/run.py --data-dir ../shared/data --out bench/out/cpu.json
 
 Recipes (each trains the tiny T5 from the same seed on the same tokenised examples with Seq2SeqTrainer):
-  notebook        every input padded to max_length and every label to the target limit, random order
-                  (what most FLAN-T5 fine-tuning notebooks do);
-  example-script  dynamic padding with DataCollatorForSeq2Seq, random order (transformers'
-                  run_summarization.py);
-  flantune        `flantune run`'s own training path (its checks and data, its model preparation, and
-                  training.train: FlantuneTrainer, its sampler, collator, loss and kernels): length-grouped
-                  (k-d) batches, T5's bias on fused SDPA, fused RMSNorm and GELU, no key/value cache while
-                  training; timed by a callback, with the run's one evaluation after the timed window.
-Three more rows read the validation losses: the example script with another random order (the noise between
-orders), flantune with batches grouped by input length alone (train.sampling=input_length_grouped), and
-flantune with packed rows (train.sampling=packed: whole rows a batch that hold train.batch_size examples, as
-a run takes them; as many steps as the others).
+  notebook         every input padded to max_length and every label to the target limit, random order
+                   (what most FLAN-T5 fine-tuning notebooks do);
+  example-script   dynamic padding with DataCollatorForSeq2Seq, random order (transformers'
+                   run_summarization.py);
+  group-by-length  the example script with train_sampling_strategy="group_by_length": the one line a careful
+                   Hugging Face user adds, the peer to beat;
+  flantune         `flantune run`'s own training path (its checks and data, its model preparation, and
+                   training.train: FlantuneTrainer, its sampler, collator, loss and kernels), with its default
+                   train.sampling; timed by a callback.
+Every recipe's validation loss is measured every --curve-every steps on the same validation rows, with the clock
+stopped: the curves, and the headline, the wall-clock seconds each recipe takes to reach a target loss (the best
+loss the slowest recipe reaches in its steps). Then flantune's samplings (length_grouped, input_length_grouped,
+packed) against random batches over --orders training orders: the final validation loss's paired difference
+with its 95% interval, the evidence for the default.
 Each recipe runs in its own process, so its peak memory (max RSS) is its own.
 `--padding-only` prints the pad fractions over whole train splits alone (about a minute).
 """
@@ -38,15 +41,12 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = ("notebook", "example-script", "flantune")
-# The example-script recipe again with another data order: the spread of validation losses between two
-# random orders is the noise a "same validation loss" comparison has to be read against.
-ORDER_CHECK = "example-script, 2nd order"
-# flantune with train.sampling=input_length_grouped: batches of similar input length, labels mixed
-INPUT_GROUPED = "flantune, input lengths"
-# flantune with train.sampling=packed: several examples per row, rows of one shape; as many batches as the others
-PACKED = "flantune, packed"
-DATASETS = ("imdb", "samsum")
+RECIPES = ("notebook", "example-script", "group-by-length", "flantune")
+PEER = "group-by-length"  # the strongest peer: flantune's ratios are against it
+DATASETS = ("imdb", "samsum", "mixture")
+MIXTURE = ("imdb", "samsum", "emotion")  # the "mixture" dataset: these tasks, as many examples of each
+DEFAULT_SAMPLING = "length_grouped"  # configs/defaults.yaml's train.sampling
+SAMPLINGS = ("length_grouped", "input_length_grouped", "packed")  # each against random batches, over orders
 
 
 # ---- one recipe, in a child process -------------------------------------------------------------------------
@@ -65,6 +65,25 @@ def _features(task_name: str, data_dir: str, n: int, role: str, seed: int, templ
     return task, tok, ds
 
 
+def _dataset_features(dataset: str, data_dir: str, n: int | None, role: str, seed: int, template_seed):
+    """A dataset's tokenised rows: one task's, or the mixture's tasks' concatenated (n/3 of each)."""
+    from datasets import concatenate_datasets
+
+    if dataset != "mixture":
+        return _features(dataset, data_dir, n, role, seed, template_seed)
+    parts = [_features(t, data_dir, None if n is None else n // len(MIXTURE), role, seed, template_seed)
+             for t in MIXTURE]
+    keep = ["input_ids", "labels", "input_length", "label_length"]
+    ds = concatenate_datasets([d.select_columns([c for c in keep if c in d.column_names]) for _, _, d in parts])
+    return [t for t, _, _ in parts], parts[0][1], ds
+
+
+def _limits(tasks) -> tuple[int, int]:
+    """The input and label lengths a notebook pads every example to: the longest limits of the dataset's tasks."""
+    tasks = tasks if isinstance(tasks, list) else [tasks]
+    return max(t.max_input_length for t in tasks), max(t.max_target_length for t in tasks)
+
+
 def _lengths(ds) -> np.ndarray:
     """(rows, 2): each tokenised example's input and label length, what the length-grouped sampler reads."""
     return np.stack([np.array(ds["input_length"]), np.array(ds["label_length"])], 1)
@@ -81,18 +100,21 @@ def validation_loss(model, ds, batch: int = 32) -> float:
 
 def child(args) -> None:
     torch.set_num_threads(args.threads)
-    _, _, valid = _features(args.dataset, args.data_dir, args.valid_examples, "validation", args.seed, None)
+    _, _, valid = _dataset_features(args.dataset, args.data_dir, args.valid_examples, "validation", args.seed, None)
     steps = args.examples // args.batch  # one epoch of the peers' batches; the flantune rows train as many steps
+    timer = Timer(valid, args.curve_every, steps)
     run = _flantune_run if args.recipe == "flantune" else _peer_run
-    result, model, tok = run(args, steps)
+    result, model, tok = run(args, steps, timer)
     seconds = result["end"][0] - result["start"][0]
     useful, padded, examples = (end - start for start, end in zip(result["start"][1:], result["end"][1:]))
     report = {
-        "recipe": args.recipe, "dataset": args.dataset, "examples": result["examples"], "batch": result["batch"],
+        "recipe": args.recipe, "dataset": args.dataset, "sampling": args.sampling, "seed": args.seed,
+        "examples": result["examples"], "batch": result["batch"],
         "timed_steps": steps - args.warmup, "seconds": seconds,
         "useful_tokens_per_s": useful / seconds, "examples_per_s": examples / seconds,
         "pad_fraction": 1 - useful / padded,
-        "validation_loss": validation_loss(model, valid),
+        "validation_loss": timer.curve[-1]["loss"] if timer.curve else validation_loss(model, valid),
+        "curve": timer.curve,
     }
     if args.save_model:
         model.save_pretrained(args.save_model)
@@ -100,24 +122,52 @@ def child(args) -> None:
     Path(args.child_out).write_text(json.dumps(report))
 
 
-def _clock(counts, warmup: int, steps: int, window: dict):
+class Timer:
+    """The recipe's clock with its validation evaluations taken out: `now()` stops while the validation loss is
+    measured (every `every` steps and after the last), so the curve's seconds are training seconds alone."""
+
+    def __init__(self, valid, every: int, steps: int):
+        self.valid, self.every, self.steps = valid, every, steps
+        self.paused = 0.0
+        self.curve: list[dict] = []
+        self.began: float | None = None
+
+    def now(self) -> float:
+        return time.perf_counter() - self.paused
+
+    def measure(self, model, step: int) -> None:
+        if self.began is None or not (step == self.steps or (self.every and step % self.every == 0)):
+            return
+        stopped = time.perf_counter()
+        loss = validation_loss(model, self.valid)
+        model.train()
+        self.curve.append({"step": step, "seconds": stopped - self.paused - self.began, "loss": loss})
+        self.paused += time.perf_counter() - stopped
+
+
+def _clock(counts, warmup: int, steps: int, window: dict, timer: Timer, model=None):
     """A trainer callback that reads the clock and the token and example counts (`counts()`) when step `warmup`
-    begins and when step `steps` ends: the timed window, the same in every recipe."""
+    begins and when step `steps` ends: the timed window, the same in every recipe; and that has `timer` measure
+    the validation loss when a step ends (the clock stopped meanwhile)."""
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
+        def on_train_begin(self, a, state, control, **kw):
+            timer.began = timer.now()
+
         def on_step_begin(self, a, state, control, **kw):
             if state.global_step == warmup:
-                window["start"] = (time.perf_counter(), *counts())
+                window["start"] = (timer.now(), *counts())
 
         def on_step_end(self, a, state, control, **kw):
             if state.global_step == steps:
-                window["end"] = (time.perf_counter(), *counts())
+                window["end"] = (timer.now(), *counts())
+            timer.measure(model if model is not None else kw["model"], state.global_step)
 
     return Clock()
 
 
-def _flantune_run(args, steps: int):
+def _flantune_run(args, steps: int, timer: Timer):
     """The flantune rows: `flantune run`'s own path (the prelude's checks and data, the train set, the model as a
     run loads and prepares it, and training.train: its trainer, sampler, collator, loss and kernels), with a clock
     callback. One evaluation of 8 validation rows at the end, after the timed window, is the run's own."""
@@ -129,8 +179,10 @@ def _flantune_run(args, steps: int):
     from flantune.modeling import apply_method, load_model, prepare_for_training
     from flantune.prelude import check, prepare
 
-    cfg = load_config([f"task={args.dataset}", "model=tiny", f"data_dir={args.data_dir}", f"seed={args.seed}",
-                       f"data.max_train_examples={args.examples}", "data.max_eval_examples=8", "eval.split=validation",
+    task = f"task=[{','.join(MIXTURE)}]" if args.dataset == "mixture" else f"task={args.dataset}"
+    per_task = args.examples // len(MIXTURE) if args.dataset == "mixture" else args.examples
+    cfg = load_config([task, "model=tiny", f"data_dir={args.data_dir}", f"seed={args.seed}",
+                       f"data.max_train_examples={per_task}", "data.max_eval_examples=8", "eval.split=validation",
                        f"train.batch_size={args.batch}", f"train.max_steps={steps}", f"train.eval_steps={steps}",
                        "train.lr=1e-3", f"train.sampling={args.sampling}", "train.logging_steps=1000000",
                        f"train.loss_normalization={args.loss_normalization}", "precision=fp32", "report_to=none"])
@@ -142,25 +194,25 @@ def _flantune_run(args, steps: int):
 
     def clock(trainer):  # reads flantune's own counts (FlantuneTrainer.training_step), twice
         counts = lambda: (float(trainer.useful_tokens), float(trainer.padded_tokens), float(trainer.train_examples))
-        return _clock(counts, args.warmup, steps, window)
+        return _clock(counts, args.warmup, steps, window, timer, trainer.model)
 
     out = Path(tempfile.mkdtemp())
     trained = training.train(p, out, model, p.tokenizer, train_set, p.evaluators["validation"], callbacks=[clock])
     return {**window, "examples": len(train_set.dataset), "batch": trained.step.batch}, trained.model, p.tokenizer
 
 
-def _peer_run(args, steps: int):
+def _peer_run(args, steps: int, timer: Timer):
     """The peers' recipes, plain transformers: Seq2SeqTrainer on the same tokenised examples and initial weights."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, default_data_collator
 
     from flantune.config import load_config
     from flantune.modeling import load_model
 
-    task, tok, train = _features(args.dataset, args.data_dir, args.examples, "train", args.seed, 0)
+    task, tok, train = _dataset_features(args.dataset, args.data_dir, args.examples, "train", args.seed, 0)
     data_seed = args.seed if args.data_seed is None else args.data_seed
     rows = [{"input_ids": i, "labels": lab} for i, lab in zip(train["input_ids"], train["labels"])]
     if args.recipe == "notebook":  # pad everything to the limits, as the notebooks' tokenize(padding="max_length") do
-        L, T = task.max_input_length, task.max_target_length
+        L, T = _limits(task)
         rows = [{"input_ids": r["input_ids"] + [0] * (L - len(r["input_ids"])),
                  "attention_mask": [1] * len(r["input_ids"]) + [0] * (L - len(r["input_ids"])),
                  "labels": r["labels"] + [-100] * (T - len(r["labels"]))} for r in rows]
@@ -183,22 +235,24 @@ def _peer_run(args, steps: int):
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, max_steps=steps, learning_rate=1e-3,
         logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none", seed=args.seed,
         data_seed=data_seed, disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False,
+        train_sampling_strategy="group_by_length" if args.recipe == "group-by-length" else "random",
     )
-    clock = _clock(lambda: (counted["useful"], counted["padded"], counted["examples"]), args.warmup, steps, window)
+    clock = _clock(lambda: (counted["useful"], counted["padded"], counted["examples"]), args.warmup, steps, window,
+                   timer)
     Trainer(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[clock]).train()
     return {**window, "examples": len(rows), "batch": args.batch}, model, tok
 
 
-def run_child(recipe: str, dataset: str, args, save_model: str | None = None) -> dict:
+def run_child(recipe: str, dataset: str, args, *, sampling: str = DEFAULT_SAMPLING, seed: int | None = None,
+              save_model: str | None = None) -> dict:
     out = Path(tempfile.mkdtemp()) / "result.json"
-    order = ["--data-seed", str(args.seed + 1)] if recipe == ORDER_CHECK else []
-    order += ["--sampling", "input_length_grouped"] if recipe == INPUT_GROUPED else []
-    order += ["--sampling", "packed"] if recipe == PACKED else []
-    recipe_arg = {ORDER_CHECK: "example-script", INPUT_GROUPED: "flantune", PACKED: "flantune"}.get(recipe, recipe)
-    cmd = [sys.executable, __file__, "--child", "--recipe", recipe_arg, "--dataset", dataset, "--data-dir", args.data_dir,
+    seed = args.seed if seed is None else seed
+    cmd = [sys.executable, __file__, "--child", "--recipe", recipe, "--dataset", dataset, "--data-dir", args.data_dir,
            "--examples", str(args.examples), "--valid-examples", str(args.valid_examples), "--batch", str(args.batch),
-           "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads),
-           "--loss-normalization", args.loss_normalization, "--child-out", str(out)] + order + (["--save-model", save_model] if save_model else [])
+           "--warmup", str(args.warmup), "--seed", str(seed), "--threads", str(args.threads),
+           "--curve-every", str(args.curve_every), "--sampling", sampling,
+           "--loss-normalization", args.loss_normalization, "--child-out", str(out)]
+    cmd += ["--save-model", save_model] if save_model else []
     # stderr goes to a file, not a pipe: os.wait4 (for this child's own ru_maxrss) waits before anything reads,
     # so a child writing more than a pipe's buffer to stderr would block forever.
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errfile:
@@ -210,9 +264,56 @@ def run_child(recipe: str, dataset: str, args, save_model: str | None = None) ->
     if proc.returncode != 0:
         raise RuntimeError(f"{recipe}/{dataset} failed:\n{err[-3000:]}")
     result = json.loads(out.read_text())
-    result["recipe"] = recipe
     result["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
     return result
+
+
+def time_to_target(runs: dict[str, dict]) -> dict:
+    """The target: the best validation loss the slowest recipe (fewest useful tokens/s) reaches in its steps;
+    then each recipe's training seconds until its curve first reaches it (None: never, in these steps)."""
+    slowest = min(runs.values(), key=lambda r: r["useful_tokens_per_s"])
+    target = min(point["loss"] for point in slowest["curve"])
+    reached = {name: next((c["seconds"] for c in r["curve"] if c["loss"] <= target), None)
+               for name, r in runs.items()}
+    return {"target_loss": target, "set_by": slowest["recipe"], "seconds": reached}
+
+
+def order_effects(losses: dict[str, list[float]]) -> list[dict]:
+    """Each sampling's final validation loss minus random batches', paired by training order (seed): the mean
+    and its 95% t-interval over the orders (below 0: a lower loss than random batches)."""
+    from scipy import stats
+
+    random = np.array(losses["random"])
+    found = []
+    for sampling, values in losses.items():
+        if sampling == "random":
+            continue
+        d = np.array(values) - random
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        found.append({"sampling": sampling, "orders": len(d), "mean_difference": float(d.mean()),
+                      "ci95": [float(d.mean() - half), float(d.mean() + half)]})
+    return found
+
+
+def plot_curves(report: dict, path: Path) -> None:
+    """Validation loss against training seconds, one panel a dataset, one line a recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in report["training"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for r in (r for r in report["training"] if r["dataset"] == dataset):
+            ax.plot([c["seconds"] for c in r["curve"]], [c["loss"] for c in r["curve"]], marker=".", label=r["recipe"])
+        target = report["time_to_target"][dataset]["target_loss"]
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1, label="target loss")
+        ax.set(title=dataset, xlabel="training seconds", ylabel="validation loss (nats/token)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ---- the other figures ----------------------------------------------------------------------------------------
@@ -400,7 +501,9 @@ def main(argv=None) -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--loss-normalization", default="tokens", choices=("tokens", "batch"),
                     help="flantune's train.loss_normalization in the flantune recipes")
-    ap.add_argument("--sampling", default="length_grouped", choices=("length_grouped", "input_length_grouped", "packed"),
+    ap.add_argument("--curve-every", type=int, default=20, help="steps between validation losses on the curves")
+    ap.add_argument("--orders", type=int, default=4, help="training orders (seeds) each sampling is compared over")
+    ap.add_argument("--sampling", default=DEFAULT_SAMPLING, choices=(*SAMPLINGS, "random"),
                     help=argparse.SUPPRESS)  # the flantune recipe's
     ap.add_argument("--recipe", help=argparse.SUPPRESS)
     ap.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -416,34 +519,59 @@ def main(argv=None) -> None:
         return
 
     report: dict = {"machine": f"{os.cpu_count()} CPU cores", "torch": torch.__version__, "args": vars(args),
-                    "training": []}
+                    "training": [], "time_to_target": {}, "orders": {}}
     model_dir = tempfile.mkdtemp()
     for dataset in DATASETS:
-        for recipe in (*RECIPES, ORDER_CHECK, INPUT_GROUPED, PACKED):
+        runs = {}
+        for recipe in RECIPES:
             save = model_dir if (dataset, recipe) == ("imdb", "flantune") else None
-            r = run_child(recipe, dataset, args, save_model=save)
+            runs[recipe] = r = run_child(recipe, dataset, args, save_model=save)
             report["training"].append(r)
-            print(f"  {dataset:7s} {recipe:15s} {r['useful_tokens_per_s']:9,.0f} tok/s", flush=True)
+            print(f"  {dataset:8s} {recipe:16s} {r['useful_tokens_per_s']:9,.0f} tok/s  loss {r['validation_loss']:.4f}",
+                  flush=True)
+        report["time_to_target"][dataset] = time_to_target(runs)
+        losses = {s: [] for s in (*SAMPLINGS, "random")}
+        for seed in range(args.seed, args.seed + args.orders):
+            for sampling in losses:
+                r = runs["flantune"] if (sampling, seed) == (DEFAULT_SAMPLING, args.seed) else \
+                    run_child("flantune", dataset, args, sampling=sampling, seed=seed)
+                losses[sampling].append(r["validation_loss"])
+                print(f"  {dataset:8s} flantune {sampling:20s} order {seed}: loss {r['validation_loss']:.4f}", flush=True)
+        report["orders"][dataset] = {"losses": losses, "differences": order_effects(losses)}
     report["padding"] = padding_over_epochs(args)
     report["evaluation"] = rank_vs_generate(model_dir, args)
     report["cache"] = tokenisation_cache(args)
     report["tasks_command_s"] = tasks_command_seconds()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    plot_curves(report, out.with_suffix(".png"))
     print_report(report)
+    print(f"\ncurves: {out.with_suffix('.png')}")
 
 
 def print_report(report: dict) -> None:
     print(f"\ntraining, tiny T5, batch {report['args']['batch']}, {report['args']['examples']} examples per run "
           f"({report['machine']})")
-    print(f"{'data':8s} {'recipe':26s} {'useful tok/s':>12s} {'ex/s':>7s} {'pad':>6s} {'RSS MiB':>8s} "
-          f"{'val loss':>9s} {'flantune x':>10s}")
+    print(f"{'data':8s} {'recipe':16s} {'useful tok/s':>12s} {'ex/s':>7s} {'pad':>6s} {'RSS MiB':>8s} "
+          f"{'val loss':>9s} {'to target':>9s} {'flantune x tok/s':>16s} {'x time':>7s}")
     by = {(r["dataset"], r["recipe"]): r for r in report["training"]}
     for (dataset, recipe), r in by.items():
-        ours = by[(dataset, "flantune")]["useful_tokens_per_s"]
-        ratio = "" if recipe in ("flantune", ORDER_CHECK, INPUT_GROUPED, PACKED) else f"{ours / r['useful_tokens_per_s']:.2f}"
-        print(f"{dataset:8s} {recipe:26s} {r['useful_tokens_per_s']:12,.0f} {r['examples_per_s']:7.1f} "
-              f"{r['pad_fraction']:6.1%} {r['peak_rss_mib']:8.0f} {r['validation_loss']:9.4f} {ratio:>10s}")
+        ours = by[(dataset, "flantune")]
+        reached = report["time_to_target"][dataset]["seconds"]
+        mine, theirs = reached["flantune"], reached[recipe]
+        speed = "" if recipe == "flantune" else f"{ours['useful_tokens_per_s'] / r['useful_tokens_per_s']:.2f}"
+        quicker = "" if recipe == "flantune" or not mine or not theirs else f"{theirs / mine:.2f}"
+        print(f"{dataset:8s} {recipe:16s} {r['useful_tokens_per_s']:12,.0f} {r['examples_per_s']:7.1f} "
+              f"{r['pad_fraction']:6.1%} {r['peak_rss_mib']:8.0f} {r['validation_loss']:9.4f} "
+              f"{'-' if theirs is None else f'{theirs:.1f} s':>9s} {speed:>16s} {quicker:>7s}")
+    for dataset, t in report["time_to_target"].items():
+        print(f"  {dataset}: target loss {t['target_loss']:.4f} (the best {t['set_by']} reached)")
+    print("\nflantune's samplings against random batches: final validation loss difference (95% interval over orders)")
+    for dataset, o in report["orders"].items():
+        for d in o["differences"]:
+            print(f"  {dataset:8s} {d['sampling']:20s} {d['mean_difference']:+.4f} "
+                  f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] over {d['orders']} orders")
     print_padding(report["padding"], report["args"]["batch"])
     print("\nimdb classification, the flantune-trained model above")
     for e in report["evaluation"]:
