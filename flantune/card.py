@@ -275,9 +275,12 @@ def _unspellable(run: Path, folder: Path, tasks: list[Task]) -> dict[str, tuple[
 
 
 def _describe(chars: set[str]) -> str:
-    """Letters by their script (Devanagari letters), other characters themselves."""
-    scripts = sorted({unicodedata.name(c, "?").split()[0].title() for c in chars if unicodedata.category(c)[0] == "L"})
-    others = sorted(c for c in chars if unicodedata.category(c)[0] != "L")
+    """Letters and their marks by script (Devanagari letters), other characters themselves."""
+    def lettered(c: str) -> bool:
+        return unicodedata.category(c)[0] in "LM"
+
+    scripts = sorted({unicodedata.name(c, "?").split()[0].title() for c in chars if lettered(c)})
+    others = sorted(c for c in chars if not lettered(c))
     parts = [f"{', '.join(scripts)} letters"] if scripts else []
     if others:
         parts.append("the characters " + " ".join(f"`{c}`" for c in others[:10]))
