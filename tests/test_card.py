@@ -58,6 +58,8 @@ def test_a_runs_card_holds_its_metrics_and_its_reports_intervals(trained_run):
     assert "**Random initialisation.**" in card.text and "at most 40 examples a task" in card.text
     assert "| imdb | stanfordnlp/imdb | `train` | review_then_question" in card.text
     assert f"| {metrics['mixture']['examples_seen']['imdb']} |" in card.text
+    assert f"- hardware: 1 x {metrics['train']['device']}\n" in card.text and metrics["train"]["device"] == "cpu"
+    assert "- steps: 4 of 8 examples (4 a process x 2 accumulated x 1 processes)" in card.text
 
 
 @pytest.mark.slow
