@@ -29,8 +29,8 @@ def card_metrics(scores: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in scores.items() if "/" not in k and k != "loss" and isinstance(v, (int, float))}
 
 
-def write_card(run: Path, tasks: list[Task] | None = None, metrics: dict[str, Any] | None = None, *, report: Path | None = None,
-               system: str | None = None) -> list[Path]:
+def write_card(run: Path, tasks: list[Task] | None = None, metrics: dict[str, Any] | None = None, *,
+               report: Path | None = None, system: str | None = None) -> list[Path]:
     """Write the card of the run's model/ (and merged/, where a LoRA run wrote it); returns the files. `metrics`
     is metrics.json's dict, given before the file is written; `report` a report directory whose report.json holds
     this run as the system named `system` (its intervals go into the card); `tasks` default to the run's."""
@@ -150,7 +150,8 @@ def _training(cfg: DictConfig, tasks: list[Task], metrics: dict, run: Path) -> s
                                if cfg.data.max_train_examples else ""),
     ]
     return ("## Training\n\n" + "\n".join(rows) + "\n\n" + "\n".join(f"- {s}" for s in settings)
-            + f"\n\nThe run's own record: `config.yaml`, `metrics.json` and `log_history.json` in {run.resolve().name}.")
+            + "\n\nThe run's own record: `config.yaml`, `metrics.json` and `log_history.json` in "
+            f"{run.resolve().name}.")
 
 
 def _evaluation(run: Path, tasks: list[Task], metrics: dict, gains: dict[str, dict[str, dict]]) -> str:
@@ -166,7 +167,8 @@ def _evaluation(run: Path, tasks: list[Task], metrics: dict, gains: dict[str, di
             row = f"| {t.name} | `{t.splits[split]}` | {_count(n)} | {key} | {value:.2f} |"
             gain = gains.get(t.name, {}).get(key)
             if gains:
-                row += (f" {gain['reference']:.2f} | {gain['diff']:+.2f} | [{gain['ci_low']:+.2f}, {gain['ci_high']:+.2f}]"
+                row += (f" {gain['reference']:.2f} | {gain['diff']:+.2f} | "
+                        f"[{gain['ci_low']:+.2f}, {gain['ci_high']:+.2f}]"
                         f"{' (significant)' if gain['significant'] else ''} |" if gain else " | | |")
             rows.append(row)
     note = ("Scores are on a 0-100 scale, on the final evaluation split, the best checkpoint by the validation "

@@ -73,8 +73,8 @@ def push(run: Path, repo_id: str, *, private: bool = False, dry_run: bool = Fals
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.create_commit(repo_id, operations, commit_message=f"flantune push {run.resolve().name}")
     except Exception as exc:  # noqa: BLE001 - the hub's HTTP errors and the network's alike
-        raise FlantuneError(f"Uploading to {where} failed: {first_line(exc).rstrip('.')}. Check that your token may write "
-                            f"to {repo_id.split('/')[0]}, then push again (the upload is one commit: nothing "
+        raise FlantuneError(f"Uploading to {where} failed: {first_line(exc).rstrip('.')}. Check that your token "
+                            f"may write to {repo_id.split('/')[0]}, then push again (the upload is one commit: nothing "
                             "was half-written).") from exc
     say.print(f"pushed: [bold]{info.commit_url}[/]")
     return info.commit_url
@@ -93,9 +93,9 @@ def _api():
     try:
         api.whoami()
     except Exception as exc:  # noqa: BLE001 - offline mode, a refused connection, a rejected token
-        raise FlantuneError(f"The Hugging Face hub did not accept the token, or can't be reached: "
-                            f"{first_line(exc).rstrip('.')}. Nothing was uploaded. Check the network (and that HF_HUB_OFFLINE "
-                            "is unset) and the token, then push again.") from None
+        raise FlantuneError("The Hugging Face hub did not accept the token, or can't be reached: "
+                            f"{first_line(exc).rstrip('.')}. Nothing was uploaded. Check the network (and that "
+                            "HF_HUB_OFFLINE is unset) and the token, then push again.") from None
     return api
 
 
