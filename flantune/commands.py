@@ -229,3 +229,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     html = report(dirs, cfg, Path(out_opt) if out_opt else None)
     console().print(f"report: [bold]{html}[/] (and report.md, report.json)")
     return 0
+
+
+@command("push", "upload a run's model (with its card and tokenizer) and its report to the Hugging Face hub",
+         usage="arguments: a run directory; options: repo_id=ORG/NAME (required), private=false (true: a private\n"
+               "  repository), dry_run=false (true: list what would be uploaded where, without the network)",
+         example="flantune push runs/imdb-flan-t5-base-20261202-101500 repo_id=my-org/flan-t5-imdb dry_run=true")
+def cmd_push(args: argparse.Namespace) -> int:
+    from flantune.push import push
+
+    runs = [o for o in args.options if "=" not in o]
+    opts = simple_options([o for o in args.options if "=" in o],
+                          {"repo_id": None, "private": False, "dry_run": False}, "push")
+    if len(runs) != 1 or not opts["repo_id"]:
+        raise FlantuneError("`flantune push` needs one run directory and repo_id=ORG/NAME, e.g. "
+                            f"{COMMANDS['push'].example}.")
+    for key in ("private", "dry_run"):
+        if not isinstance(opts[key], bool):
+            raise FlantuneError(f"`flantune push` option {key} is true or false, got {opts[key]!r}.")
+    push(Path(runs[0]), str(opts["repo_id"]), private=opts["private"], dry_run=opts["dry_run"])
+    return 0

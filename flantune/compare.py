@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from flantune import rundir
+from flantune.card import write_card
 from flantune.config import load_config, set_model, to_yaml
 from flantune.errors import FlantuneError
 from flantune.evaluation import read_predictions, write_prediction_rows, write_predictions
@@ -223,7 +224,11 @@ def _compare_into(cfg: DictConfig, models: list[str], checks: list[Checked], out
             _training_record(system, Path(model))
         systems.append(system)
     systems.extend(baselines(base_inputs, systems[0]))
-    return write_report(systems, cfg, out)
+    html = write_report(systems, cfg, out)
+    for model, system in zip(models[1:], systems[1:]):  # each fine-tuned run's card gets its intervals
+        if rundir.is_run_dir(Path(model)):
+            write_card(Path(model), report=out, system=system.name)
+    return html
 
 
 def compare_after_run(cfg: DictConfig, run: Path) -> Path:
@@ -239,7 +244,9 @@ def compare_after_run(cfg: DictConfig, run: Path) -> Path:
     tuned.metrics["measured_together"] = True  # its final evaluation ran in this process, just before
     systems = [system_from_dir(base, name=f"base: {model_label(cfg)}"), tuned]
     systems.extend(baselines(p, systems[0]))
-    return write_report(systems, base_cfg, out)
+    html = write_report(systems, base_cfg, out)
+    write_card(run, p.tasks, report=out, system=tuned.name)  # the card's scores, now with their intervals
+    return html
 
 
 def _label(model: str, cfg: DictConfig) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from flantune import rundir
+from flantune.card import write_card
 from flantune.compare import compare_after_run
 from flantune.config import to_yaml
 from flantune.console import console, no_transformers_bars
@@ -31,7 +32,7 @@ from flantune.modeling import (
     model_label,
     prepare_for_training,
 )
-from flantune.outputs import write_metrics
+from flantune.outputs import metrics_record
 from flantune.prelude import Inputs, check, claim, prepare
 from flantune.transformers_checks import check_optimizer_installed
 
@@ -132,4 +133,6 @@ def write_outputs(p: Inputs, out: Path, trained: Trained, final: EvalResult, inf
         with no_transformers_bars():
             merged.save_pretrained(out / rundir.MERGED)
         tokenizer.save_pretrained(out / rundir.MERGED)
-    write_metrics(out, p.checked, final, info, trained=trained, wall_seconds=wall, prep_seconds=prep_seconds)
+    metrics = metrics_record(p.checked, final, info, trained=trained, wall_seconds=wall, prep_seconds=prep_seconds)
+    write_card(out, p.tasks, metrics)  # model/README.md (and merged/'s), from the metrics about to be written
+    rundir.write_json(out / rundir.METRICS, metrics)

@@ -18,10 +18,17 @@ if TYPE_CHECKING:
     from flantune.training import Trained
 
 
-def write_metrics(out: Path, checked: Checked, final: EvalResult, model: ModelInfo, *, trained: Trained | None = None,
-                  wall_seconds: float | None = None, prep_seconds: float | None = None,
-                  measured_together: bool = False) -> dict[str, Any]:
-    """Write out/metrics.json and return it. An evaluation (`trained` None) trained nothing: its training keys
+def write_metrics(out: Path, checked: Checked, final: EvalResult, model: ModelInfo, **kwargs) -> dict[str, Any]:
+    """Write out/metrics.json and return it (`metrics_record`'s keyword arguments)."""
+    metrics = metrics_record(checked, final, model, **kwargs)
+    rundir.write_json(out / rundir.METRICS, metrics)
+    return metrics
+
+
+def metrics_record(checked: Checked, final: EvalResult, model: ModelInfo, *, trained: Trained | None = None,
+                   wall_seconds: float | None = None, prep_seconds: float | None = None,
+                   measured_together: bool = False) -> dict[str, Any]:
+    """What metrics.json holds. An evaluation (`trained` None) trained nothing: its training keys
     are None, and its model's method is the one of the run it comes from (None for a model flantune didn't
     fine-tune)."""
     cfg = checked.cfg
@@ -46,7 +53,6 @@ def write_metrics(out: Path, checked: Checked, final: EvalResult, model: ModelIn
         "mixture": trained.mixture if trained else None,
         "allowed_overlap": checked.overlaps,  # task -> train rows also evaluated on (data.allow_overlap=true)
     }
-    rundir.write_json(out / rundir.METRICS, metrics)
     return metrics
 
 

@@ -288,6 +288,7 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator, *,
         "resumed_from": resume_from,
         "parallelism": "fsdp" if trainer.is_fsdp_enabled else "deepspeed" if trainer.is_deepspeed_enabled
         else "ddp" if step.processes > 1 else "single",
+        "device": torch.cuda.get_device_name() if trainer.args.device.type == "cuda" else trainer.args.device.type,
     }
     if train_set.sampling == "packed":  # the (input, label) lengths of the rows, one per shape
         throughput["packed_rows"] = [list(shape) for shape in train_set.row_shapes.shapes]
