@@ -39,6 +39,14 @@ class Template:
 
 
 @dataclass(frozen=True)
+class SeenInTraining:
+    """Published models trained on some of this task's source splits (its held-in declaration)."""
+    models: tuple[str, ...]  # model names or hub ids, shell-style patterns allowed: google/flan-t5-*
+    splits: tuple[str, ...]  # source split names, as the task's splits name them
+    source: str  # where this is stated: a URL and the row(s) that say it
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -231,6 +239,30 @@ def parse_baselines(context: str, raw: Any) -> tuple[dict[str, Any], ...]:
         if b["name"] == "lead" and not isinstance(b.get("column"), str):
             raise _fail(context, "baselines", "a lead baseline needs the column holding the document (column: ...).")
     return tuple(dict(b) for b in baselines)
+
+
+def parse_seen_in_training(context: str, raw: Any) -> tuple[SeenInTraining, ...]:
+    """seen_in_training: a list of {models, splits, source}: which published models were trained on which of
+    this task's source splits, and where that is stated."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _fail(context, "seen_in_training", "must be a list of {models: [...], splits: [...], source: ...}.")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"seen_in_training[{i}]"
+        if not isinstance(item, dict):
+            raise _fail(context, where, "must be a mapping with models, splits and source.")
+        _check_keys(context, where, item, {"models", "splits", "source"})
+        lists = {}
+        for key in ("models", "splits"):
+            value = item.get(key)
+            if not isinstance(value, list) or not value:
+                raise _fail(context, f"{where}.{key}", f"must be a non-empty list of names, got {value!r}.")
+            lists[key] = tuple(_str(context, f"{where}.{key}[{j}]", v) for j, v in enumerate(value))
+        out.append(SeenInTraining(models=lists["models"], splits=lists["splits"],
+                                  source=_str(context, f"{where}.source", item.get("source"))))
+    return tuple(out)
 
 
 def parse_settings(context: str, data: dict, kind: str) -> dict[str, Any]:
