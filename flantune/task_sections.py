@@ -16,6 +16,7 @@ from typing import Any
 from flantune import templates
 from flantune.errors import FlantuneError, did_you_mean
 from flantune.metrics import known_metric_names, metric_outputs
+from flantune.metrics.text import SENTENCES
 from flantune.splits import Holdout, check_split_syntax
 
 KINDS = ("classification", "generation", "extractive_qa")
@@ -206,6 +207,13 @@ def parse_metrics(context: str, raw: Any, primary: Any,
                 f"names an unknown metric {spec.name!r}.{did_you_mean(spec.name, known_metric_names())} "
                 f"Known: {', '.join(known_metric_names())}, or evaluate:<name> for a metric of the evaluate library.",
             )
+    for spec in metrics:
+        if spec.name == "rouge":
+            _check_keys(context, "metrics[rouge]", spec.params, {"sentences"})
+            if spec.params.get("sentences", "punkt") not in SENTENCES:
+                raise _fail(context, "metrics[rouge].sentences",
+                            f"must be one of {', '.join(SENTENCES)} (how ROUGE-Lsum finds sentences), got "
+                            f"{spec.params['sentences']!r}.")
     outputs = metric_outputs(metrics, choices)
     if outputs is not None and primary not in outputs:
         raise _fail(
