@@ -20,6 +20,7 @@ from flantune.metrics.text import SENTENCES
 from flantune.splits import Holdout, check_split_syntax
 
 KINDS = ("classification", "generation", "extractive_qa")
+LEAD_SPLITS = ("auto", "lines", "sentences", "words")  # the unit a lead baseline counts (report/baselines.py)
 BASELINES = ("lead",)  # classification tasks always get the majority class and TF-IDF + logistic regression
 ROLES = ("train", "validation", "test")
 
@@ -243,9 +244,15 @@ def parse_baselines(context: str, raw: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(baselines, list) or not all(isinstance(b, dict) and b.get("name") in BASELINES
                                                   for b in baselines):
         raise _fail(context, "baselines", f"must be a list of {{name: {' | '.join(BASELINES)}, ...}} mappings.")
-    for b in baselines:
-        if b["name"] == "lead" and not isinstance(b.get("column"), str):
-            raise _fail(context, "baselines", "a lead baseline needs the column holding the document (column: ...).")
+    for i, b in enumerate(baselines):
+        if b["name"] == "lead":
+            _check_keys(context, f"baselines[{i}]", b, {"name", "column", "k", "split"})
+            if not isinstance(b.get("column"), str):
+                raise _fail(context, "baselines", "a lead baseline needs the column holding the document (column: ...).")
+            _int(context, f"baselines[{i}].k", b.get("k", 3))
+            if b.get("split", "auto") not in LEAD_SPLITS:
+                raise _fail(context, f"baselines[{i}].split", f"must be one of {', '.join(LEAD_SPLITS)} (the unit "
+                            f"of the first k), got {b['split']!r}.")
     return tuple(dict(b) for b in baselines)
 
 

@@ -77,12 +77,7 @@ def assemble(tasks: dict[str, Task], systems: list[System], *, n_resamples: int 
         present = [s for s in systems if name in s.predictions]
         section = _task_section(task, present, images, file_ids, n_resamples=n_resamples, seed=seed,
                                 examples_per_list=examples_per_list, confidence=confidence)
-        absent = [s.name for s in systems if name not in s.predictions and s.kind == "baseline"]
-        if absent:
-            section["notes"].insert(0, f"Baselines that do not apply to this {task.kind} task: {', '.join(absent)}.")
-        if not any(s.kind == "baseline" for s in present):
-            section["notes"].insert(0, "No baseline applies to this task (majority class and TF-IDF need answer "
-                                       "choices; a lead baseline needs a `baselines:` entry in the task file).")
+        section["notes"][:0] = _baseline_notes(task, systems, present)
         section["seen_in_training"] = _seen_in_training(task, systems[0])
         section["verdict"] = _verdict(task, systems, section)
         report["tasks"][name] = section
@@ -93,6 +88,19 @@ def assemble(tasks: dict[str, Task], systems: list[System], *, n_resamples: int 
     report["speed"] = _speed(systems)
     report["training"] = _training(tasks, systems, images, file_ids)
     return _json_ready(report), images
+
+
+def _baseline_notes(task: Task, systems: list[System], present: list[System]) -> list[str]:
+    """Say plainly which baselines don't apply to a task, or that none does (a baseline fits some tasks only:
+    majority class and TF-IDF need answer choices, a lead baseline a `baselines:` entry in the task file)."""
+    if any(s.kind == "baseline" for s in present):
+        absent = [s.name for s in systems if s not in present and s.kind == "baseline"]
+        return [f"Not applicable to this {task.kind} task: {', '.join(absent)}."] if absent else []
+    if task.is_classification:
+        return ["No baseline was evaluated on this task."]
+    return [f"No baseline applies to this {task.kind} task: majority class and TF-IDF + logistic regression need "
+            "answer choices, and its task file declares no lead baseline (baselines: [{name: lead, column: ..., "
+            "k: 3}] takes the first k sentences, lines or words of that column)."]
 
 
 def _seen_in_training(task: Task, ref: System) -> dict[str, Any] | None:
