@@ -113,3 +113,21 @@ def test_lead3_rouge_on_real_samsum_rows(built):
     got = built["report"]["tasks"]["samsum"]["systems"]["lead sentences"]["metrics"]
     for k in ("rouge1", "rougeL", "rougeLsum"):
         assert got[k] == pytest.approx(100 * np.mean([s[k].fmeasure for s in scores]), abs=1e-9), k
+
+
+def test_a_lead_baseline_counts_words_when_its_task_file_says_so():
+    import yaml
+
+    from flantune.errors import FlantuneError
+    from flantune.task import task_from_dict
+
+    assert baselines.lead_sentences(["One two,  three\nfour five."], k=4, split="words") == ["One two, three four"]
+    data = yaml.safe_load((__import__("pathlib").Path(__file__).parents[1] / "tasks" / "samsum.yaml").read_text())
+    data["baselines"] = [{"name": "lead", "column": "dialogue", "k": 20, "split": "words"}]
+    assert task_from_dict(data, origin="samsum.yaml").baselines[0]["split"] == "words"
+    data["baselines"] = [{"name": "lead", "column": "dialogue", "k": 3, "split": "paragraphs"}]
+    with pytest.raises(FlantuneError, match=r"'baselines\[0\].split' must be one of auto, lines, sentences, words"):
+        task_from_dict(data, origin="samsum.yaml")
+    data["baselines"] = [{"name": "lead", "column": "dialogue", "n": 3}]
+    with pytest.raises(FlantuneError, match=r"'baselines\[0\].n' is not a known field"):
+        task_from_dict(data, origin="samsum.yaml")
