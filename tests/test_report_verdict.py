@@ -64,7 +64,8 @@ def test_verdict_states_gain_interval_significance_and_single_answers(built):
     acc_tuned = 100 * np.mean([t.strip().lower() == g for t, g in zip(built["tuned"], built["golds"])])
     assert d["reference"] == pytest.approx(acc_base) and d["system"] == pytest.approx(acc_tuned)
     verdict = report["tasks"]["imdb"]["verdict"]
-    gain = f"{'gains' if d['diff'] >= 0 else 'loses'} {abs(d['diff']):.1f} accuracy points over base: google/flan-t5-base"
+    gain = (f"gains {d['diff']:.1f} accuracy points over" if d["diff"] >= 0 else
+            f"loses {-d['diff']:.1f} accuracy points against") + " base: google/flan-t5-base"
     assert gain in verdict
     assert f"95% interval [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" in verdict
     assert ("not significant" in verdict) == (not d["significant"])

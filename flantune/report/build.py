@@ -148,8 +148,9 @@ def _verdict(task: Task, systems: list[System], section: dict[str, Any]) -> str:
         interval = ("no interval" if not all(isinstance(d[k], float) and math.isfinite(d[k])
                                              for k in ("ci_low", "ci_high")) else
                     f"{round(100 * section['confidence'])}% interval [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]")
-        parts.append(f"{s.name} {'gains' if d['diff'] >= 0 else 'loses'} {abs(d['diff']):.1f} {primary} points over "
-                     f"{ref} ({d['system']:.1f} vs {d['reference']:.1f}, {interval}, "
+        gain = "gains" if d["diff"] >= 0 else "loses"
+        parts.append(f"{s.name} {gain} {abs(d['diff']):.1f} {primary} points "
+                     f"{'over' if d['diff'] >= 0 else 'against'} {ref} ({d['system']:.1f} vs {d['reference']:.1f}, {interval}, "
                      f"{'significant' if d['significant'] else 'not significant'})")
     if not parts:
         parts.append(f"{ref} scores {section['systems'][ref]['metrics'].get(primary, float('nan')):.1f} {primary} "
