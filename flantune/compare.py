@@ -104,6 +104,7 @@ def baselines(p: Inputs, reference: System) -> list[System]:
     majority: dict[str, list[dict]] = {}
     tfidf: dict[str, list[dict]] = {}
     lead: dict[str, list[dict]] = {}
+    lead_words: dict[str, list[dict]] = {}
     for task in p.tasks:
         ref_rows = reference.predictions.get(task.name)
         if not ref_rows:
@@ -122,11 +123,12 @@ def baselines(p: Inputs, reference: System) -> list[System]:
                                                                  [row["input"] for row in ref_rows], seed=cfg.seed))
         for b in task.baselines:
             if b["name"] == "lead":
-                lead[task.name] = _rows_with(ref_rows, lead_sentences([r[b["column"]] for r in raw],
-                                                                      k=int(b.get("k", 3))))
+                split = b.get("split", "auto")
+                (lead_words if split == "words" else lead)[task.name] = _rows_with(ref_rows, lead_sentences(
+                    [r[b["column"]] for r in raw], k=int(b.get("k", 3)), split=split))
     out = []
     for name, preds in (("majority class", majority), ("TF-IDF + logistic regression", tfidf),
-                        ("lead sentences", lead)):
+                        ("lead sentences", lead), ("lead words", lead_words)):
         if preds:
             out.append(System(name=name, kind="baseline", predictions=preds, metrics={}, source="baseline"))
     return out
@@ -193,6 +195,10 @@ def _training_record(system: System, run: Path) -> System:
         trained = rundir.read_metrics(run)
         for key in ("train", "trainable_parameters", "wall_time_s"):
             system.metrics[key] = trained[key]
+        # The model it fine-tuned and how, as `run compare=true` labels it (not the folder it was loaded from).
+        ran = trained.get("model") or {}
+        system.metrics["model"] = {**(system.metrics.get("model") or {}),
+                                   **{k: ran[k] for k in ("label", "method") if ran.get(k)}}
     return system
 
 

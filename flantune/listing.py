@@ -52,10 +52,16 @@ def metrics_text(task: Task) -> str:
     return ", ".join(names) + f"\nprimary: {task.primary_metric}"
 
 
+def seen_text(task: Task) -> str:
+    """Which published models were trained on which of the task's splits (its seen_in_training), or "-"."""
+    return "\n".join(f"{', '.join(s.models)}: {', '.join(s.splits)}" for s in task.seen_in_training) or "-"
+
+
 def print_tasks(registry: Registry, data_dir: Path | None, console: Console | None = None) -> None:
     console = console or make_console()
     table = Table(title="flantune tasks", show_lines=True)
-    for col in ("name", "kind", "source", "splits" + (" (rows)" if data_dir else ""), "metrics"):
+    for col in ("name", "kind", "source", "splits" + (" (rows)" if data_dir else ""), "metrics",
+                "trained on by (splits)"):
         table.add_column(col, overflow="fold")
     table.add_column("origin", no_wrap=True)  # a path folded across lines can't be copied
     for name in sorted(registry.tasks):
@@ -63,7 +69,7 @@ def print_tasks(registry: Registry, data_dir: Path | None, console: Console | No
         splits = split_sizes(task, data_dir)
         table.add_row(
             name, task.kind, source_text(task), "\n".join(f"{r}: {s}" for r, s in splits.items()),
-            metrics_text(task), task.origin,
+            metrics_text(task), seen_text(task), task.origin,
         )
     console.print(table)
     if registry.problems:

@@ -71,6 +71,9 @@ def show(task: Task, *, role: str, n: int, data_dir: Path | None, tokenizer_name
     picked = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
     console.print(f"[bold]{task.name}[/] ({task.kind}, {task.origin}): {task.description}")
     console.print(f"split {role} = {task.splits[role]}, template '{chosen.name}'")
+    for seen in task.seen_in_training:  # a base model's score on these splits is not zero-shot
+        console.print(f"[bold yellow]Trained on by published models:[/] {', '.join(seen.models)} were trained on "
+                      f"its split(s) {', '.join(seen.splits)} ({seen.source})", highlight=False)
     for i in sorted(picked):
         ex = render_row(task, rows[i], chosen)
         body = f"{ex['input']}\n\n[bold]target:[/] {ex['target']}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from flantune.errors import FlantuneError, did_you_mean
 from flantune.overrides import load_yaml
 from flantune.splits import Holdout, check_split_syntax
 from flantune.task_sections import (
-    QUOTE_HINT, ROLES, MetricSpec, Source, Template, check_fields, parse_answers, parse_baselines, parse_holdout,
-    parse_metrics, parse_name_and_kind, parse_row_hooks, parse_settings, parse_source, parse_splits, parse_templates,
+    QUOTE_HINT, ROLES, MetricSpec, SeenInTraining, Source, Template, check_fields, parse_answers, parse_baselines,
+    parse_holdout, parse_metrics, parse_name_and_kind, parse_row_hooks, parse_seen_in_training, parse_settings,
+    parse_source, parse_splits, parse_templates,
 )
 
 
@@ -48,6 +50,7 @@ class Task:
     max_target_length: int | None = 128  # None: a classification task's longest choice (see fit_choices)
     max_new_tokens: int | None = 64  # None: likewise
     baselines: tuple[dict[str, Any], ...] = ()  # extra report baselines, e.g. {name: lead, column: dialogue, k: 3}
+    seen_in_training: tuple[SeenInTraining, ...] = ()  # published models trained on some of its source splits
     origin: str = "?"  # where the task came from: "built-in", a file path or an entry point
 
     @property
@@ -77,6 +80,20 @@ class Task:
         if self.is_classification:
             return "{{ answer }}"
         return template.target or self.target  # validated to exist for non-classification tasks
+
+    def seen_by(self, *models: str | None) -> list[str]:
+        """The source splits of this task that a published model was trained on, by its task file's
+        seen_in_training (patterns match any of the names given: a model's name, hub id or path)."""
+        names = [m for m in models if m]
+        return sorted({split for seen in self.seen_in_training
+                       if any(fnmatchcase(name, pattern) for name in names for pattern in seen.models)
+                       for split in seen.splits})
+
+    def seen_roles(self, *models: str | None) -> list[str]:
+        """The roles (train, validation, test) whose rows come, at least in part, from a split those models
+        were trained on: a validation role carved out of train by a holdout counts."""
+        seen = set(self.seen_by(*models))
+        return [role for role in ROLES if seen & set(check_split_syntax(self.splits[role]))]
 
     def with_overrides(self, overrides: dict[str, Any]) -> Task:
         """A copy with fields replaced (from the command line: tasks.<name>.<field>=value)."""
@@ -128,10 +145,11 @@ def task_from_dict(data: Any, origin: str, *, context: str | None = None, known_
     filter_, preprocess = parse_row_hooks(context, data)
     metrics, primary = parse_metrics(context, data["metrics"], data["primary_metric"], answers["choices"])
     baselines = parse_baselines(context, data.get("baselines"))
+    seen = parse_seen_in_training(context, data.get("seen_in_training"))
     return Task(
         name=name, kind=kind, source=source, splits=splits, holdout=holdout, templates=templates_,
         eval_template=eval_template, **answers, filter=filter_, preprocess=preprocess, metrics=metrics,
-        primary_metric=primary, baselines=baselines, **parse_settings(context, data, kind), origin=origin,
+        primary_metric=primary, baselines=baselines, seen_in_training=seen, **parse_settings(context, data, kind), origin=origin,
     )
 
 
@@ -183,6 +201,9 @@ def task_to_dict(task: Task) -> dict[str, Any]:
         data["holdout"] = {"from": h.from_, "to": h.to, "size": h.size, "seed": h.seed}
     if task.baselines:
         data["baselines"] = [dict(b) for b in task.baselines]
+    if task.seen_in_training:
+        data["seen_in_training"] = [{"models": list(s.models), "splits": list(s.splits), "source": s.source}
+                                    for s in task.seen_in_training]
     for key in ("eval_template", "target", "references", "label_column", "choices", "id_column", "filter", "preprocess"):
         value = getattr(task, key)
         if value is not None:

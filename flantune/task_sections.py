@@ -16,9 +16,11 @@ from typing import Any
 from flantune import templates
 from flantune.errors import FlantuneError, did_you_mean
 from flantune.metrics import known_metric_names, metric_outputs
+from flantune.metrics.text import SENTENCES
 from flantune.splits import Holdout, check_split_syntax
 
 KINDS = ("classification", "generation", "extractive_qa")
+LEAD_SPLITS = ("auto", "lines", "sentences", "words")  # the unit a lead baseline counts (report/baselines.py)
 BASELINES = ("lead",)  # classification tasks always get the majority class and TF-IDF + logistic regression
 ROLES = ("train", "validation", "test")
 
@@ -36,6 +38,14 @@ class Template:
     name: str
     input: str
     target: str | None = None  # overrides the task's target template
+
+
+@dataclass(frozen=True)
+class SeenInTraining:
+    """Published models trained on some of this task's source splits (its held-in declaration)."""
+    models: tuple[str, ...]  # model names or hub ids, shell-style patterns allowed: google/flan-t5-*
+    splits: tuple[str, ...]  # source split names, as the task's splits name them
+    source: str  # where this is stated: a URL and the row(s) that say it
 
 
 @dataclass(frozen=True)
@@ -198,6 +208,13 @@ def parse_metrics(context: str, raw: Any, primary: Any,
                 f"names an unknown metric {spec.name!r}.{did_you_mean(spec.name, known_metric_names())} "
                 f"Known: {', '.join(known_metric_names())}, or evaluate:<name> for a metric of the evaluate library.",
             )
+    for spec in metrics:
+        if spec.name == "rouge":
+            _check_keys(context, "metrics[rouge]", spec.params, {"sentences"})
+            if spec.params.get("sentences", "punkt") not in SENTENCES:
+                raise _fail(context, "metrics[rouge].sentences",
+                            f"must be one of {', '.join(SENTENCES)} (how ROUGE-Lsum finds sentences), got "
+                            f"{spec.params['sentences']!r}.")
     outputs = metric_outputs(metrics, choices)
     if outputs is not None and primary not in outputs:
         raise _fail(
@@ -227,10 +244,40 @@ def parse_baselines(context: str, raw: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(baselines, list) or not all(isinstance(b, dict) and b.get("name") in BASELINES
                                                   for b in baselines):
         raise _fail(context, "baselines", f"must be a list of {{name: {' | '.join(BASELINES)}, ...}} mappings.")
-    for b in baselines:
-        if b["name"] == "lead" and not isinstance(b.get("column"), str):
-            raise _fail(context, "baselines", "a lead baseline needs the column holding the document (column: ...).")
+    for i, b in enumerate(baselines):
+        if b["name"] == "lead":
+            _check_keys(context, f"baselines[{i}]", b, {"name", "column", "k", "split"})
+            if not isinstance(b.get("column"), str):
+                raise _fail(context, "baselines", "a lead baseline needs the column holding the document (column: ...).")
+            _int(context, f"baselines[{i}].k", b.get("k", 3))
+            if b.get("split", "auto") not in LEAD_SPLITS:
+                raise _fail(context, f"baselines[{i}].split", f"must be one of {', '.join(LEAD_SPLITS)} (the unit "
+                            f"of the first k), got {b['split']!r}.")
     return tuple(dict(b) for b in baselines)
+
+
+def parse_seen_in_training(context: str, raw: Any) -> tuple[SeenInTraining, ...]:
+    """seen_in_training: a list of {models, splits, source}: which published models were trained on which of
+    this task's source splits, and where that is stated."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _fail(context, "seen_in_training", "must be a list of {models: [...], splits: [...], source: ...}.")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"seen_in_training[{i}]"
+        if not isinstance(item, dict):
+            raise _fail(context, where, "must be a mapping with models, splits and source.")
+        _check_keys(context, where, item, {"models", "splits", "source"})
+        lists = {}
+        for key in ("models", "splits"):
+            value = item.get(key)
+            if not isinstance(value, list) or not value:
+                raise _fail(context, f"{where}.{key}", f"must be a non-empty list of names, got {value!r}.")
+            lists[key] = tuple(_str(context, f"{where}.{key}[{j}]", v) for j, v in enumerate(value))
+        out.append(SeenInTraining(models=lists["models"], splits=lists["splits"],
+                                  source=_str(context, f"{where}.source", item.get("source"))))
+    return tuple(out)
 
 
 def parse_settings(context: str, data: dict, kind: str) -> dict[str, Any]:

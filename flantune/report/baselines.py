@@ -3,7 +3,7 @@ texts or summaries); the caller turns them into prediction rows beside a model's
 
 - majority_class: what a model that ignores its input scores (the floor of a classification task).
 - tfidf_logreg: a bag-of-n-grams linear classifier, the classic strong cheap baseline.
-- lead_sentences: the first k sentences of the input document (LEAD-3 for summarisation).
+- lead_sentences: the first k sentences (or lines, or words) of the input document (LEAD-3 for summarisation).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections import Counter
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+
+from flantune.task_sections import LEAD_SPLITS  # one list, read by the task-file check too
 
 # Fixed hyperparameters, chosen once and not tuned on any evaluation data:
 TFIDF = {
@@ -55,16 +57,20 @@ _LINE_END = re.compile(r"\r\n|\n|\r")
 
 
 def lead_sentences(documents: list[str], k: int = 3, *, split: str = "auto") -> list[str]:
-    """The first `k` sentences of each document, joined with "\\n".
+    """The first `k` sentences of each document, joined with "\\n" (split="words": its first k words, joined
+    with spaces).
 
     split="lines": a sentence is a non-empty line ("\\n" or "\\r\\n" line ends). This is the unit of a
     chat dialogue such as SAMSum's (one utterance per line), so lead-3 on SAMSum takes the first three
     utterances, as the SAMSum paper's LEAD-3 baseline does (Gliwa et al., 2019).
     split="sentences": prose cut after ".", "!" or "?" followed by whitespace.
     split="auto": "lines" for a document that has a line break, else "sentences".
+    split="words": the first k whitespace-separated words.
     """
-    if split not in ("auto", "lines", "sentences"):
-        raise ValueError(f"split must be 'auto', 'lines' or 'sentences', got {split!r}")
+    if split not in LEAD_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(LEAD_SPLITS)}, got {split!r}")
+    if split == "words":
+        return [" ".join(doc.split()[:k]) for doc in documents]
     out = []
     for doc in documents:
         by_lines = split == "lines" or (split == "auto" and ("\n" in doc or "\r" in doc))

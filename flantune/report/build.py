@@ -30,6 +30,7 @@ from flantune.task import Task
 FIX_THRESHOLD = 0.5  # on the 0-1 per-example scale: half of the whole range, so noise does not count
 INPUT_CHARS = 300  # inputs are truncated to this many characters in example lists
 CONSISTENCY_TOLERANCE = 1e-6  # recomputed vs metrics.json
+SINGLE_ANSWER_SHARE = 0.95  # a system giving one answer to at least this share of examples is said to do so
 
 
 def build_report(tasks: dict[str, Task], systems: list[System], out_dir: Path, *, n_resamples: int = 1000,
@@ -76,9 +77,9 @@ def assemble(tasks: dict[str, Task], systems: list[System], *, n_resamples: int 
         present = [s for s in systems if name in s.predictions]
         section = _task_section(task, present, images, file_ids, n_resamples=n_resamples, seed=seed,
                                 examples_per_list=examples_per_list, confidence=confidence)
-        absent = [s.name for s in systems if name not in s.predictions]
-        if absent:
-            section["notes"].insert(0, f"No predictions for this task from: {', '.join(absent)}.")
+        section["notes"][:0] = _baseline_notes(task, systems, present)
+        section["seen_in_training"] = _seen_in_training(task, systems[0])
+        section["verdict"] = _verdict(task, systems, section)
         report["tasks"][name] = section
     for s in systems:
         for name in s.predictions:
@@ -87,6 +88,78 @@ def assemble(tasks: dict[str, Task], systems: list[System], *, n_resamples: int 
     report["speed"] = _speed(systems)
     report["training"] = _training(tasks, systems, images, file_ids)
     return _json_ready(report), images
+
+
+def _baseline_notes(task: Task, systems: list[System], present: list[System]) -> list[str]:
+    """Say plainly which baselines don't apply to a task, or that none does (a baseline fits some tasks only:
+    majority class and TF-IDF need answer choices, a lead baseline a `baselines:` entry in the task file)."""
+    if any(s.kind == "baseline" for s in present):
+        absent = [s.name for s in systems if s not in present and s.kind == "baseline"]
+        return [f"Not applicable to this {task.kind} task: {', '.join(absent)}."] if absent else []
+    if task.is_classification:
+        return ["No baseline was evaluated on this task."]
+    return [f"No baseline applies to this {task.kind} task: majority class and TF-IDF + logistic regression need "
+            "answer choices, and its task file declares no lead baseline (baselines: [{name: lead, column: ..., "
+            "k: 3}] takes the first k sentences, lines or words of that column)."]
+
+
+def _seen_in_training(task: Task, ref: System) -> dict[str, Any] | None:
+    """What the reference (base) model was trained on of this task, by the task file's seen_in_training."""
+    model = ref.metrics.get("model") or {}
+    names = (model.get("name"), model.get("path"), model.get("label"))
+    splits = task.seen_by(*names)
+    if not splits:
+        return None
+    role = ref.metrics.get("split")
+    evaluated_seen = role in task.seen_roles(*names)
+    note = (f"trained on this task's {', '.join(splits)} split{'s' if len(splits) > 1 else ''}: the base score is "
+            "not zero-shot")
+    if evaluated_seen:
+        note += f"; the evaluated {role} rows ({task.splits[role]}) come from a split it was trained on"
+    return {"splits": splits, "evaluated_split_seen": evaluated_seen, "note": note,
+            "sources": [s.source for s in task.seen_in_training if set(s.splits) & set(splits)]}
+
+
+def _single_answer(task: Task, rows: list[dict], stats: dict[str, Any] | None) -> tuple[str, float] | None:
+    """The answer a system gives to at least SINGLE_ANSWER_SHARE of the examples, and its share."""
+    if not rows:
+        return None
+    if stats is not None:  # classification: the choice each prediction maps to (invalid ones count as one answer)
+        labels = [task.choice_texts[i] if i >= 0 else "an invalid answer" for i in stats["pred"]]
+    else:
+        labels = [r["prediction"].strip() for r in rows]
+    values, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_counts=True)
+    share = counts.max() / len(labels)
+    return (str(values[counts.argmax()]), float(share)) if share >= SINGLE_ANSWER_SHARE else None
+
+
+def _verdict(task: Task, systems: list[System], section: dict[str, Any]) -> str:
+    """One sentence: each fine-tuned system's gain over the reference on the primary metric, its interval and
+    whether it is significant; and which systems give (nearly) one answer to every example."""
+    primary, ref = task.primary_metric, systems[0].name
+    parts = []
+    for s in systems[1:]:
+        if s.kind != "model":
+            continue
+        d = section["differences"][s.name].get(primary) or {}
+        if d.get("diff") is None or not math.isfinite(d["diff"]):
+            parts.append(f"{s.name} has no {primary} difference to {ref}")
+            continue
+        interval = ("no interval" if not all(isinstance(d[k], float) and math.isfinite(d[k])
+                                             for k in ("ci_low", "ci_high")) else
+                    f"{round(100 * section['confidence'])}% interval [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]")
+        gain = "gains" if d["diff"] >= 0 else "loses"
+        parts.append(f"{s.name} {gain} {abs(d['diff']):.1f} {primary} points "
+                     f"{'over' if d['diff'] >= 0 else 'against'} {ref} ({d['system']:.1f} vs {d['reference']:.1f}, {interval}, "
+                     f"{'significant' if d['significant'] else 'not significant'})")
+    if not parts:
+        parts.append(f"{ref} scores {section['systems'][ref]['metrics'].get(primary, float('nan')):.1f} {primary} "
+                     "(no fine-tuned system to compare)")
+    for name, single in section.pop("_single", {}).items():
+        if single is not None:
+            parts.append(f"{name} answers '{single[0]}' for {single[1]:.0%} of examples "
+                         f"(at least {SINGLE_ANSWER_SHARE:.0%}: it barely depends on its input)")
+    return "; ".join(parts) + "."
 
 
 def _system_info(s: System, i: int) -> dict[str, Any]:
@@ -124,7 +197,9 @@ def _task_section(task: Task, systems: list[System], images: dict[str, bytes], f
         "kind": task.kind, "primary_metric": task.primary_metric, "n": len(ref_rows),
         "metric_names": [k for k in scores[ref.name] if "/" not in k],
         "systems": {s.name: {"metrics": scores[s.name]} for s in systems},
-        "differences": {}, "notes": [],
+        "differences": {}, "notes": [], "confidence": confidence,
+        "_single": {s.name: _single_answer(task, rows[s.name], stats[s.name].get("_classification"))
+                    for s in systems if s.kind == "model"},
     }
     for s in systems:
         section["notes"] += _consistency(task, s, scores[s.name])

@@ -102,6 +102,9 @@ def document(report: dict[str, Any]) -> list[Section]:
         Table("Systems", ["system", "role", "model", "method", "source"],
               [[Cell(x["name"]), Cell(x["role"]), Cell(x["model"] or "-"), Cell(x["method"] or "-"),
                 Cell(x["source"] or "-")] for x in report["systems"]], numeric=False)])
+    verdicts = [Para(f"{name}: {t['verdict']}") for name, t in report["tasks"].items() if t.get("verdict")]
+    if verdicts:
+        intro.blocks[1:1] = [Para("Verdict, per task (primary metric, fine-tuned against the reference):"), *verdicts]
     sections = [intro]
     for name, t in report["tasks"].items():
         sections.append(_task_section(name, t, ref, level))
@@ -117,11 +120,13 @@ def _task_section(name: str, t: dict[str, Any], ref: str, level: int) -> Section
     heads = [f"{m} (primary)" if m == primary else m for m in t["metric_names"]]
     invalid = t.get("invalid") or {}
     show_invalid = any(v for v in invalid.values())
-    rows = [[Cell(sys)] + [Cell(num(v["metrics"].get(m))) for m in t["metric_names"]]
+    seen = t.get("seen_in_training")  # the reference model was trained on this task: its row is marked
+    rows = [[Cell(sys + (" †" if seen and sys == ref else ""))] + [Cell(num(v["metrics"].get(m))) for m in t["metric_names"]]
             + ([Cell(num(invalid.get(sys)))] if show_invalid else []) for sys, v in t["systems"].items()]
+    notes = (["invalid: predictions that match no answer choice (counted as wrong)."] if show_invalid else []) + (
+        [f"† {ref}: {seen['note']} (source: {'; '.join(seen['sources'])})."] if seen else [])
     sec.blocks.append(Table("Scores", ["system", *heads] + (["invalid %"] if show_invalid else []), rows,
-                            "invalid: predictions that match no answer choice (counted as wrong)." if show_invalid
-                            else ""))
+                            " ".join(notes)))
     if t["differences"]:
         sec.blocks.append(Table(
             f"Difference to {ref} [{level}% paired bootstrap interval]", ["system", *heads],
