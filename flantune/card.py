@@ -216,7 +216,14 @@ def limitations(cfg: DictConfig, tasks: list[Task], metrics: dict, run: Path, fo
         lines.append(f"**{task}: characters its vocabulary lacks.** {share:.0f}% of its gold answers hold {what}, "
                      "which the tokenizer turns into `<unk>`: the model can't write them. A multilingual model "
                      "(mT5, umT5) can.")
-    # Here: the tasks the base model saw in its own training, from the task files' declaration.
+    model = metrics.get("model") or {}
+    names = (model.get("name"), model.get("path"), model.get("label"))  # as the report's base row is matched
+    for task in tasks:
+        if splits := task.seen_by(*names):
+            sources = "; ".join(s.source for s in task.seen_in_training if set(s.splits) & set(splits))
+            lines.append(f"**{task.name}: the base model was trained on it** ({', '.join(splits)} split"
+                         f"{'s' if len(splits) > 1 else ''}; {sources}). Its scores before fine-tuning "
+                         "are not zero-shot.")
     for task, overlap in (metrics.get("allowed_overlap") or {}).items():
         lines.append(f"**{task}: trained on evaluated rows** (data.allow_overlap=true): {overlap}.")
     if cfg.data.max_eval_examples:

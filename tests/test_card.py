@@ -114,3 +114,19 @@ def test_license_and_unspellable_answers(trained_run, tmp_path):
     assert "**samsum: characters its vocabulary lacks.** 50% of its gold answers hold Devanagari letters" in card.text
     assert "imdb: characters" not in card.text and "Random initialisation" not in card.text
     assert "95% interval" not in card.text  # no report given: scores alone
+
+
+def test_a_card_says_which_tasks_its_base_model_was_trained_on(trained_run, tmp_path):
+    """imdb and samsum declare (seen_in_training) that FLAN-T5 was trained on their train splits: a run of
+    google/flan-t5-base says so under limitations, citing the FLAN collection's rows; the tiny model does not."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints", "report"))
+    assert "the base model was trained on it" not in _card(run / "model").text
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["model"].update(name="flan-t5-base", path="google/flan-t5-base", random_init=False)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    write_card(run)
+    text = _card(run / "model").text
+    for task in ("imdb", "samsum"):
+        line = next(x for x in text.splitlines() if x.startswith(f"- **{task}: the base model was trained on it**"))
+        assert "(train split; " in line and "flan_collection_info.csv" in line and "not zero-shot" in line
