@@ -172,9 +172,10 @@ def document(report: dict[str, Any]) -> list[Section]:
     test = report["test"]
     examples = ", ".join(f"{t}: {n:,}" for t, n in report["n"].items())
     intro = Section("flantune sweep report", 1, [
-        Para(f"{len(report['runs'])} runs over {', '.join(f'{k} ({len(v)} values)' for k, v in report['swept'].items())}"
-             f". Every run was evaluated on the same validation examples ({examples}); every number is recomputed "
-             "from the runs' saved predictions, on a 0-100 scale."),
+        Para(f"{len(report['runs'])} runs over "
+             f"{', '.join(f'{k} ({len(v)} values)' for k, v in report['swept'].items())}. Every run was evaluated "
+             f"on the same validation examples ({examples}); every number is recomputed from the runs' saved "
+             "predictions, on a 0-100 scale."),
         Para(f"Best setting by mean validation {'score' if several else heads[0]}: {best}. Its held-out test "
              f"{'score' if several else heads[0]}: {_mean_sd(test[SCORE])}"
              + (f" (mean ± sd over {len(test['runs'])} seeds)." if len(test["runs"]) > 1 else "."))])
