@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from flantune import rundir
 from flantune.config import check_key, load_config, task_names
 from flantune.console import console
-from flantune.errors import FlantuneError
+from flantune.errors import FlantuneError, Interrupted
 from flantune.overrides import parse_overrides, parse_value
 
 PLAN, RUNS, TEST, REPORT, LOGS = "sweep.json", "runs", "test", "report", "logs"
@@ -88,10 +88,14 @@ def plan(args: list[str], config_files: list[str]) -> Plan:
     """Every run of the sweep, each config loaded and checked, before any run starts."""
     swept: dict[str, list[Any]] = {}
     fixed: list[str] = []
+    own: list[str] = []  # sweep.*: how the sweep runs, not what its runs are (free to change when resuming)
     folder = None
     for (key, value), arg in zip(parse_overrides(args), args):
         if key == "output_dir":
             folder = value
+            continue
+        if key.startswith("sweep.") and not isinstance(value, list):
+            own.append(arg)
             continue
         by_nature = key in LIST_VALUED and not (isinstance(value, list) and value and
                                                 all(isinstance(v, list) for v in value))
@@ -111,7 +115,7 @@ def plan(args: list[str], config_files: list[str]) -> Plan:
     if not swept:
         raise FlantuneError("`flantune sweep` needs a key given a list to sweep over, e.g. train.lr=[1e-4,3e-4] "
                             "seed=[1,2,3].")
-    base = load_config([*fixed, "eval.split=validation"], config_files)
+    base = load_config([*fixed, *own, "eval.split=validation"], config_files)
     count = 1
     for values in swept.values():
         count *= len(values)
@@ -188,7 +192,12 @@ def _run_here(p: Plan, r: Planned) -> None:
 
     console().print(f"[bold]{r.name}[/]: {r.setting}, seed {r.seed}", highlight=False)
     options = _run_options(p, r)
-    run(load_config(options, p.config_files), input_files(options, p.config_files))
+    try:
+        run(load_config(options, p.config_files), input_files(options, p.config_files))
+    except Interrupted:  # not `run`'s advice (resume=true output_dir=<run>): the sweep resumes its runs itself
+        console(stderr=True).print(f"The sweep stopped in {r.name}: run the same command again (it writes "
+                                   f"{p.folder}) to continue it.", highlight=False)
+        raise KeyboardInterrupt from None
 
 
 def _run_parallel(p: Plan, todo: list[Planned]) -> None:
