@@ -151,6 +151,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("sweep", "one run per combination of the settings given a list, then one report comparing them",
+         usage="options: any config key, as for run; a key given a list is swept: train.lr=[1e-4,3e-4] seed=[1,2,3]\n"
+               "  (seed: the replicates of a setting). task=[a,b] stays one mixture: one sweep per task or mixture.\n"
+               "  output_dir=DIR (default sweeps/<task>-<model>-<date>-<hash>), sweep.parallel=N (N runs at a time,\n"
+               "  one per GPU), sweep.max_runs=32. Re-running the same command skips finished runs, resumes others",
+         example="flantune sweep task=imdb model=tiny train.lr=[1e-4,3e-4] seed=[1,2] data_dir=@sample",
+         config_files=True)
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from flantune.sweep import sweep
+
+    sweep(args.options, args.config)
+    return 0
+
+
 def _split_list(value) -> list[str]:
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]

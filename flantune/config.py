@@ -105,6 +105,12 @@ class MixingCfg:
 
 
 @dataclass
+class SweepCfg:  # `flantune sweep` (flantune/sweep.py); a run ignores them
+    parallel: int = MISSING
+    max_runs: int = MISSING
+
+
+@dataclass
 class RunCfg:
     task: Any = MISSING  # a name or a list of names
     mixture: Optional[str] = MISSING
@@ -128,6 +134,7 @@ class RunCfg:
     eval: EvalCfg = field(default_factory=EvalCfg)
     lora: LoraCfg = field(default_factory=LoraCfg)
     mixing: MixingCfg = field(default_factory=MixingCfg)
+    sweep: SweepCfg = field(default_factory=SweepCfg)
 
 
 # Mappings whose keys are the user's (task names, T5Config fields, a scheduler's arguments): not checked against the schema.
@@ -403,7 +410,8 @@ def validate(cfg: DictConfig) -> None:
     for key, minimum in (("train.batch_size", 1), ("train.grad_accum", 1), ("eval.batch_size", 1),
                          ("eval.num_beams", 1), ("lora.r", 1), ("train.logging_steps", 1),
                          ("train.epochs", 0), ("train.weight_decay", 0), ("train.max_grad_norm", 0),
-                         ("train.num_workers", 0), ("data.template_seed", 0), ("data.eval_seed", 0)):
+                         ("train.num_workers", 0), ("data.template_seed", 0), ("data.eval_seed", 0),
+                         ("sweep.parallel", 1), ("sweep.max_runs", 1)):
         _at_least(cfg, key, minimum)
     for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps", "train.save_total_limit",
                 "train.packed_input_length", "train.packed_label_length", "train.packed_rows_per_batch"):

@@ -12,7 +12,7 @@ from pathlib import Path
 from flantune.errors import first_line
 
 # flantune's default output folders: runs/NAME is a run directory, never a hub id.
-OUTPUT_ROOTS = ("runs", "evals", "reports")
+OUTPUT_ROOTS = ("runs", "evals", "reports", "sweeps")
 
 
 def is_local_path(path: str) -> bool:

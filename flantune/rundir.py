@@ -43,10 +43,12 @@ PREDICTIONS, MODEL, MERGED, BASE_MODEL, CHECKPOINTS = "predictions", "model", "m
 MARK = ".flantune"  # {"kind": "run" | "evaluation" | "report", "schema_version": N}, written when flantune made it
 RUN_KEYS = {"task", "model", "method", "train", "eval"}  # top-level keys every saved flantune config has
 # Keys that may differ between a run and its resumption.
-RESUME_FREE = ("resume", "overwrite", "output_dir", "compare", "report_to", "data_dir", "tasks_dir", "eval")
+RESUME_FREE = ("resume", "overwrite", "output_dir", "compare", "report_to", "data_dir", "tasks_dir", "eval",
+               "sweep")
 
 
-ROOTS = {"run": "runs", "evaluation": "evals"}  # where each kind of command writes when output_dir isn't set
+# Where each kind of command writes when output_dir isn't set.
+ROOTS = {"run": "runs", "evaluation": "evals", "sweep": "sweeps"}
 
 
 def schema_version(folder: Path) -> int:

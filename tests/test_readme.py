@@ -87,7 +87,7 @@ def _help(command: str, capsys) -> str:
 
 def test_readme_commands_and_keys_exist(cli, capsys):
     leaves, free = _config_keys(cli)
-    takes_config_keys = {"run", "config", "validate", "eval", "compare"}
+    takes_config_keys = {"run", "config", "validate", "eval", "compare", "sweep"}
     commands = _commands()
     assert len(commands) >= 20 and {c[0] for c in commands} >= {"run", "tasks", "show", "validate", "eval",
                                                                 "compare", "report", "config"}

@@ -85,3 +85,34 @@ def training_curves_png(log_history: list[dict[str, Any]] | None, primary_key: s
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
     return _png(fig)
+
+
+def overlaid_curves_png(runs: list[tuple[str, int, list[dict[str, Any]] | None]], primary_key: str,
+                        title: str) -> bytes | None:
+    """Training curves of several runs in one figure: training loss (left) and validation `primary_key` (right)
+    by step. `runs`: (group, replicate, log_history); a group (a sweep's setting) has one colour, its replicates
+    (seeds) line styles. None when no log holds either."""
+    groups = list(dict.fromkeys(g for g, _, _ in runs))
+    colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    styles = ("-", "--", ":", "-.")
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    fig.suptitle(title, fontsize=10)
+    left, right = fig.subplots(1, 2)
+    drawn = False
+    for group, replicate, log in runs:
+        for ax, key in ((left, "loss"), (right, primary_key)):
+            points = [(e["step"], e[key]) for e in log or [] if key in e and "step" in e]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, color=colours[group], linestyle=styles[replicate % len(styles)],
+                        marker="o" if len(points) < 30 else None, markersize=3,
+                        label=group if replicate == 0 else None)
+                drawn = True
+    if not drawn:
+        return None
+    for ax, label in ((left, "training loss"), (right, f"validation {primary_key.removeprefix('eval_')}")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=7, loc="best")
+    return _png(fig)

@@ -219,8 +219,12 @@ def _pre(lines: list[str]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    return markdown(document(report))
+
+
+def markdown(sections: list[Section]) -> str:
     out: list[str] = []
-    for sec in document(report):
+    for sec in sections:
         out.append(f"{'#' * sec.level} {md_text(sec.title)}")
         for b in sec.blocks:
             if b.kind == "para":
@@ -344,7 +348,9 @@ def data_uri(png: bytes) -> str:
 
 def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
     """One self-contained page; `images` maps the report's relative image paths to PNG bytes."""
-    sections = document(report)
+    return html_page(document(report), images, "flantune report")
+
+
+def html_page(sections: list[Section], images: dict[str, bytes], title: str) -> str:
     uris = {path: Markup(data_uri(png)) for path, png in images.items()}
-    return _ENV.from_string(_TEMPLATE).render(title="flantune report", css=Markup(_CSS), sections=sections,
-                                              images=uris)
+    return _ENV.from_string(_TEMPLATE).render(title=title, css=Markup(_CSS), sections=sections, images=uris)

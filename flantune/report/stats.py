@@ -116,10 +116,12 @@ def resample_blocks(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]
 
 def paired_bootstrap(task: Task, stats_ref: dict[str, dict[str, np.ndarray]],
                      stats_sys: dict[str, dict[str, np.ndarray]], *, n_resamples: int = 1000, seed: int = 0,
-                     confidence: float = 0.95) -> dict[str, Difference]:
+                     confidence: float = 0.95, groups: int = 1) -> dict[str, Difference]:
     """Percentile intervals of system - reference for every score the task's metrics produce
     (support counts excepted). `stats_*` are `compute_stats` outputs for the same examples in the
-    same order (see `align_rows`)."""
+    same order (see `align_rows`). `groups` > 1: the stats hold that many blocks of the same examples end to
+    end (a sweep's seeds); an example is drawn with all its blocks, so the examples, not their (seed, example)
+    cells, are what is resampled."""
     if n_resamples < 1 or not 0 < confidence < 1:
         raise ValueError(f"need n_resamples >= 1 and 0 < confidence < 1, got {n_resamples} and {confidence}")
     choices = task.choice_texts or None
@@ -131,7 +133,11 @@ def paired_bootstrap(task: Task, stats_ref: dict[str, dict[str, np.ndarray]],
     names = [k for k, v in ref_full.items() if not k.startswith("support/") and isinstance(v, (int, float))]
     fast = _fast_path_agrees(task, stats_ref) and _fast_path_agrees(task, stats_sys)
     diffs: dict[str, list[np.ndarray]] = {k: [] for k in names}
-    for block in resample_blocks(n, n_resamples, seed):
+    if groups < 1 or n % groups:
+        raise ValueError(f"{n} stats rows do not split into {groups} groups of the same examples")
+    m = n // groups
+    for drawn in resample_blocks(m, n_resamples, seed):
+        block = np.concatenate([drawn + g * m for g in range(groups)], axis=1)
         ref_scores = _resampled(task, stats_ref, block, fast)
         sys_scores = _resampled(task, stats_sys, block, fast)
         for k in names:
