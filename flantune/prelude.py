@@ -188,6 +188,13 @@ def check(cfg: DictConfig, *, train: bool = True) -> Checked:
     tasks = fit_tasks(cfg, tasks)
     graphs = cuda_graphs.resolve(cfg.train.cuda_graphs, precision=precision, processes=world_size(),
                                  gradient_checkpointing=cfg.gradient_checkpointing, compile_blocks=cfg.train.compile)
+    for task in tasks:
+        eval_templates(cfg, task)  # an unknown template name, before any data is read
+    if train and cfg.eval.get("fewshot"):
+        raise FlantuneError(
+            f"eval.fewshot={cfg.eval.fewshot} is for evaluating a base model (`flantune eval`, and the base model "
+            "of `flantune compare`): a fine-tuned model is evaluated as it was trained, zero-shot. Drop "
+            "eval.fewshot from `flantune run`.")
     evaluated = tuple(dict.fromkeys([*(["validation"] if train else []), cfg.eval.split]))
     roles = tuple(dict.fromkeys([*(["train"] if train else []), *evaluated]))
     return Checked(cfg=cfg, tasks=tasks, label=run_label(cfg, tasks), roles=roles, evaluated=evaluated,
@@ -247,11 +254,56 @@ def make_evaluator(checked: Checked, rows: dict[tuple[str, str], Any], tokenizer
     from flantune.features import tokenize
 
     cfg = checked.cfg
-    sets = [EvalSet(t, tokenize(t, rows[(t.name, role)], tokenizer, role=role, template_seed=None))
-            for t in checked.tasks]
+    sets = [s for t in checked.tasks for s in eval_sets(cfg, checked, t, rows[(t.name, role)], tokenizer, role)]
     return Evaluator(sets, tokenizer, classify=cfg.eval.classify, rank_score=cfg.eval.rank_score,
                      batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams,
                      autocast=autocast_for(checked.precision), role=role)
+
+
+def eval_templates(cfg: DictConfig, task: Task) -> list[str] | None:
+    """The templates eval.templates evaluates on `task` (None: its eval_template alone, as ever); an unknown name
+    is an error."""
+    chosen = cfg.eval.get("templates")
+    if chosen is None:
+        return None
+    names = [t.name for t in task.templates]
+    if chosen == "all":
+        return names
+    wanted = [str(n) for n in (chosen if OmegaConf.is_list(chosen) else [chosen])]
+    for name in wanted:
+        if name not in names:
+            raise FlantuneError(
+                f"eval.templates names '{name}', which task '{task.name}' has no template of."
+                f"{did_you_mean(name, names)} Its templates: {', '.join(names)}; or eval.templates=all.")
+    return list(dict.fromkeys(wanted))
+
+
+def eval_sets(cfg: DictConfig, checked: Checked, task: Task, rows, tokenizer, role: str) -> list[EvalSet]:
+    """One evaluation set of `task` per template eval.templates names (its eval_template's metrics are the task's:
+    what the summary, the score and the best checkpoint go by, as with one template), each with eval.fewshot
+    shots of the train split before its inputs."""
+    from dataclasses import replace
+
+    from flantune.features import tokenize
+
+    own = task.evaluation_template.name
+    names = eval_templates(cfg, task)
+    k = int(cfg.eval.get("fewshot") or 0)
+    pool = load_rows(task, "train", checked.data_dir, max_examples=cfg.data.max_train_examples,
+                     seed=cfg.data.eval_seed) if k else None
+    sets = []
+    for name in names or [None]:
+        t = replace(task, eval_template=name) if name else task
+        data = tokenize(t, rows, tokenizer, role=role, template_seed=None)
+        shots = None
+        if k:
+            from flantune.fewshot import with_shots
+
+            data, shots = with_shots(t, data, pool, tokenizer, k, cfg.data.eval_seed)
+        # Without the task's own template among those named, the first named stands for the task.
+        primary = name is None or name == own or (own not in names and name == names[0])
+        sets.append(EvalSet(t, data, template=name, primary=primary, shots=shots))
+    return sets
 
 
 def autocast_for(precision: Precision):
