@@ -153,6 +153,13 @@ def check(cfg: DictConfig, *, train: bool = True) -> Checked:
     """The checks that need no data: tasks exist, the model source exists, the precision is allowed; for
     training, the train split's rows are none of the validation or test split's."""
     tasks = resolve_tasks(cfg)  # the mixing settings were checked with the config (config.validate)
+    for task in tasks:
+        eval_templates(cfg, task)  # an unknown template name, first
+    if train and cfg.eval.get("fewshot"):
+        raise FlantuneError(
+            f"eval.fewshot={cfg.eval.fewshot} is for evaluating a base model (`flantune eval`, and the base model "
+            "of `flantune compare`): a fine-tuned model is evaluated as it was trained, zero-shot. Drop "
+            "eval.fewshot from `flantune run`.")
     data_dir = resolve_data_dir(cfg.data_dir)
     check_model_source(cfg)
     model_type = config_model_type(cfg)
@@ -188,13 +195,6 @@ def check(cfg: DictConfig, *, train: bool = True) -> Checked:
     tasks = fit_tasks(cfg, tasks)
     graphs = cuda_graphs.resolve(cfg.train.cuda_graphs, precision=precision, processes=world_size(),
                                  gradient_checkpointing=cfg.gradient_checkpointing, compile_blocks=cfg.train.compile)
-    for task in tasks:
-        eval_templates(cfg, task)  # an unknown template name, before any data is read
-    if train and cfg.eval.get("fewshot"):
-        raise FlantuneError(
-            f"eval.fewshot={cfg.eval.fewshot} is for evaluating a base model (`flantune eval`, and the base model "
-            "of `flantune compare`): a fine-tuned model is evaluated as it was trained, zero-shot. Drop "
-            "eval.fewshot from `flantune run`.")
     evaluated = tuple(dict.fromkeys([*(["validation"] if train else []), cfg.eval.split]))
     roles = tuple(dict.fromkeys([*(["train"] if train else []), *evaluated]))
     return Checked(cfg=cfg, tasks=tasks, label=run_label(cfg, tasks), roles=roles, evaluated=evaluated,
