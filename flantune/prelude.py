@@ -254,7 +254,12 @@ def make_evaluator(checked: Checked, rows: dict[tuple[str, str], Any], tokenizer
     from flantune.features import tokenize
 
     cfg = checked.cfg
-    sets = [s for t in checked.tasks for s in eval_sets(cfg, checked, t, rows[(t.name, role)], tokenizer, role)]
+    # eval.templates and eval.fewshot are the final evaluation's (eval.split): training's validation passes stay on
+    # the eval_template alone, which the best checkpoint is chosen by anyway (they cover every template only when
+    # eval.split is validation, whose evaluator is the same one).
+    final = role == cfg.eval.split
+    sets = [s for t in checked.tasks
+            for s in eval_sets(cfg, checked, t, rows[(t.name, role)], tokenizer, role, final=final)]
     return Evaluator(sets, tokenizer, classify=cfg.eval.classify, rank_score=cfg.eval.rank_score,
                      batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams,
                      autocast=autocast_for(checked.precision), role=role)
@@ -278,7 +283,8 @@ def eval_templates(cfg: DictConfig, task: Task) -> list[str] | None:
     return list(dict.fromkeys(wanted))
 
 
-def eval_sets(cfg: DictConfig, checked: Checked, task: Task, rows, tokenizer, role: str) -> list[EvalSet]:
+def eval_sets(cfg: DictConfig, checked: Checked, task: Task, rows, tokenizer, role: str, *,
+              final: bool = True) -> list[EvalSet]:
     """One evaluation set of `task` per template eval.templates names (its eval_template's metrics are the task's:
     what the summary, the score and the best checkpoint go by, as with one template), each with eval.fewshot
     shots of the train split before its inputs."""
@@ -287,8 +293,8 @@ def eval_sets(cfg: DictConfig, checked: Checked, task: Task, rows, tokenizer, ro
     from flantune.features import tokenize
 
     own = task.evaluation_template.name
-    names = eval_templates(cfg, task)
-    k = int(cfg.eval.get("fewshot") or 0)
+    names = eval_templates(cfg, task) if final else None
+    k = int(cfg.eval.get("fewshot") or 0) if final else 0
     pool = load_rows(task, "train", checked.data_dir, max_examples=cfg.data.max_train_examples,
                      seed=cfg.data.eval_seed) if k else None
     sets = []
