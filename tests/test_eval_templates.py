@@ -83,3 +83,16 @@ def test_report_pairs_each_template_and_labels_the_few_shot_base(evals, tmp_path
     # Rebuilt from the report's own saved systems: the per-template rows travel with it.
     assert main(["report", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["tasks"]["imdb"]["templates"] == tt
+
+
+@pytest.mark.slow  # trains the tiny model 2 steps on the shipped IMDB sample
+def test_a_run_evaluates_every_template_at_the_end(cli, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = cli("run", "task=imdb", "model=tiny", "data_dir=@sample", "train.max_steps=2",
+                            "train.eval_steps=2", "data.max_train_examples=32", "data.max_eval_examples=8",
+                            "tasks.imdb.max_input_length=32", "eval.templates=all", f"output_dir={out}")
+    assert code == 0, err
+    got = metrics(out)
+    assert list(got["templates"]["imdb"]["templates"]) == TEMPLATES
+    assert got["tasks"]["imdb"] == got["templates"]["imdb"]["templates"]["review_then_question"]
+    assert "every template (eval.templates)" in stdout and "would_recommend" in stdout
