@@ -198,6 +198,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for task, scores in metrics["tasks"].items():
         shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if "/" not in k)
         say.print(f"{task}: {shown}", highlight=False)
+    if metrics.get("templates"):  # eval.templates
+        from flantune.prelude import resolve_tasks
+        from flantune.summary import template_table
+
+        say.print(template_table(metrics["templates"], {t.name: t.primary_metric for t in resolve_tasks(cfg)}))
     say.print(f"evaluation directory: [bold]{out}[/]")
     return 0
 

@@ -21,7 +21,13 @@ from flantune import rundir
 from flantune.card import write_card
 from flantune.config import load_config, set_model, to_yaml
 from flantune.errors import FlantuneError
-from flantune.evaluation import read_predictions, write_prediction_rows, write_predictions
+from flantune.evaluation import (
+    TEMPLATES_DIR,
+    read_predictions,
+    read_template_predictions,
+    write_prediction_rows,
+    write_predictions,
+)
 from flantune.modeling import ModelInfo, count_parameters, model_label
 from flantune.outputs import write_metrics
 from flantune.prelude import Checked, Inputs, check, claim, inference_model, paths_read, prepare, resolve_tasks
@@ -75,19 +81,28 @@ def system_from_dir(path: Path, name: str | None = None) -> System:
     meta = rundir.read_json(path / SYSTEM_FILE) if (path / SYSTEM_FILE).is_file() else {}
     metrics = rundir.read_metrics(path)
     history = path / rundir.LOG_HISTORY
+    # A few-shot evaluation (eval.fewshot) is told apart from the same model's zero-shot one by its name.
+    k = (metrics.get("fewshot") or {}).get("k")
+    shots = f" ({k}-shot)" if k else ""
     return System(
-        name=name or meta.get("name") or (metrics.get("model") or {}).get("label") or path.name,
+        name=(name + shots if name else None) or meta.get("name")
+        or ((metrics.get("model") or {}).get("label") or path.name) + shots,
         kind=meta.get("kind", "model"),
         predictions={f.stem: read_predictions(f) for f in sorted(preds.glob("*.jsonl"))},
         metrics=metrics,
         log_history=rundir.read_json(history) if history.is_file() else None,
         source=meta.get("source") or str(path),  # a report's copy names where the system came from
+        template_predictions=read_template_predictions(preds),
     )
 
 
 def save_system(system: System, folder: Path) -> None:
     """A system's predictions and metrics, written as an evaluation directory inside a report."""
     write_prediction_rows(system.predictions, folder / rundir.PREDICTIONS)
+    if system.template_predictions:
+        write_prediction_rows({task: [{**row, "template": t} for t, rows in by.items() for row in rows]
+                               for task, by in system.template_predictions.items()},
+                              folder / rundir.PREDICTIONS / TEMPLATES_DIR)
     rundir.write_json(folder / rundir.METRICS, system.metrics)
     if system.log_history is not None:
         rundir.write_json(folder / rundir.LOG_HISTORY, system.log_history)
@@ -119,8 +134,10 @@ def baselines(p: Inputs, reference: System) -> list[System]:
             rendered = [render_row(task, train[i], template) for i in range(len(train))]
             labels = [r["target"] for r in rendered]
             majority[task.name] = _rows_with(ref_rows, majority_class(labels, len(ref_rows)))
+            # The inputs rendered anew: a few-shot reference's inputs hold its shots (eval.fewshot)
             tfidf[task.name] = _rows_with(ref_rows, tfidf_logreg([r["input"] for r in rendered], labels,
-                                                                 [row["input"] for row in ref_rows], seed=cfg.seed))
+                                                                 [render_row(task, r, template)["input"] for r in raw],
+                                                                 seed=cfg.seed))
         for b in task.baselines:
             if b["name"] == "lead":
                 split = b.get("split", "auto")
@@ -207,6 +224,8 @@ def compare(cfg: DictConfig, base: str, finetuned: list[str], out: Path, input_f
     baselines, and write the report (`input_files` as in `evaluate`)."""
     models = [base, *finetuned]
     subs = [_with_model(cfg, model) for model in models]
+    for sub in subs[1:]:  # eval.fewshot is the base model's: a fine-tuned one is evaluated as it was trained
+        OmegaConf.update(sub, "eval.fewshot", 0, merge=False)
     with rundir.lock(out):
         reads = [*input_files, *(path for sub in subs for path in paths_read(sub))]
         rundir.check_output_dir(out, overwrite=cfg.overwrite, reads=reads)

@@ -86,6 +86,8 @@ class EvalCfg:
     rank_score: str = MISSING
     batch_size: int = MISSING
     num_beams: int = MISSING
+    templates: Any = MISSING  # null, all, a template's name or a list of names (checked against the tasks: prelude)
+    fewshot: int = MISSING
 
 
 @dataclass
@@ -416,6 +418,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data.max_train_examples", "data.max_eval_examples", "train.save_steps", "train.save_total_limit",
                 "train.packed_input_length", "train.packed_label_length", "train.packed_rows_per_batch"):
         _at_least(cfg, key, 1, allow_none=True)
+    _check_eval_templates(cfg)
     if not 0 <= cfg.seed < 2**32:  # numpy's seed range (transformers' set_seed seeds numpy too)
         raise FlantuneError(f"Config key 'seed' is {cfg.seed}; it must be in [0, 2**32).")
     save, every = cfg.train.save_steps, cfg.train.eval_steps
@@ -465,6 +468,20 @@ def validate(cfg: DictConfig) -> None:
     from flantune.mixture import check_mixing, mixing_settings
 
     check_mixing(task_names(cfg), **mixing_settings(cfg))  # task_names: a task must be named
+
+
+def _check_eval_templates(cfg: DictConfig) -> None:
+    """eval.fewshot: a whole number >= 0; eval.templates: null, all, a name or a list of names (which names a task
+    has is checked with the tasks: prelude.eval_templates)."""
+    k = cfg.eval.fewshot
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise FlantuneError(f"Config key 'eval.fewshot' is {k!r}; give the number of train examples to put before "
+                            "each evaluated input (0: zero-shot).")
+    chosen = cfg.eval.templates
+    names = list(chosen) if OmegaConf.is_list(chosen) else [chosen]
+    if chosen is not None and (not names or not all(isinstance(n, str) and n.strip() for n in names)):
+        raise FlantuneError(f"Config key 'eval.templates' is {chosen!r}; give all (every template of each task), a "
+                            "template's name or a list of names, or null (the task's eval_template alone).")
 
 
 def task_names(cfg: DictConfig) -> list[str]:

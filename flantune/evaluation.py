@@ -14,7 +14,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,11 @@ SCORE = "score"  # the aggregate: mean of the tasks' primary metrics (0-100)
 
 @dataclass
 class EvalSet:
-    task: Task
+    task: Task  # rendered with its evaluation template (eval_template)
     data: Any  # datasets.Dataset from features.tokenize (template_seed=None)
+    template: str | None = None  # set when eval.templates evaluates several: the template `task` renders with
+    primary: bool = True  # its metrics are the task's (EvalResult.tasks); False: another template's, kept apart
+    shots: list[int] | None = None  # eval.fewshot: the shots each input got (flantune.fewshot)
 
 
 @dataclass
@@ -47,6 +50,7 @@ class TaskResult:
     predictions: list[dict[str, Any]]
     seconds: float
     tokens: int  # input tokens + scored / generated output tokens
+    shots: list[int] | None = None  # eval.fewshot: the shots each input got
 
     @property
     def examples(self) -> int:
@@ -55,7 +59,8 @@ class TaskResult:
 
 @dataclass
 class EvalResult:
-    tasks: dict[str, TaskResult] = field(default_factory=dict)
+    tasks: dict[str, TaskResult] = field(default_factory=dict)  # on each task's eval_template
+    templates: dict[str, dict[str, TaskResult]] = field(default_factory=dict)  # eval.templates: task -> template ->
 
     @property
     def score(self) -> float:
@@ -71,10 +76,27 @@ class EvalResult:
     def metrics_by_task(self) -> dict[str, dict[str, float]]:
         return {name: dict(r.metrics) for name, r in self.tasks.items()}
 
+    def template_metrics(self) -> dict[str, dict[str, Any]]:
+        """eval.templates: per task, every template's metrics and their spread (metrics.json "templates")."""
+        return {name: template_summary({t: r.metrics for t, r in by_template.items()})
+                for name, by_template in self.templates.items()}
+
+    def fewshot(self) -> dict[str, dict[str, float]]:
+        """eval.fewshot: per task, the shots its inputs got (after dropping those that didn't fit)."""
+        return {name: {"mean": float(np.mean(r.shots)) if r.shots else 0.0, "min": int(min(r.shots, default=0))}
+                for name, r in self.tasks.items() if r.shots is not None}
+
+    def _all(self) -> list[TaskResult]:
+        """Every evaluation made once: the tasks' and their other templates'."""
+        ran = list(self.tasks.values())
+        ids = {id(r) for r in ran}
+        return ran + [r for by in self.templates.values() for r in by.values() if id(r) not in ids]
+
     def throughput(self) -> dict[str, float]:
-        seconds = sum(r.seconds for r in self.tasks.values())
-        examples = sum(r.examples for r in self.tasks.values())
-        tokens = sum(r.tokens for r in self.tasks.values())
+        ran = self._all()
+        seconds = sum(r.seconds for r in ran)
+        examples = sum(r.examples for r in ran)
+        tokens = sum(r.tokens for r in ran)
         return {"seconds": seconds, "examples_per_s": examples / seconds if seconds else 0.0,
                 "tokens_per_s": tokens / seconds if seconds else 0.0,
                 "ms_per_example": 1000 * seconds / examples if examples else 0.0}
@@ -86,7 +108,7 @@ class Evaluator:
                  role: str = "evaluation"):
         from flantune.task import fit_choices
 
-        self.sets = [EvalSet(fit_choices(s.task, tokenizer), s.data) for s in sets]  # max_new_tokens set
+        self.sets = [replace(s, task=fit_choices(s.task, tokenizer)) for s in sets]  # max_new_tokens set
         self.tokenizer = tokenizer
         self.classify = classify
         self.rank_score = rank_score
@@ -99,7 +121,14 @@ class Evaluator:
         result = EvalResult()
         with whole_parameters(model):
             for s in self.sets:
-                result.tasks[s.task.name] = self._run_task(model, s)
+                done = self._run_task(model, s)
+                done.shots = s.shots
+                for row, n in zip(done.predictions, s.shots or ()):
+                    row["shots"] = n  # eval.fewshot: the shots before this input (fewer than K where they didn't fit)
+                if s.primary:
+                    result.tasks[s.task.name] = done
+                if s.template is not None:
+                    result.templates.setdefault(s.task.name, {})[s.template] = done
         return result
 
     def _run_task(self, model, s: EvalSet) -> TaskResult:
@@ -188,8 +217,40 @@ class Evaluator:
         return TaskResult(task=task, metrics=scores, predictions=predictions, seconds=seconds, tokens=tokens)
 
 
+def spread(values: list[float]) -> dict[str, float | None]:
+    """mean, std, min and max of a metric over templates; std is the sample standard deviation (ddof=1: the
+    templates are a sample of the prompts one could write), None for one template."""
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+            "min": float(v.min()), "max": float(v.max())}
+
+
+def template_summary(by_template: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """{"templates": {template: metrics}, and "mean", "std", "min", "max": {metric: its spread over templates}}."""
+    names = [k for k in next(iter(by_template.values()), {}) if all(k in m for m in by_template.values())]
+    spreads = {k: spread([m[k] for m in by_template.values()]) for k in names}
+    return {"templates": by_template, **{part: {k: s[part] for k, s in spreads.items()}
+                                         for part in ("mean", "std", "min", "max")}}
+
+
+TEMPLATES_DIR = "templates"  # predictions/templates/<task>.jsonl: every template's rows, each with its "template"
+
+
 def write_predictions(result: EvalResult, folder: Path) -> None:
     write_prediction_rows({name: r.predictions for name, r in result.tasks.items()}, folder)
+    if result.templates:
+        write_prediction_rows({name: [{**row, "template": t} for t, r in by.items() for row in r.predictions]
+                               for name, by in result.templates.items()}, folder / TEMPLATES_DIR)
+
+
+def read_template_predictions(folder: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """What write_predictions saved per template: task -> template -> rows (empty when eval.templates was one)."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for path in sorted((folder / TEMPLATES_DIR).glob("*.jsonl")):
+        by = out.setdefault(path.stem, {})
+        for row in read_predictions(path):
+            by.setdefault(row.pop("template"), []).append(row)
+    return out
 
 
 def write_prediction_rows(rows_by_task: dict[str, list[dict[str, Any]]], folder: Path) -> None:

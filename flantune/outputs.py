@@ -51,6 +51,10 @@ def metrics_record(checked: Checked, final: EvalResult, model: ModelInfo, *, tra
         "data_prep_seconds": prep_seconds,
         "best_checkpoint": trained.best_checkpoint if trained else None,
         "mixture": trained.mixture if trained else None,
+        # eval.templates: per task, each template's metrics and their mean, std (ddof=1), min and max; else None
+        "templates": final.template_metrics() or None,
+        # eval.fewshot: K, and per task the shots its inputs got (mean, min: fewer where K didn't fit); else None
+        "fewshot": {"k": int(cfg.eval.fewshot), "tasks": final.fewshot()} if cfg.eval.get("fewshot") else None,
         "allowed_overlap": checked.overlaps,  # task -> train rows also evaluated on (data.allow_overlap=true)
     }
     return metrics

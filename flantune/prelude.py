@@ -153,6 +153,13 @@ def check(cfg: DictConfig, *, train: bool = True) -> Checked:
     """The checks that need no data: tasks exist, the model source exists, the precision is allowed; for
     training, the train split's rows are none of the validation or test split's."""
     tasks = resolve_tasks(cfg)  # the mixing settings were checked with the config (config.validate)
+    for task in tasks:
+        eval_templates(cfg, task)  # an unknown template name, first
+    if train and cfg.eval.get("fewshot"):
+        raise FlantuneError(
+            f"eval.fewshot={cfg.eval.fewshot} is for evaluating a base model (`flantune eval`, and the base model "
+            "of `flantune compare`): a fine-tuned model is evaluated as it was trained, zero-shot. Drop "
+            "eval.fewshot from `flantune run`.")
     data_dir = resolve_data_dir(cfg.data_dir)
     check_model_source(cfg)
     model_type = config_model_type(cfg)
@@ -247,11 +254,62 @@ def make_evaluator(checked: Checked, rows: dict[tuple[str, str], Any], tokenizer
     from flantune.features import tokenize
 
     cfg = checked.cfg
-    sets = [EvalSet(t, tokenize(t, rows[(t.name, role)], tokenizer, role=role, template_seed=None))
-            for t in checked.tasks]
+    # eval.templates and eval.fewshot are the final evaluation's (eval.split): training's validation passes stay on
+    # the eval_template alone, which the best checkpoint is chosen by anyway (they cover every template only when
+    # eval.split is validation, whose evaluator is the same one).
+    final = role == cfg.eval.split
+    sets = [s for t in checked.tasks
+            for s in eval_sets(cfg, checked, t, rows[(t.name, role)], tokenizer, role, final=final)]
     return Evaluator(sets, tokenizer, classify=cfg.eval.classify, rank_score=cfg.eval.rank_score,
                      batch_size=cfg.eval.batch_size, num_beams=cfg.eval.num_beams,
                      autocast=autocast_for(checked.precision), role=role)
+
+
+def eval_templates(cfg: DictConfig, task: Task) -> list[str] | None:
+    """The templates eval.templates evaluates on `task` (None: its eval_template alone, as ever); an unknown name
+    is an error."""
+    chosen = cfg.eval.get("templates")
+    if chosen is None:
+        return None
+    names = [t.name for t in task.templates]
+    if chosen == "all":
+        return names
+    wanted = [str(n) for n in (chosen if OmegaConf.is_list(chosen) else [chosen])]
+    for name in wanted:
+        if name not in names:
+            raise FlantuneError(
+                f"eval.templates names '{name}', which task '{task.name}' has no template of."
+                f"{did_you_mean(name, names)} Its templates: {', '.join(names)}; or eval.templates=all.")
+    return list(dict.fromkeys(wanted))
+
+
+def eval_sets(cfg: DictConfig, checked: Checked, task: Task, rows, tokenizer, role: str, *,
+              final: bool = True) -> list[EvalSet]:
+    """One evaluation set of `task` per template eval.templates names (its eval_template's metrics are the task's:
+    what the summary, the score and the best checkpoint go by, as with one template), each with eval.fewshot
+    shots of the train split before its inputs."""
+    from dataclasses import replace
+
+    from flantune.features import tokenize
+
+    own = task.evaluation_template.name
+    names = eval_templates(cfg, task) if final else None
+    k = int(cfg.eval.get("fewshot") or 0) if final else 0
+    pool = load_rows(task, "train", checked.data_dir, max_examples=cfg.data.max_train_examples,
+                     seed=cfg.data.eval_seed) if k else None
+    sets = []
+    for name in names or [None]:
+        t = replace(task, eval_template=name) if name else task
+        data = tokenize(t, rows, tokenizer, role=role, template_seed=None)
+        shots = None
+        if k:
+            from flantune.fewshot import with_shots
+
+            data, shots = with_shots(t, data, pool, tokenizer, k, cfg.data.eval_seed)
+        # Without the task's own template among those named, the first named stands for the task.
+        primary = name is None or name == own or (own not in names and name == names[0])
+        sets.append(EvalSet(t, data, template=name, primary=primary, shots=shots))
+    return sets
 
 
 def autocast_for(precision: Precision):

@@ -29,6 +29,8 @@ def print_summary(p, out: Path, final: EvalResult, trained, info, wall: float) -
     if len(final.tasks) > 1:
         table.add_row("[bold]mean of primaries[/]", f"{SCORE} {final.score:.2f}", "", "")
     say.print(table)
+    if final.templates:
+        say.print(template_table(final.template_metrics(), {n: r.task.primary_metric for n, r in final.tasks.items()}))
     mix = trained.mixture
     if mix:
         mt = Table(title="realised mixture")
@@ -54,3 +56,20 @@ def print_summary(p, out: Path, final: EvalResult, trained, info, wall: float) -
     if info.random_init:
         say.print("[yellow]The model was built with random weights: these scores test the pipeline, not FLAN-T5.[/]")
     say.print(f"run directory: [bold]{out}[/]")
+
+
+def template_table(templates: dict, primaries: dict[str, str]) -> Table:
+    """eval.templates: each task's primary metric on every template, and its mean, std (over templates), min, max
+    (metrics.json "templates")."""
+    table = Table(title="every template (eval.templates)")
+    for col in ("task", "template", "primary"):
+        table.add_column(col, justify="right" if col == "primary" else "left")
+    for name, t in templates.items():
+        metric = primaries[name]
+        for template, values in t["templates"].items():
+            table.add_row(name, template, f"{metric} {_fmt(values[metric])}")
+        std = t["std"][metric]
+        table.add_row(name, "[bold]mean ± std \\[min, max][/]",
+                      f"{t['mean'][metric]:.2f} ± {'n/a' if std is None else f'{std:.2f}'} "
+                      f"[{t['min'][metric]:.2f}, {t['max'][metric]:.2f}]")
+    return table

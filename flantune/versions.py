@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _config_from_1(saved: DictConfig) -> None:
@@ -52,9 +52,23 @@ def _metrics_from_1(metrics: dict) -> None:
     metrics.setdefault("measured_together", False)
 
 
+def _config_from_2(saved: DictConfig) -> None:
+    """Version 2: before eval.templates and eval.fewshot, an evaluation was on the eval_template alone, zero-shot."""
+    evaluation = saved.get("eval")
+    if isinstance(evaluation, DictConfig):
+        evaluation.setdefault("templates", None)
+        evaluation.setdefault("fewshot", 0)
+
+
+def _metrics_from_2(metrics: dict) -> None:
+    """Version 2: no "templates" (one template was evaluated) and no "fewshot" (zero-shot)."""
+    metrics.setdefault("templates", None)
+    metrics.setdefault("fewshot", None)
+
+
 # version -> its change to the next version, in place (none where that version changed only the other file)
-_CONFIG_UPGRADES = {1: _config_from_1}
-_METRICS_UPGRADES = {1: _metrics_from_1}
+_CONFIG_UPGRADES = {1: _config_from_1, 2: _config_from_2}
+_METRICS_UPGRADES = {1: _metrics_from_1, 2: _metrics_from_2}
 
 
 def _upgraded(data: Any, version: int, upgrades: dict) -> Any:

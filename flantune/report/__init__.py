@@ -20,3 +20,5 @@ class System:
     metrics: dict[str, Any] = field(default_factory=dict)  # its metrics.json (throughput under "eval")
     log_history: list[dict[str, Any]] | None = None  # a fine-tuned run's trainer log
     source: str = ""  # the directory it was read from
+    # eval.templates: task -> template -> rows, as flantune.evaluation.read_template_predictions reads them
+    template_predictions: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)

@@ -25,6 +25,7 @@ from flantune.metrics import aggregate_stats, compute_stats, get_metric
 from flantune.report import System
 from flantune.report import plots, render
 from flantune.report.stats import align_rows, gold_texts, mcnemar_exact, paired_bootstrap, per_example_scores
+from flantune.report.templates import template_section
 from flantune.task import Task
 
 FIX_THRESHOLD = 0.5  # on the 0-1 per-example scale: half of the whole range, so noise does not count
@@ -210,6 +211,9 @@ def _task_section(task: Task, systems: list[System], images: dict[str, bytes], f
         diffs = paired_bootstrap(task, stats[ref.name], stats[s.name], n_resamples=n_resamples, seed=seed,
                                  confidence=confidence)
         section["differences"][s.name] = {k: d.to_dict() for k, d in diffs.items()}
+    by_template = template_section(task, systems, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    if by_template:
+        section["templates"] = by_template
     if task.is_classification:
         _classification_parts(task, systems, stats, section, images, file_ids)
     section["examples"] = {

@@ -131,6 +131,8 @@ def _task_section(name: str, t: dict[str, Any], ref: str, level: int) -> Section
         sec.blocks.append(Table(
             f"Difference to {ref} [{level}% paired bootstrap interval]", ["system", *heads],
             [[Cell(sys)] + [diff_cell(d.get(m)) for m in t["metric_names"]] for sys, d in t["differences"].items()]))
+    if t.get("templates"):
+        sec.blocks += _template_tables(t["templates"], ref, level)
     if t.get("mcnemar"):
         sec.blocks.append(Table(
             f"Exact McNemar test against {ref}",
@@ -160,6 +162,25 @@ def _task_section(name: str, t: dict[str, Any], ref: str, level: int) -> Section
             sec.blocks.append(Examples(title, [_example(e, ex["score"], ref, sys) for e in shown]))
     sec.blocks += [Para(n) for n in t["notes"]]
     return sec
+
+
+def _template_tables(tt: dict[str, Any], ref: str, level: int) -> list[Any]:
+    """eval.templates: the primary metric on every template with its spread, and the differences paired per
+    template (flantune.report.templates)."""
+    metric, systems = tt["metric"], tt["systems"]
+    rows = [[Cell(t)] + [Cell(num(v["per_template"].get(t))) for v in systems.values()] for t in tt["templates"]]
+    rows += [[Cell(f"{part} over templates")] + [Cell(num(v[part])) for v in systems.values()]
+             for part in ("mean", "std", "min", "max")]
+    note = (f"{metric} of each template; std: the sample standard deviation over templates."
+            + (f" No per-template predictions from: {', '.join(tt['absent'])}." if tt["absent"] else ""))
+    out: list[Any] = [Table(f"Per template: {metric}", ["template", *systems], rows, note)]
+    if tt["differences"]:
+        diffs = tt["differences"]
+        out.append(Table(
+            f"{metric} difference to {ref} per template [{level}% paired bootstrap interval]", ["template", *diffs],
+            [[Cell(t)] + [diff_cell(d.get(t)) for d in diffs.values()] for t in tt["templates"]],
+            "Each template paired with itself: the same examples, rendered with the same template, on both sides."))
+    return out
 
 
 def _example(e: dict[str, Any], score: str, ref: str, sys: str) -> tuple[str, list[tuple[str, str]]]:
