@@ -227,20 +227,32 @@ def predict_command(model: str, task: str | None, *, input: str | None, output: 
     done, started = 0, time.perf_counter()
     bar = tqdm(total=rows.total, desc=f"predict {resolved.task.name}", unit=" examples", leave=False,
                dynamic_ncols=True)
-    with sink:
-        for chunk in rows.chunks(chunk_size):
-            records = predictor.predict(chunk, first=done + 1, progress=bar.update)
-            bar.clear()
-            sink.write(records, first=done + 1)
-            bar.refresh()
-            done += len(records)
-    bar.close()
+    try:
+        with sink, bar:
+            for chunk in rows.chunks(chunk_size):
+                records = predictor.predict(chunk, first=done + 1, progress=bar.update)
+                bar.clear()
+                sink.write(records, first=done + 1)
+                bar.refresh()
+                done += len(records)
+    except BrokenPipeError:  # the reader of standard output closed it (`| head`): it wants no more predictions
+        _quiet_stdout()
+        return 0
     seconds = time.perf_counter() - started
     to = f" into {output}" if output else ""
     console(stderr=sink.stdout).print(
         f"predicted {done:,} examples{to} in {seconds:.1f} s: {done / max(seconds, 1e-9):,.1f} examples/s "
         f"(model loaded in {loaded:.1f} s)", highlight=False)
     return 0
+
+
+def _quiet_stdout() -> None:
+    """Standard output to /dev/null, so that flushing it at exit doesn't raise the broken pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # not a real file (captured): nothing left to flush
+        pass
 
 
 class _Sink:
@@ -272,7 +284,8 @@ class _Sink:
 
     def __exit__(self, kind, exc, tb) -> None:
         if self.path is None:
-            self.file.flush()
+            if kind is None:
+                self.file.flush()
             return
         self.file.close()
         if kind is None:
