@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flantune.evaluation import read_predictions
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 # Options for a quick model: tiny (random weights, built in a second) with short inputs.
 TINY = ["model=tiny", "task=imdb", "tasks.imdb.max_input_length=32"]
@@ -75,7 +79,7 @@ def test_a_mixture_run_needs_its_task_named(trained_run, cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_on_a_lora_run(cli, tmp_path, shared_data):
+def test_predict_on_a_lora_run_and_the_readme_example(cli, tmp_path, shared_data, monkeypatch):
     run = tmp_path / "lora"
     code, _, err = cli("run", "task=imdb", "model=tiny", "method=lora", "train.max_steps=2", "train.eval_steps=2",
                        "data.max_train_examples=16", "data.max_eval_examples=8", "tasks.imdb.max_input_length=64",
@@ -85,6 +89,15 @@ def test_predict_on_a_lora_run(cli, tmp_path, shared_data):
     assert [g["prediction"] for g in got] == [s["prediction"] for s in saved]
     for g, s in zip(got, saved):
         assert g["scores"] == pytest.approx(s["scores"], abs=1e-4)
+    # the README's example, on this run
+    monkeypatch.chdir(tmp_path)
+    Path("reviews.txt").write_text("A gripping film.\nI walked out.\n")
+    section = README.split("\n### Predict on new text\n", 1)[1]
+    line = re.search(r"^flantune predict .*$", section, flags=re.M).group(0)
+    words = [w.replace("runs/imdb-tiny-20261202-101500", str(run)) for w in shlex.split(line, comments=True)]
+    code, out, err = cli(*words[1:])
+    assert code == 0, err
+    assert [g["text"] for g in _records(out)] == ["A gripping film.", "I walked out."]
 
 
 def test_text_from_standard_input(cli, monkeypatch):
@@ -114,6 +127,19 @@ def test_template_none_sends_lines_unrendered_and_output_goes_to_a_file(cli, tmp
     assert code == 2 and "exists" in err and "overwrite=true" in err
     code, _, err = cli("predict", *TINY, "template=none", f"input={given}", f"output={written}", "overwrite=true")
     assert code == 0, err
+
+
+def test_a_terminal_gets_a_table(cli, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("A wonderful film.\n"))
+    monkeypatch.setattr(sys, "stdout", terminal := Terminal())
+    code, _, err = cli("predict", *TINY)
+    assert code == 0, err
+    shown = terminal.getvalue()
+    assert "prediction" in shown and "A wonderful film." in shown and "{" not in shown  # no JSON
 
 
 def test_csv_and_parquet_rows_keep_their_order_and_fields(cli, tmp_path):
