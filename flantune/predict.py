@@ -218,7 +218,7 @@ def predict_command(model: str, task: str | None, *, input: str | None, output: 
 
     resolved = resolve(model, task, template=template, options=options, config_files=config_files)
     reads = "template=none" if resolved.template is None else \
-        f"task '{resolved.task.name}''s template '{resolved.template.name}'"
+        f"template '{resolved.template.name}' of task '{resolved.task.name}'"
     rows = open_rows(input, resolved.columns, reads=reads)
     sink = _Sink(output, overwrite=overwrite, input=input)
     started = time.perf_counter()
