@@ -268,3 +268,27 @@ def cmd_push(args: argparse.Namespace) -> int:
             raise FlantuneError(f"`flantune push` option {key} is true or false, got {opts[key]!r}.")
     push(Path(runs[0]), str(opts["repo_id"]), private=opts["private"], dry_run=opts["dry_run"])
     return 0
+
+@command("predict", "predict with a fine-tuned model on new rows or text, scored as evaluation scores",
+         usage="options: model=RUN_DIR (or a save_pretrained folder, a hub id), task=NAME (a run's own by default),\n"
+               "  input=FILE (.jsonl, .csv, .parquet rows; .txt or - for text, one example a line; default: standard\n"
+               "  input), output=FILE (default: standard output), template=NAME|none, overwrite=true, chunk_size=1024,\n"
+               "  then config keys: eval.classify=, eval.rank_score=, eval.num_beams=, eval.batch_size=,\n"
+               "  tasks.NAME.max_new_tokens=, precision=",
+         example="flantune predict model=runs/imdb-flan-t5-base-20261122-101500 input=reviews.txt", config_files=True)
+def cmd_predict(args: argparse.Namespace) -> int:
+    from flantune.predict import CHUNK_SIZE, predict_command
+
+    own = {}
+    options = list(args.options)
+    for key in ("model", "task", "input", "output", "template", "overwrite", "chunk_size"):
+        own[key], options = _pop(options, key)
+    chunk = parse_value(own["chunk_size"]) if own["chunk_size"] is not None else CHUNK_SIZE
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise FlantuneError(f"`flantune predict` option chunk_size must be a whole number, got {own['chunk_size']!r}.")
+    if not own["model"]:
+        raise FlantuneError("`flantune predict` needs model=RUN_DIR (a run directory, a save_pretrained folder or a "
+                            "hub id), e.g. flantune predict model=runs/imdb-tiny-20261202-101500 input=reviews.txt.")
+    return predict_command(own["model"], own["task"] or None, input=own["input"], output=own["output"],
+                           template=own["template"] or None, overwrite=parse_value(own["overwrite"] or "false") is True,
+                           chunk_size=chunk, options=options, config_files=args.config)

@@ -165,11 +165,12 @@ def target_nll(model, input_ids: Sequence[Sequence[int]], target_ids: Sequence[S
 
 
 @torch.no_grad()
-def generate(model, tokenizer, input_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]], *,
+def generate(model, tokenizer, input_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]] | None, *,
              batch_size: int, max_new_tokens: int, num_beams: int, device,
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
              synced_gpus: bool = False, progress: Callable[[int], object] = _no_progress) -> Generated:
-    """Greedy (or beam) generation, plus the teacher-forced loss of the targets on the same encoding."""
+    """Greedy (or beam) generation, plus the teacher-forced loss of the targets on the same encoding (none without
+    targets: `flantune predict`)."""
     model.eval()
     texts: list[str] = [""] * len(input_ids)
     nll = np.zeros(len(input_ids), dtype=np.float64)
@@ -178,8 +179,9 @@ def generate(model, tokenizer, input_ids: Sequence[Sequence[int]], target_ids: S
         ids, mask = _pad([input_ids[i] for i in idx], tokenizer.pad_token_id, device)
         with autocast():
             enc = BaseModelOutput(last_hidden_state=_encoder(model)(input_ids=ids, attention_mask=mask)[0])
-            labels = _labels([target_ids[i] for i in idx], device)
-            nll[idx] = -_token_logprobs(model, enc, mask, labels).double().cpu().numpy()
+            if target_ids is not None:
+                labels = _labels([target_ids[i] for i in idx], device)
+                nll[idx] = -_token_logprobs(model, enc, mask, labels).double().cpu().numpy()
             out = model.generate(
                 encoder_outputs=enc, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
                 do_sample=False, synced_gpus=synced_gpus,
