@@ -23,10 +23,23 @@ INSTALL_HINT = ('`flantune demo` serves its page with Gradio, which is not insta
                 'pip install "flantune[demo]" (or pip install gradio), then run the command again.')
 
 
+GRADIO_MAJOR = 6  # the page uses Gradio 6's API (pyproject.toml's demo extra asks for it)
+
+
 def require_gradio() -> None:
-    """The install hint when Gradio is missing, checked without importing it (seconds)."""
+    """The install hint when Gradio is missing or too old, checked without importing it (seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     if importlib.util.find_spec("gradio") is None:
         raise FlantuneError(INSTALL_HINT)
+    try:
+        found = version("gradio")
+    except PackageNotFoundError:  # importable without package metadata (a source checkout): let it try
+        return
+    major = found.split(".")[0]
+    if major.isdigit() and int(major) < GRADIO_MAJOR:
+        raise FlantuneError(f"`flantune demo` needs Gradio {GRADIO_MAJOR} or later; Gradio {found} is installed. "
+                            'Upgrade it with pip install -U "flantune[demo]".')
 
 
 def check_port(port: int) -> None:
@@ -139,7 +152,9 @@ def demo(model: str, task: str | None = None, *, port: int = 7860, data_dir: str
     require_gradio()
     check_port(port)
     from flantune.predict import resolve
+    from flantune.sources import resolve_data_dir
 
+    resolve_data_dir(data_dir)  # a data_dir given that is no folder: an error, not a page without examples
     # Each task resolved (an unknown one, or a model folder without task=, is an error) before the model loads.
     resolved = [resolve(model, name, data_dir=data_dir, tasks_dir=tasks_dir) for name in run_tasks(model, task)]
     say = console()

@@ -103,7 +103,7 @@ def test_the_page_predicts_as_flantune_predict(trained_run, tmp_path, cli):
         expected = _predicted(cli, trained_run, "imdb", {"text": review}, tmp_path)
         assert shown == heading == expected["prediction"]
         assert bars == expected["probabilities"] and set(bars) == {"negative", "positive"}
-        assert rendered == expected["input"] and review in rendered
+        assert rendered == expected["input"] and "Is this movie review positive or negative?" in rendered
         generated = _predicted(cli, trained_run, "samsum", {"dialogue": dialogue}, tmp_path)
         assert summary == generated["prediction"]
     finally:
@@ -124,6 +124,16 @@ def test_without_gradio_an_install_hint_before_the_model(cli, monkeypatch):
     code, _, err = cli("demo", "model=runs/no-such-run")  # the hint first, before the model is looked for
     assert code == 2
     assert 'pip install "flantune[demo]"' in err and "Gradio" in err and "Traceback" not in err
+
+
+def test_an_old_gradio_asks_for_an_upgrade(cli, monkeypatch):
+    import importlib.metadata
+
+    installed = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.9.1" if name == "gradio" else installed(name))
+    code, _, err = cli("demo", "model=runs/no-such-run")
+    assert code == 2
+    assert "Gradio 5.9.1 is installed" in err and 'pip install -U "flantune[demo]"' in err
 
 
 def test_a_taken_port_is_an_error_before_the_model(cli):
