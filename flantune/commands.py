@@ -292,3 +292,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return predict_command(own["model"], own["task"] or None, input=own["input"], output=own["output"],
                            template=own["template"] or None, overwrite=parse_value(own["overwrite"] or "false") is True,
                            chunk_size=chunk, options=options, config_files=args.config)
+
+
+@command("demo", "serve a local web page where a trained model predicts on typed inputs or examples",
+         options={"model": Option(shown="RUN_DIR", required=True, note="or a save_pretrained folder, a hub id"),
+                  "task": Option(shown="NAME", note="default: each of the run's tasks, a tab each"),
+                  "port": Option(7860, minimum=1), "data_dir": Option(shown="DIR", note="examples; default: the run's"),
+                  "tasks_dir": Option(shown="DIR")},
+         example="flantune demo model=runs/imdb-flan-t5-base-20261122-101500 port=7860")
+def cmd_demo(args: argparse.Namespace, opts: dict[str, Any]) -> int:
+    from flantune.demo import demo
+
+    return demo(str(opts["model"]), opts["task"] and str(opts["task"]), port=opts["port"],
+                data_dir=opts["data_dir"], tasks_dir=opts["tasks_dir"])
