@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import socket
 from pathlib import Path
-from typing import Any
 
 from flantune import rundir
 from flantune.console import console
@@ -89,10 +88,9 @@ def example_rows(resolved, data_dir: str | None, model: str) -> tuple[list[list[
 def load_predictors(resolved: list) -> list:
     """A Predictor per resolved task, all on one model, loaded once."""
     from flantune.predict import Predictor
-    from flantune.prelude import check
 
     first = Predictor.from_resolved(resolved[0])
-    return [first, *(Predictor(r, check(r.cfg, train=False), first.model, first.tokenizer) for r in resolved[1:])]
+    return [first, *(first.for_task(r) for r in resolved[1:])]
 
 
 def build(predictors: list, examples: dict[str, list[list[str]]], title: str):

@@ -146,6 +146,12 @@ class Predictor:
             model.to("cuda")
         return cls(resolved, checked, model, tokenizer)
 
+    def for_task(self, resolved: Resolved) -> Predictor:
+        """A Predictor for another task of the same model (a mixture run's), sharing this one's loaded model."""
+        from flantune.prelude import check
+
+        return type(self)(resolved, check(resolved.cfg, train=False), self.model, self.tokenizer)
+
     def render(self, row: dict[str, Any], number: int | None = None) -> str:
         """The model's input for a row: the template rendered on it (template=none: its `input`)."""
         from flantune.data import apply_preprocess, template_context
