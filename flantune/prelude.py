@@ -251,8 +251,6 @@ def read_rows(checked: Checked) -> dict[tuple[str, str], Any]:
 
 
 def make_evaluator(checked: Checked, rows: dict[tuple[str, str], Any], tokenizer, role: str) -> Evaluator:
-    from flantune.features import tokenize
-
     cfg = checked.cfg
     # eval.templates and eval.fewshot are the final evaluation's (eval.split): training's validation passes stay on
     # the eval_template alone, which the best checkpoint is chosen by anyway (they cover every template only when
