@@ -134,16 +134,12 @@ class Predictor:
 
     @classmethod
     def from_resolved(cls, resolved: Resolved) -> Predictor:
-        import torch
-
         from flantune.modeling import load_tokenizer
         from flantune.prelude import check, inference_model
 
         checked = check(resolved.cfg, train=False)
         tokenizer = load_tokenizer(resolved.cfg)
         model = inference_model(checked)
-        if torch.cuda.is_available():
-            model.to("cuda")
         return cls(resolved, checked, model, tokenizer)
 
     def for_task(self, resolved: Resolved) -> Predictor:

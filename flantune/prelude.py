@@ -322,6 +322,11 @@ def autocast_for(precision: Precision):
 
 
 def inference_model(checked: Checked):
-    """cfg.model loaded to evaluate or predict, on the same attention path as training."""
-    model = load_model(checked.cfg, checked.cfg.seed)
-    return prepare_for_training(model, checked.precision, False).eval()
+    """cfg.model loaded to evaluate or predict, on the same attention path as training, and on the GPU when there
+    is one (training's trainer places its model itself; an evaluation has no trainer)."""
+    import torch
+
+    model = prepare_for_training(load_model(checked.cfg, checked.cfg.seed), checked.precision, False).eval()
+    if torch.cuda.is_available():
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
+    return model
