@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flantune.errors import FlantuneError, first_line
 from flantune.hub import hub_unreachable, is_local_path
+from flantune.rundir import BASE_MODEL, MODEL
 from flantune.unwrap import base_model_of
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
@@ -54,19 +55,44 @@ def _load_target(path: str) -> str:
 
 
 def adapter_base(path: str) -> str | None:
-    """The base model of a saved LoRA adapter folder, or None if the folder holds a full model. A run's
-    random-init base is saved beside the adapter (base_model/) under an absolute path: if the run has moved
-    since, the copy beside it is the one."""
+    """The base model of a saved LoRA adapter folder, or None if the folder holds a full model. A hub id is
+    returned as it is; a path relative to the adapter (a run's "../base_model", `run_adapter_base`) is resolved
+    against the adapter folder, wherever the run has moved. A run made before that named its base_model/ by an
+    absolute path: if the run has moved since, the copy beside the adapter is the one."""
     import json
 
     folder = Path(path).expanduser()
     if not (is_local_path(path) and (folder / ADAPTER).is_file()):
         return None
     base = json.loads((folder / ADAPTER).read_text())["base_model_name_or_path"]
-    beside = folder.parent / "base_model"
+    if base and base.startswith(("./", "../")) and (folder / base).is_dir():
+        return str((folder / base).resolve())
+    beside = folder.parent / BASE_MODEL
     if base and Path(base).is_absolute() and not Path(base).exists() and (beside / "config.json").is_file():
         return str(beside)
     return base
+
+
+def run_adapter_base(cfg: DictConfig) -> tuple[str, Path | None]:
+    """What a LoRA run's adapter_config.json names as its base, so that the run loads wherever it is moved or
+    copied, and the folder to copy into the run's base_model/ first (None: nothing to copy).
+
+    A hub base is named by its hub id. A base that can't be downloaded again (random init, or another run's
+    base_model/ that this run's adapter trains on from) is saved in the run and named relative to the adapter,
+    "../base_model": peft resolves a base path against the current directory, so only flantune's loader
+    (`adapter_base`) and PeftModel.from_pretrained on that base find it from anywhere. Another local folder is
+    named by its absolute path: it is not in the run, and must be there on the machine the run is moved to."""
+    here = f"../{BASE_MODEL}"
+    m = cfg.model
+    if m.random_init:
+        return here, None  # the engine saves the random weights there
+    base = adapter_base(str(m.path)) or str(m.path)
+    if not is_local_path(base):
+        return base, None
+    folder = Path(base).expanduser().resolve()
+    if folder.name == BASE_MODEL and (folder.parent / MODEL / ADAPTER).is_file():
+        return here, folder
+    return str(folder), None
 
 
 def check_model_source(cfg: DictConfig) -> None:
