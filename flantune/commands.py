@@ -263,3 +263,26 @@ def cmd_push(args: argparse.Namespace) -> int:
             raise FlantuneError(f"`flantune push` option {key} is true or false, got {opts[key]!r}.")
     push(Path(runs[0]), str(opts["repo_id"]), private=opts["private"], dry_run=opts["dry_run"])
     return 0
+
+
+@command("runs", "list the runs, evaluations and reports under folders, most recent first",
+         usage="arguments: folders to look in (default: runs/, evals/ and reports/ in the current directory)",
+         example="flantune runs runs/")
+def cmd_runs(args: argparse.Namespace) -> int:
+    from flantune.hub import OUTPUT_ROOTS
+    from flantune.runs_list import default_folders, print_runs
+
+    given = [o for o in args.options if "=" not in o]
+    if len(given) != len(args.options):
+        raise FlantuneError(f"`flantune runs` takes folders, no options: got {' '.join(args.options)}.")
+    for folder in given:
+        if not Path(folder).is_dir():
+            raise FlantuneError(f"`flantune runs {folder}`: no such folder. Give folders that hold run, evaluation "
+                                "or report directories.")
+    folders = [Path(f) for f in given] or default_folders()
+    if not folders:
+        console().print(f"No {'/, '.join(OUTPUT_ROOTS)}/ folder here: flantune writes its runs, evaluations and "
+                        "reports there. Name the folder that holds them: flantune runs DIR", highlight=False)
+        return 0
+    print_runs(folders)
+    return 0
