@@ -286,3 +286,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     print_runs(folders)
     return 0
+
+
+
+@command("mirror", "copy tasks' hub datasets into a data_dir folder, for machines without the hub",
+         options={"task": Option(shown="NAME[,NAME...]", required=True), "data_dir": Option(shown="DIR", required=True),
+                  "tasks_dir": Option(shown="DIR"), "overwrite": Option(False, note="replace mirror folders there")},
+         example="flantune mirror task=imdb,samsum data_dir=data")
+def cmd_mirror(args: argparse.Namespace, opts: dict[str, Any]) -> int:
+    from flantune.mirror import mirror
+
+    if str(opts["data_dir"]) == "@sample":
+        raise FlantuneError("data_dir=@sample is the sample shipped with flantune, not a folder to write; give "
+                            "flantune mirror a folder of yours, e.g. data_dir=data.")
+    registry = discover(opts["tasks_dir"])
+    tasks = [registry.get(name) for name in dict.fromkeys(_split_list(opts["task"]))]
+    mirror(tasks, Path(str(opts["data_dir"])).expanduser(), overwrite=opts["overwrite"] is True)
+    return 0
