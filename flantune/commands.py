@@ -291,8 +291,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 @command("mirror", "copy tasks' hub datasets into a data_dir folder, for machines without the hub",
          options={"task": Option(shown="NAME[,NAME...]", required=True), "data_dir": Option(shown="DIR", required=True),
-                  "tasks_dir": Option(shown="DIR"), "overwrite": Option(False, note="replace mirror folders there")},
-         example="flantune mirror task=imdb,samsum data_dir=data")
+                  "tasks_dir": Option(shown="DIR"), "overwrite": Option(False, shown="false", note="true replaces mirror folders there")},
+         example="flantune mirror task=imdb,samsum data_dir=flantune-data")
 def cmd_mirror(args: argparse.Namespace, opts: dict[str, Any]) -> int:
     from flantune.mirror import mirror
 

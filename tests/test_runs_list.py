@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -25,8 +26,18 @@ def _row_order(out: str, paths: list[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: out.index(f" {p} "))
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _readme_command() -> list[str]:
+    """The README's first `flantune runs` example, as the words after `flantune`."""
+    section = (REPO / "README.md").read_text().split("\n### The runs you have\n", 1)[1].split("\n#", 1)[0]
+    line = next(line for line in section.splitlines() if line.startswith("flantune runs"))
+    return shlex.split(line, comments=True)[1:]
+
+
 @pytest.mark.slow
-def test_runs_lists_what_is_there_most_recent_first(cli, trained_run, tmp_path):
+def test_runs_lists_what_is_there_most_recent_first(cli, trained_run, tmp_path, monkeypatch):
     folder = tmp_path / "runs"
     old, new = folder / "sweep" / "old", folder / "new"
     metrics = _copy_run(trained_run, old, "2020-01-01T09:00:00")
@@ -67,6 +78,12 @@ def test_runs_lists_what_is_there_most_recent_first(cli, trained_run, tmp_path):
     base = json.loads(next((report / "systems").glob("0-*/metrics.json")).read_text())
     assert _rows(out, report).startswith(f"│ {_mtime(report / 'report.json')} │ report ")
     assert f"imdb accuracy {base['tasks']['imdb']['accuracy']:.2f} -> {imdb:.2f} (test)" in _rows(out, report)
+
+    monkeypatch.chdir(tmp_path)  # the README's example: runs/ (evals/, reports/) under the current directory
+    code, out, err = cli(*_readme_command())
+    assert code == 0, err
+    listed = [Path("runs/new"), Path("runs/unfinished"), Path("runs/sweep/old"), Path("runs/v1")]
+    assert _row_order(out, listed) == listed and str(trained_run) not in out
 
 
 def _rows(out: str, path: Path) -> str:
