@@ -85,9 +85,9 @@ def _train(cfg: DictConfig, out: Path) -> Path:
     model = load_model(cfg, cfg.seed, train=True)
     # Only now, checks passed and model loaded, is an old run that overwrite=true replaces deleted.
     on_main_then_share(lambda: _create_run_dir(out, cfg))
-    base_name, base_copy = run_adapter_base(cfg) if cfg.method == "lora" else (None, None)
+    base_name, base_copy = run_adapter_base(cfg, out) if cfg.method == "lora" else (None, None)
     if is_main() and cfg.model.random_init and base_name:
-        # A random base can't be downloaded again: keep it beside the adapter so that the run loads anywhere.
+        # A random base can't be downloaded again: keep it beside the adapter, where flantune finds it anywhere.
         with no_transformers_bars():
             model.save_pretrained(out / rundir.BASE_MODEL)
         tokenizer.save_pretrained(out / rundir.BASE_MODEL)

@@ -56,9 +56,9 @@ def _load_target(path: str) -> str:
 
 def adapter_base(path: str) -> str | None:
     """The base model of a saved LoRA adapter folder, or None if the folder holds a full model. A hub id is
-    returned as it is; a path relative to the adapter (a run's "../base_model", `run_adapter_base`) is resolved
-    against the adapter folder, wherever the run has moved. A run made before that named its base_model/ by an
-    absolute path: if the run has moved since, the copy beside the adapter is the one."""
+    returned as it is, a path relative to the adapter ("../base_model") resolved against the adapter folder. A
+    run names its saved base_model/ by an absolute path (`run_adapter_base`): if the run has moved since, the
+    copy beside the adapter is the one."""
     import json
 
     folder = Path(path).expanduser()
@@ -73,16 +73,17 @@ def adapter_base(path: str) -> str | None:
     return base
 
 
-def run_adapter_base(cfg: DictConfig) -> tuple[str, Path | None]:
-    """What a LoRA run's adapter_config.json names as its base, so that the run loads wherever it is moved or
-    copied, and the folder to copy into the run's base_model/ first (None: nothing to copy).
+def run_adapter_base(cfg: DictConfig, out: Path) -> tuple[str, Path | None]:
+    """What the adapter_config.json of a LoRA run in `out` names as its base, and the folder to copy into the run's
+    base_model/ first (None: nothing to copy).
 
-    A hub base is named by its hub id. A base that can't be downloaded again (random init, or another run's
-    base_model/ that this run's adapter trains on from) is saved in the run and named relative to the adapter,
-    "../base_model": peft resolves a base path against the current directory, so only flantune's loader
-    (`adapter_base`) and PeftModel.from_pretrained on that base find it from anywhere. Another local folder is
-    named by its absolute path: it is not in the run, and must be there on the machine the run is moved to."""
-    here = f"../{BASE_MODEL}"
+    A hub base is named by its hub id, which loads anywhere. A base that can't be downloaded again (random init,
+    or another run's base_model/ that this run's adapter trains on from) is saved in the run's base_model/ and
+    named by its absolute path: peft reads a relative base path from the current directory, so no path would let
+    AutoPeftModelForSeq2SeqLM load a moved run, and this one does so where the run was made. flantune's loader
+    (`adapter_base`) finds base_model/ beside the adapter wherever the run has moved. Another local folder is
+    named by its absolute path too: it is not in the run, and must be on the machine the run is moved to."""
+    here = str((out / BASE_MODEL).resolve())
     m = cfg.model
     if m.random_init:
         return here, None  # the engine saves the random weights there

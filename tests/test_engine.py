@@ -133,8 +133,8 @@ def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data, monk
     assert adapter["peft_type"] == "LORA" and adapter["r"] == 16
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"] / 10
-    assert adapter["base_model_name_or_path"] == "../base_model"  # relative to the adapter: the run travels
-    base = AutoModelForSeq2SeqLM.from_pretrained(out / "model" / adapter["base_model_name_or_path"])
+    assert adapter["base_model_name_or_path"] == str((out / "base_model").resolve())  # AutoPeft* loads it here
+    base = AutoModelForSeq2SeqLM.from_pretrained(adapter["base_model_name_or_path"])
     model = PeftModel.from_pretrained(base, out / "model")
     saved = _predictions(out, "imdb")
     again = _reevaluate(out, model).tasks["imdb"].predictions
@@ -172,7 +172,8 @@ def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data, monk
         assert again["trainable_parameters"] == want
     # The adapter trained on keeps its own copy of the random base: moved in turn, it evaluates
     on = tmp_path / "lora"
-    assert json.loads((on / "model" / "adapter_config.json").read_text())["base_model_name_or_path"] == "../base_model"
+    named = json.loads((on / "model" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert named == str((on / "base_model").resolve()) and (on / "base_model" / "config.json").is_file()
     shutil.move(on, tmp_path / "lora-moved")
     code, _, err = cli("eval", f"model={tmp_path / 'lora-moved'}", f"output_dir={tmp_path / 'eval-lora-moved'}")
     assert code == 0, err
