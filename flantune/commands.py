@@ -13,6 +13,7 @@ from typing import Any
 
 from flantune.console import console
 from flantune.errors import FlantuneError
+from flantune.hub import OUTPUT_ROOTS
 from flantune.overrides import parse_value, simple_options
 from flantune.registry import discover
 from flantune.sources import resolve_data_dir
@@ -266,10 +267,10 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 @command("runs", "list the runs, evaluations and reports under folders, most recent first",
-         usage="arguments: folders to look in (default: runs/, evals/ and reports/ in the current directory)",
+         usage=f"arguments: folders to look in (default: {', '.join(f'{r}/' for r in OUTPUT_ROOTS)} in the current "
+               "directory)",
          example="flantune runs runs/")
 def cmd_runs(args: argparse.Namespace) -> int:
-    from flantune.hub import OUTPUT_ROOTS
     from flantune.runs_list import default_folders, print_runs
 
     given = [o for o in args.options if "=" not in o]

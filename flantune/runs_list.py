@@ -76,13 +76,11 @@ def find(folders: list[Path]) -> tuple[list[Entry], list[tuple[Path, str]]]:
 
 
 def _kind(path: Path) -> str | None:
-    """What flantune made `path` as, or None for a folder it didn't make: its mark says, else (a directory from
-    before the mark) its files."""
+    """What flantune made `path` as, or None for a folder that is none of the three (a sweep's folder, whose runs
+    are listed, or a folder flantune didn't make): its mark says, else (a directory from before the mark) its files."""
     if (path / rundir.MARK).is_file():
         kind = rundir.read_json(path / rundir.MARK)["kind"]
-        if kind not in ("run", "evaluation", "report"):
-            raise ValueError(f"its {rundir.MARK} mark names no kind flantune writes ({kind!r})")
-        return kind
+        return kind if kind in ("run", "evaluation", "report") else None
     if rundir.is_run_dir(path):
         return "run" if (path / rundir.MODEL).is_dir() or (path / rundir.CHECKPOINTS).is_dir() else "evaluation"
     if (path / REPORT).is_file() and (path / SYSTEMS).is_dir():

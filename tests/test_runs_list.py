@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from flantune.hub import OUTPUT_ROOTS
+
 
 def _copy_run(trained_run: Path, to: Path, created: str) -> dict:
     """A run directory made from trained_run's config.yaml, metrics.json and mark, made at `created`."""
@@ -105,7 +107,7 @@ def test_runs_of_an_empty_folder_and_of_none(cli, tmp_path, monkeypatch):
     assert code == 0 and f"No runs, evaluations or reports under {tmp_path}/" in out
     monkeypatch.chdir(tmp_path)  # no runs/, evals/ nor reports/ here
     code, out, _ = cli("runs")
-    assert code == 0 and "No runs/, evals/, reports/ folder here" in out
+    assert code == 0 and f"No {'/, '.join(OUTPUT_ROOTS)}/ folder here" in out
     (tmp_path / "evals").mkdir()
     code, out, _ = cli("runs")
     assert code == 0 and "No runs, evaluations or reports under evals/" in out
