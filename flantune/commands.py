@@ -13,6 +13,7 @@ from typing import Any
 
 from flantune.console import console
 from flantune.errors import FlantuneError
+from flantune.hub import OUTPUT_ROOTS
 from flantune.overrides import parse_value, simple_options
 from flantune.registry import discover
 from flantune.sources import resolve_data_dir
@@ -250,25 +251,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("push", "upload a run's model (with its card and tokenizer) and its report to the Hugging Face hub",
-         usage="arguments: a run directory; options: repo_id=ORG/NAME (required), private=false (true: a private\n"
-               "  repository), dry_run=false (true: list what would be uploaded where, without the network)",
-         example="flantune push runs/imdb-flan-t5-base-20261202-101500 repo_id=my-org/flan-t5-imdb dry_run=true")
-def cmd_push(args: argparse.Namespace) -> int:
-    from flantune.push import push
-
-    runs = [o for o in args.options if "=" not in o]
-    opts = simple_options([o for o in args.options if "=" in o],
-                          {"repo_id": None, "private": False, "dry_run": False}, "push")
-    if len(runs) != 1 or not opts["repo_id"]:
-        raise FlantuneError("`flantune push` needs one run directory and repo_id=ORG/NAME, e.g. "
-                            f"{COMMANDS['push'].example}.")
-    for key in ("private", "dry_run"):
-        if not isinstance(opts[key], bool):
-            raise FlantuneError(f"`flantune push` option {key} is true or false, got {opts[key]!r}.")
-    push(Path(runs[0]), str(opts["repo_id"]), private=opts["private"], dry_run=opts["dry_run"])
-    return 0
-
 @command("predict", "predict with a fine-tuned model on new rows or text, scored as evaluation scores",
          usage="options: model=RUN_DIR (or a save_pretrained folder, a hub id), task=NAME (a run's own by default),\n"
                "  input=FILE (.jsonl, .csv, .parquet rows; .txt or - for text, one example a line; default: standard\n"
@@ -305,3 +287,62 @@ def cmd_demo(args: argparse.Namespace, opts: dict[str, Any]) -> int:
 
     return demo(str(opts["model"]), opts["task"] and str(opts["task"]), port=opts["port"],
                 data_dir=opts["data_dir"], tasks_dir=opts["tasks_dir"])
+
+
+@command("push", "upload a run's model (with its card and tokenizer) and its report to the Hugging Face hub",
+         usage="arguments: a run directory; options: repo_id=ORG/NAME (required), private=false (true: a private\n"
+               "  repository), dry_run=false (true: list what would be uploaded where, without the network)",
+         example="flantune push runs/imdb-flan-t5-base-20261202-101500 repo_id=my-org/flan-t5-imdb dry_run=true")
+def cmd_push(args: argparse.Namespace) -> int:
+    from flantune.push import push
+
+    runs = [o for o in args.options if "=" not in o]
+    opts = simple_options([o for o in args.options if "=" in o],
+                          {"repo_id": None, "private": False, "dry_run": False}, "push")
+    if len(runs) != 1 or not opts["repo_id"]:
+        raise FlantuneError("`flantune push` needs one run directory and repo_id=ORG/NAME, e.g. "
+                            f"{COMMANDS['push'].example}.")
+    for key in ("private", "dry_run"):
+        if not isinstance(opts[key], bool):
+            raise FlantuneError(f"`flantune push` option {key} is true or false, got {opts[key]!r}.")
+    push(Path(runs[0]), str(opts["repo_id"]), private=opts["private"], dry_run=opts["dry_run"])
+    return 0
+
+
+@command("runs", "list the runs, evaluations and reports under folders, most recent first",
+         usage=f"arguments: folders to look in (default: {', '.join(f'{r}/' for r in OUTPUT_ROOTS)} in the current "
+               "directory)",
+         example="flantune runs runs/")
+def cmd_runs(args: argparse.Namespace) -> int:
+    from flantune.runs_list import default_folders, print_runs
+
+    given = [o for o in args.options if "=" not in o]
+    if len(given) != len(args.options):
+        raise FlantuneError(f"`flantune runs` takes folders, no options: got {' '.join(args.options)}.")
+    for folder in given:
+        if not Path(folder).is_dir():
+            raise FlantuneError(f"`flantune runs {folder}`: no such folder. Give folders that hold run, evaluation "
+                                "or report directories.")
+    folders = [Path(f) for f in given] or default_folders()
+    if not folders:
+        console().print(f"No {'/, '.join(OUTPUT_ROOTS)}/ folder here: flantune writes its runs, evaluations and "
+                        "reports there. Name the folder that holds them: flantune runs DIR", highlight=False)
+        return 0
+    print_runs(folders)
+    return 0
+
+
+@command("mirror", "copy tasks' hub datasets into a data_dir folder, for machines without the hub",
+         options={"task": Option(shown="NAME[,NAME...]", required=True), "data_dir": Option(shown="DIR", required=True),
+                  "tasks_dir": Option(shown="DIR"), "overwrite": Option(False, shown="false", note="true replaces mirror folders there")},
+         example="flantune mirror task=imdb,samsum data_dir=flantune-data")
+def cmd_mirror(args: argparse.Namespace, opts: dict[str, Any]) -> int:
+    from flantune.mirror import mirror
+
+    if str(opts["data_dir"]) == "@sample":
+        raise FlantuneError("data_dir=@sample is the sample shipped with flantune, not a folder to write; give "
+                            "flantune mirror a folder of yours, e.g. data_dir=data.")
+    registry = discover(opts["tasks_dir"])
+    tasks = [registry.get(name) for name in dict.fromkeys(_split_list(opts["task"]))]
+    mirror(tasks, Path(str(opts["data_dir"])).expanduser(), overwrite=opts["overwrite"] is True)
+    return 0

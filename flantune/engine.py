@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from flantune.modeling import (
     load_model,
     model_label,
     prepare_for_training,
+    run_adapter_base,
 )
 from flantune.outputs import metrics_record
 from flantune.prelude import Inputs, check, claim, prepare
@@ -83,14 +85,17 @@ def _train(cfg: DictConfig, out: Path) -> Path:
     model = load_model(cfg, cfg.seed, train=True)
     # Only now, checks passed and model loaded, is an old run that overwrite=true replaces deleted.
     on_main_then_share(lambda: _create_run_dir(out, cfg))
-    if cfg.method == "lora" and cfg.model.random_init and is_main():
-        # A random base can't be downloaded again: keep it beside the adapter so PeftModel can load both.
+    base_name, base_copy = run_adapter_base(cfg, out) if cfg.method == "lora" else (None, None)
+    if is_main() and cfg.model.random_init and base_name:
+        # A random base can't be downloaded again: keep it beside the adapter, where flantune finds it anywhere.
         with no_transformers_bars():
             model.save_pretrained(out / rundir.BASE_MODEL)
         tokenizer.save_pretrained(out / rundir.BASE_MODEL)
+    elif is_main() and base_copy:  # the adapter of a run with such a base trains on: this run keeps its own copy
+        shutil.copytree(base_copy, out / rundir.BASE_MODEL)
     model = prepare_for_training(apply_method(model, cfg), p.precision, cfg.train.compile)
-    if cfg.method == "lora" and cfg.model.random_init:
-        model.peft_config["default"].base_model_name_or_path = str((out / rundir.BASE_MODEL).resolve())
+    if base_name:
+        model.peft_config["default"].base_model_name_or_path = base_name
     trainable, total = count_parameters(model)
     info = ModelInfo(model_label(cfg), bool(cfg.model.random_init), checked.model_type, trainable, total)
     say = console()

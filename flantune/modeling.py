@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flantune.errors import FlantuneError, first_line
 from flantune.hub import hub_unreachable, is_local_path
+from flantune.rundir import BASE_MODEL, MODEL
 from flantune.unwrap import base_model_of
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
@@ -54,19 +55,45 @@ def _load_target(path: str) -> str:
 
 
 def adapter_base(path: str) -> str | None:
-    """The base model of a saved LoRA adapter folder, or None if the folder holds a full model. A run's
-    random-init base is saved beside the adapter (base_model/) under an absolute path: if the run has moved
-    since, the copy beside it is the one."""
+    """The base model of a saved LoRA adapter folder, or None if the folder holds a full model. A hub id is
+    returned as it is, a path relative to the adapter ("../base_model") resolved against the adapter folder. A
+    run names its saved base_model/ by an absolute path (`run_adapter_base`): if the run has moved since, the
+    copy beside the adapter is the one."""
     import json
 
     folder = Path(path).expanduser()
     if not (is_local_path(path) and (folder / ADAPTER).is_file()):
         return None
     base = json.loads((folder / ADAPTER).read_text())["base_model_name_or_path"]
-    beside = folder.parent / "base_model"
+    if base and base.startswith(("./", "../")) and (folder / base).is_dir():
+        return str((folder / base).resolve())
+    beside = folder.parent / BASE_MODEL
     if base and Path(base).is_absolute() and not Path(base).exists() and (beside / "config.json").is_file():
         return str(beside)
     return base
+
+
+def run_adapter_base(cfg: DictConfig, out: Path) -> tuple[str, Path | None]:
+    """What the adapter_config.json of a LoRA run in `out` names as its base, and the folder to copy into the run's
+    base_model/ first (None: nothing to copy).
+
+    A hub base is named by its hub id, which loads anywhere. A base that can't be downloaded again (random init,
+    or another run's base_model/ that this run's adapter trains on from) is saved in the run's base_model/ and
+    named by its absolute path: peft reads a relative base path from the current directory, so no path would let
+    AutoPeftModelForSeq2SeqLM load a moved run, and this one does so where the run was made. flantune's loader
+    (`adapter_base`) finds base_model/ beside the adapter wherever the run has moved. Another local folder is
+    named by its absolute path too: it is not in the run, and must be on the machine the run is moved to."""
+    here = str((out / BASE_MODEL).resolve())
+    m = cfg.model
+    if m.random_init:
+        return here, None  # the engine saves the random weights there
+    base = adapter_base(str(m.path)) or str(m.path)
+    if not is_local_path(base):
+        return base, None
+    folder = Path(base).expanduser().resolve()
+    if folder.name == BASE_MODEL and (folder.parent / MODEL / ADAPTER).is_file():
+        return here, folder
+    return str(folder), None
 
 
 def check_model_source(cfg: DictConfig) -> None:

@@ -140,7 +140,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "FlantuneError" in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["tasks", "show", "validate", "config", "run", "eval", "compare", "report"])
+@pytest.mark.parametrize("command", ["tasks", "show", "validate", "config", "run", "eval", "compare", "report", "runs", "mirror"])
 def test_each_commands_help_shows_its_options_and_example(command, capsys):
     from flantune.commands import COMMANDS
     from flantune.cli import main

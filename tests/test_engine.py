@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ def test_saved_full_model_reloads_with_the_same_predictions(trained_run):
 
 
 @pytest.mark.slow
-def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data):
+def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data, monkeypatch):
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
@@ -132,6 +133,7 @@ def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data):
     assert adapter["peft_type"] == "LORA" and adapter["r"] == 16
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"] / 10
+    assert adapter["base_model_name_or_path"] == str((out / "base_model").resolve())  # AutoPeft* loads it here
     base = AutoModelForSeq2SeqLM.from_pretrained(adapter["base_model_name_or_path"])
     model = PeftModel.from_pretrained(base, out / "model")
     saved = _predictions(out, "imdb")
@@ -149,8 +151,16 @@ def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data):
     # Moved, the run's adapter still finds the random base saved beside it, and a run given it as the model
     # trains on the same adapter (method=lora; peft would otherwise stack a second one on it) or merges it
     # into the base and trains every weight (method=full).
-    moved = tmp_path / "moved"
-    out.rename(moved)
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.move(out, moved)
+    code, _, err = cli("eval", f"model={moved}", f"output_dir={tmp_path / 'eval-moved'}")
+    assert code == 0, err
+    evaluated = read_predictions(tmp_path / "eval-moved" / "predictions" / "imdb.jsonl")
+    assert [p["prediction"] for p in evaluated] == [p["prediction"] for p in saved]
+    # README's plain-peft way for a run with base_model/, from another working directory
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(moved / "base_model"), moved / "model")
+    assert _score_gap(_reevaluate(moved, model).tasks["imdb"].predictions, saved) <= SCORES
     short = ["train.max_steps=2", "train.eval_steps=2", "data.max_train_examples=32", "data.max_eval_examples=8",
              "tasks.imdb.max_input_length=64", f"data_dir={shared_data}"]
     for method in ("lora", "full"):
@@ -160,6 +170,13 @@ def test_lora_run_saves_an_adapter_that_reloads(cli, tmp_path, shared_data):
         again = json.loads((tmp_path / method / "metrics.json").read_text())
         want = metrics["trainable_parameters"] if method == "lora" else again["total_parameters"]
         assert again["trainable_parameters"] == want
+    # The adapter trained on keeps its own copy of the random base: moved in turn, it evaluates
+    on = tmp_path / "lora"
+    named = json.loads((on / "model" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert named == str((on / "base_model").resolve()) and (on / "base_model" / "config.json").is_file()
+    shutil.move(on, tmp_path / "lora-moved")
+    code, _, err = cli("eval", f"model={tmp_path / 'lora-moved'}", f"output_dir={tmp_path / 'eval-lora-moved'}")
+    assert code == 0, err
 
 
 @pytest.mark.slow
