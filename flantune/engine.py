@@ -22,12 +22,14 @@ from flantune.config import to_yaml
 from flantune.console import console, no_transformers_bars
 from flantune.distributed import is_main, main_first, on_main_then_share
 from flantune.errors import Interrupted
+from flantune.methods import method_of
 from flantune.evaluation import EvalResult, write_predictions
 from flantune.modeling import (
     ModelInfo,
     apply_method,
     count_parameters,
     load_model,
+    load_quantized,
     model_label,
     prepare_for_training,
 )
@@ -82,13 +84,18 @@ def _train(cfg: DictConfig, out: Path) -> Path:
     model = load_model(cfg, cfg.seed, train=True)
     # Only now, checks passed and model loaded, is an old run that overwrite=true replaces deleted.
     on_main_then_share(lambda: _create_run_dir(out, cfg))
-    if cfg.method == "lora" and cfg.model.random_init and is_main():
+    method = method_of(cfg)
+    keep_base = method.adapter and cfg.model.random_init
+    if keep_base and is_main():
         # A random base can't be downloaded again: keep it beside the adapter so PeftModel can load both.
         with no_transformers_bars():
             model.save_pretrained(out / rundir.BASE_MODEL)
         tokenizer.save_pretrained(out / rundir.BASE_MODEL)
+    if keep_base and method.quantized:
+        with main_first():  # the others read base_model/ once the main process has written it
+            model = load_quantized(cfg, out / rundir.BASE_MODEL)
     model = prepare_for_training(apply_method(model, cfg), p.precision, cfg.train.compile)
-    if cfg.method == "lora" and cfg.model.random_init:
+    if keep_base:
         model.peft_config["default"].base_model_name_or_path = str((out / rundir.BASE_MODEL).resolve())
     trainable, total = count_parameters(model)
     info = ModelInfo(model_label(cfg), bool(cfg.model.random_init), checked.model_type, trainable, total)
@@ -127,7 +134,7 @@ def write_outputs(p: Inputs, out: Path, trained: Trained, final: EvalResult, inf
         rundir.write_json(out / rundir.MIXTURE, trained.mixture)
     rundir.write_json(out / rundir.LOG_HISTORY, trained.log_history)
     tokenizer.save_pretrained(out / rundir.MODEL)
-    if cfg.method == "lora" and cfg.merge:
+    if cfg.merge:  # a method that can merge (config.validate)
         merged = trained.model.merge_and_unload()
         with no_transformers_bars():
             merged.save_pretrained(out / rundir.MERGED)

@@ -43,6 +43,8 @@ def write_metrics(out: Path, checked: Checked, final: EvalResult, model: ModelIn
         "wall_time_s": wall_seconds,
         "data_prep_seconds": prep_seconds,
         "best_checkpoint": trained.best_checkpoint if trained else None,
+        # train.early_stopping_patience > 0: whether, at which step and why training stopped early (else None)
+        "early_stopping": trained.early_stopping if trained else None,
         "mixture": trained.mixture if trained else None,
         "allowed_overlap": checked.overlaps,  # task -> train rows also evaluated on (data.allow_overlap=true)
     }
