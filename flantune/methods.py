@@ -137,7 +137,9 @@ def peft_config(cfg: DictConfig, *, tokenizer: str | None = None, total_step: in
         p = cfg.prompt_tuning
         text = p.init_text
         return PromptTuningConfig(
-            task_type=task, num_virtual_tokens=p.num_virtual_tokens,
+            # one set of virtual tokens, the encoder's: peft's seq2seq default (2) makes a second that only its
+            # prompt *tuning* forward never reads
+            task_type=task, num_virtual_tokens=p.num_virtual_tokens, num_transformer_submodules=1,
             prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=text or None, tokenizer_name_or_path=tokenizer if text else None,
         )

@@ -83,13 +83,13 @@ def test_prompt_tuning_starts_from_the_init_text(cli, tmp_path, shared_data):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     out = tmp_path / "run"
-    _run(cli, out, shared_data, "method=prompt_tuning", "prompt_tuning.num_virtual_tokens=6",
+    _run(cli, out, shared_data, "method=prompt_tuning", "prompt_tuning.num_virtual_tokens=8",
          "prompt_tuning.init_text='Is it positive'", "train.lr=1e-12")
     prompt = load_file(out / "model" / "adapter_model.safetensors")["prompt_embeddings"]
     base = AutoModelForSeq2SeqLM.from_pretrained(out / "base_model")
-    ids = AutoTokenizer.from_pretrained(out / "base_model")("Is it positive")["input_ids"]  # 3 words + </s>
-    assert len(ids) == 4 and prompt.shape == (6, 128)
-    want = base.shared.weight[(ids * 2)[:6]].detach()
+    ids = AutoTokenizer.from_pretrained(out / "base_model")("Is it positive")["input_ids"]  # with </s>
+    assert 4 <= len(ids) < 8 and prompt.shape == (8, 128)
+    want = base.shared.weight[(ids * 2)[:8]].detach()  # the text's tokens, repeated to fill the 8
     assert (prompt - want).abs().max() < 1e-6
 
 
