@@ -77,20 +77,19 @@ def check_method(cfg: DictConfig) -> None:
 
 
 def check_bitsandbytes() -> None:
-    """method=qlora needs bitsandbytes (an optional extra): its import, before any model or data."""
+    """method=qlora needs bitsandbytes (an optional extra): installed, asked without importing it (and torch) yet."""
+    import importlib.util
+
     try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
+        found = importlib.util.find_spec("bitsandbytes") is not None
+    except ValueError:  # sys.modules holds None for it: its import is blocked
+        found = False
+    if not found:
         raise FlantuneError(
             "method=qlora loads the base model in 4 or 8 bits with bitsandbytes, which is not installed: "
-            "pip install 'flantune[qlora]' (or pip install bitsandbytes). bitsandbytes runs on CUDA GPUs and, "
-            "slowly, on x86-64 CPUs; elsewhere use method=lora."
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - a broken native library raises RuntimeError, OSError, ...
-        raise FlantuneError(
-            f"method=qlora needs bitsandbytes, which is installed but does not load here ({exc}). Reinstall it "
-            "for this machine's CUDA (pip install -U bitsandbytes), or use method=lora."
-        ) from exc
+            "pip install 'flantune[qlora]' (or pip install bitsandbytes). bitsandbytes runs on CUDA GPUs and "
+            "(0.50 and later) on x86-64 CPUs, slowly; elsewhere use method=lora."
+        )
 
 
 def _targets(value: Any) -> Any:
