@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _config_from_1(saved: DictConfig) -> None:
@@ -52,9 +52,29 @@ def _metrics_from_1(metrics: dict) -> None:
     metrics.setdefault("measured_together", False)
 
 
+def _config_from_2(saved: DictConfig) -> None:
+    """Version 2 runs had no early stopping and no methods beyond full and lora: patience 0, and the new methods'
+    sections as defaults.yaml has them (no such run used them)."""
+    from flantune.config_files import configs_root, read_yaml
+
+    defaults = read_yaml(configs_root() / "defaults.yaml", "Default config")
+    train = saved.get("train")
+    if isinstance(train, DictConfig):
+        train.setdefault("early_stopping_patience", 0)
+        train.setdefault("early_stopping_threshold", 0.0)
+    for section in ("qlora", "adalora", "ia3", "prompt_tuning"):
+        if section not in saved:
+            saved[section] = defaults[section]
+
+
+def _metrics_from_2(metrics: dict) -> None:
+    """Version 2: no early stopping (None: off)."""
+    metrics.setdefault("early_stopping", None)
+
+
 # version -> its change to the next version, in place (none where that version changed only the other file)
-_CONFIG_UPGRADES = {1: _config_from_1}
-_METRICS_UPGRADES = {1: _metrics_from_1}
+_CONFIG_UPGRADES = {1: _config_from_1, 2: _config_from_2}
+_METRICS_UPGRADES = {1: _metrics_from_1, 2: _metrics_from_2}
 
 
 def _upgraded(data: Any, version: int, upgrades: dict) -> Any:

@@ -63,3 +63,18 @@ def test_patience_needs_evaluations_during_training(cli, tmp_path, shared_data):
     code, _, err = cli("run", "task=imdb", "model=tiny", "train.early_stopping_patience=-1",
                        f"data_dir={shared_data}", f"output_dir={tmp_path / 'r'}")
     assert code == 2 and "must be >= 0" in err, err
+
+
+def test_a_run_saved_before_early_stopping_and_the_new_methods_reads_as_it_ran():
+    from omegaconf import OmegaConf
+
+    from flantune.config import load_config, to_yaml
+    from flantune.versions import upgrade_config
+
+    now = load_config(["task=imdb", "model=tiny"])
+    saved = OmegaConf.create(to_yaml(now))
+    for key in ("qlora", "adalora", "ia3", "prompt_tuning"):
+        saved.pop(key)
+    saved.train.pop("early_stopping_patience")
+    saved.train.pop("early_stopping_threshold")
+    assert upgrade_config(saved, 2) == now  # resume=true compares the two key by key
