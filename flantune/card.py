@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from flantune import rundir
 from flantune.hub import is_local_path
+from flantune.methods import method_of
 from flantune.task import Task
 
 CARD = "README.md"
@@ -44,7 +45,7 @@ def write_card(run: Path, tasks: list[Task] | None = None, metrics: dict[str, An
     metrics = metrics if metrics is not None else rundir.read_metrics(run)
     gains = _gains(report, system, metrics) if report is not None else {}
     for folder in folders:  # LoRA's model/ is an adapter (peft); merged/ a plain model
-        library = "peft" if cfg.method == "lora" and folder == rundir.MODEL else "transformers"
+        library = "peft" if method_of(cfg).adapter and folder == rundir.MODEL else "transformers"
         build_card(run, run / folder, cfg, tasks, metrics, library, gains).save(run / folder / CARD)
     return [run / f / CARD for f in folders]
 
@@ -111,8 +112,9 @@ def _license(cfg: DictConfig) -> str | None:
 
 
 def _title(cfg: DictConfig, tasks: list[Task], metrics: dict, base: str | None, library: str) -> str:
-    how = (f"a LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha}, on {', '.join(cfg.lora.target_modules)})"
-           if library == "peft" else "LoRA merged into its base" if cfg.method == "lora" else "full fine-tuning")
+    method = method_of(cfg)
+    how = (f"a {method.name} adapter{_method_settings(cfg)}" if library == "peft"
+           else f"a {method.name} adapter merged into its base" if method.adapter else "full fine-tuning")
     on = ", ".join(f"`{t.name}` ({t.description.rstrip('.')})" for t in tasks)
     license_note = "" if _license(cfg) else (
         "\n\nNo license is set: flantune found none in the base model's folder. Set `license:` above to the base "
@@ -141,8 +143,7 @@ def _training(cfg: DictConfig, tasks: list[Task], metrics: dict, run: Path) -> s
         f"{step.get('processes', '?')} processes)",
         f"optimizer: {tc.optim}, learning rate {tc.lr}, {tc.lr_scheduler} schedule, warmup {tc.warmup_ratio}, "
         f"weight decay {tc.weight_decay}, gradient clipping {tc.max_grad_norm}",
-        f"method: {cfg.method}" + (f" (r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout})"
-                                   if cfg.method == "lora" else ""),
+        f"method: {cfg.method}{_method_settings(cfg)}",
         f"precision: {metrics.get('precision')}",
         f"hardware: {step.get('processes', 1)} x {device}",
         f"wall time: {_seconds(metrics.get('wall_time_s'))} (training {_seconds(train.get('seconds'))})",
@@ -233,6 +234,20 @@ def limitations(cfg: DictConfig, tasks: list[Task], metrics: dict, run: Path, fo
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _method_settings(cfg: DictConfig) -> str:
+    """The settings of the run's method that say what was trained, in parentheses ("" for full fine-tuning)."""
+    method = method_of(cfg)
+    if method.targets == "lora":
+        bits = f", over a {cfg.qlora.bits}-bit base" if method.quantized else ""
+        return (f" (r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, on "
+                f"{', '.join(cfg.lora.target_modules)}{bits})")
+    if method.targets:
+        return f" (on {', '.join(cfg[method.targets].target_modules or ['peft default modules'])})"
+    if method.prompt:
+        return f" ({cfg.prompt_tuning.num_virtual_tokens} virtual tokens)"
+    return ""
 
 
 def _gains(report: Path, system: str | None, metrics: dict) -> dict[str, dict[str, dict]]:

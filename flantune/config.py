@@ -68,6 +68,8 @@ class TrainCfg:
     num_workers: int = MISSING
     compile: bool = MISSING
     cuda_graphs: Any = MISSING  # auto | true | false
+    early_stopping_patience: int = MISSING  # 0: off
+    early_stopping_threshold: float = MISSING
 
 
 @dataclass
@@ -96,6 +98,33 @@ class LoraCfg:
     alpha: float = MISSING
     dropout: float = MISSING
     target_modules: Any = MISSING  # a list of module names, or "all-linear"
+
+
+@dataclass
+class Ia3Cfg:
+    target_modules: Any = MISSING  # null: peft's T5 defaults (k, v, wo), or a list of module names
+    feedforward_modules: Any = MISSING  # which of target_modules scale a feed-forward layer's input
+
+
+@dataclass
+class PromptTuningCfg:
+    num_virtual_tokens: int = MISSING
+    init_text: Optional[str] = MISSING  # the virtual tokens start as this text's embeddings; null: random
+
+
+@dataclass
+class AdaloraCfg:
+    init_r: int = MISSING
+    target_r: int = MISSING
+    tinit: int = MISSING
+    tfinal: int = MISSING
+    delta_t: int = MISSING
+    orth_reg_weight: float = MISSING
+
+
+@dataclass
+class QloraCfg:
+    bits: int = MISSING  # 4 (NF4) | 8
 
 
 @dataclass
@@ -135,6 +164,10 @@ class RunCfg:
     data: DataCfg = field(default_factory=DataCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     lora: LoraCfg = field(default_factory=LoraCfg)
+    ia3: Ia3Cfg = field(default_factory=Ia3Cfg)
+    prompt_tuning: PromptTuningCfg = field(default_factory=PromptTuningCfg)
+    adalora: AdaloraCfg = field(default_factory=AdaloraCfg)
+    qlora: QloraCfg = field(default_factory=QloraCfg)
     mixing: MixingCfg = field(default_factory=MixingCfg)
     sweep: SweepCfg = field(default_factory=SweepCfg)
 
@@ -453,11 +486,20 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not 0 <= value < 1:
             raise FlantuneError(f"Config key '{key}' is {value}; it must be in [0, 1).")
-    if cfg.merge and cfg.method != "lora":
+    if cfg.train.early_stopping_patience < 0 or cfg.train.early_stopping_threshold < 0:
+        raise FlantuneError("train.early_stopping_patience and train.early_stopping_threshold must be >= 0 "
+                            "(patience 0: no early stopping).")
+    every, steps = cfg.train.eval_steps, cfg.train.max_steps
+    if cfg.train.early_stopping_patience and isinstance(every, int) and 0 < steps <= every:
         raise FlantuneError(
-            f"merge=true writes a LoRA adapter merged into its base model (merged/), but method={cfg.method} has no "
-            "adapter: its model/ already holds every weight. Drop merge=true, or train with method=lora."
+            f"train.early_stopping_patience={cfg.train.early_stopping_patience} stops when the validation score has "
+            f"not improved for that many evaluations, but train.eval_steps={every} with train.max_steps={steps} "
+            "evaluates only at the end. Evaluate during training (a smaller train.eval_steps, or a fraction such as "
+            "0.1), or set train.early_stopping_patience=0."
         )
+    from flantune.methods import check_method
+
+    check_method(cfg)
     report_to = cfg.report_to
     integrations = list(report_to) if OmegaConf.is_list(report_to) else [report_to]
     if not all(isinstance(name, str) for name in integrations):

@@ -24,12 +24,14 @@ from flantune.config import to_yaml
 from flantune.console import console, no_transformers_bars
 from flantune.distributed import is_main, main_first, on_main_then_share
 from flantune.errors import Interrupted
+from flantune.methods import method_of
 from flantune.evaluation import EvalResult, write_predictions
 from flantune.modeling import (
     ModelInfo,
     apply_method,
     count_parameters,
     load_model,
+    load_quantized,
     model_label,
     prepare_for_training,
     run_adapter_base,
@@ -85,7 +87,8 @@ def _train(cfg: DictConfig, out: Path) -> Path:
     model = load_model(cfg, cfg.seed, train=True)
     # Only now, checks passed and model loaded, is an old run that overwrite=true replaces deleted.
     on_main_then_share(lambda: _create_run_dir(out, cfg))
-    base_name, base_copy = run_adapter_base(cfg, out) if cfg.method == "lora" else (None, None)
+    method = method_of(cfg)
+    base_name, base_copy = run_adapter_base(cfg, out) if method.adapter else (None, None)
     if is_main() and cfg.model.random_init and base_name:
         # A random base can't be downloaded again: keep it beside the adapter, where flantune finds it anywhere.
         with no_transformers_bars():
@@ -93,6 +96,9 @@ def _train(cfg: DictConfig, out: Path) -> Path:
         tokenizer.save_pretrained(out / rundir.BASE_MODEL)
     elif is_main() and base_copy:  # the adapter of a run with such a base trains on: this run keeps its own copy
         shutil.copytree(base_copy, out / rundir.BASE_MODEL)
+    if cfg.model.random_init and method.quantized:
+        with main_first():  # the others read base_model/ once the main process has written it
+            model = load_quantized(cfg, out / rundir.BASE_MODEL)
     model = prepare_for_training(apply_method(model, cfg), p.precision, cfg.train.compile)
     if base_name:
         model.peft_config["default"].base_model_name_or_path = base_name
@@ -133,7 +139,7 @@ def write_outputs(p: Inputs, out: Path, trained: Trained, final: EvalResult, inf
         rundir.write_json(out / rundir.MIXTURE, trained.mixture)
     rundir.write_json(out / rundir.LOG_HISTORY, trained.log_history)
     tokenizer.save_pretrained(out / rundir.MODEL)
-    if cfg.method == "lora" and cfg.merge:
+    if cfg.merge:  # a method that can merge (config.validate)
         merged = trained.model.merge_and_unload()
         with no_transformers_bars():
             merged.save_pretrained(out / rundir.MERGED)

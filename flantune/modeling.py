@@ -1,5 +1,5 @@
 """The model and tokenizer of a run: a hub id, a local folder, or an architecture with random weights;
-full fine-tuning or LoRA (peft) through the same code path; the precision it trains in."""
+full fine-tuning or a peft adapter (flantune.methods) through the same code path; the precision it trains in."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from flantune.errors import FlantuneError, first_line
 from flantune.hub import hub_unreachable, is_local_path
 from flantune.rundir import BASE_MODEL, MODEL
+from flantune.methods import method_of, peft_config, quantization_config
 from flantune.unwrap import base_model_of
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
@@ -55,9 +56,9 @@ def _load_target(path: str) -> str:
 
 
 def adapter_base(path: str) -> str | None:
-    """The base model of a saved LoRA adapter folder, or None if the folder holds a full model. A hub id is
-    returned as it is, a path relative to the adapter ("../base_model") resolved against the adapter folder. A
-    run names its saved base_model/ by an absolute path (`run_adapter_base`): if the run has moved since, the
+    """The base model of a saved adapter folder (any peft method), or None if the folder holds a full model. A hub
+    id is returned as it is, a path relative to the adapter ("../base_model") resolved against the adapter folder.
+    A run names its saved base_model/ by an absolute path (`run_adapter_base`): if the run has moved since, the
     copy beside the adapter is the one."""
     import json
 
@@ -193,25 +194,28 @@ def keep_separate_head(model):
 
 
 def load_model(cfg: DictConfig, seed: int, *, train: bool = False):
-    """The model to evaluate, or with train=True to fine-tune: a LoRA adapter given as the model then goes on
-    training as the same adapter (method=lora) or is merged into its base for full fine-tuning."""
+    """The model to evaluate, or with train=True to fine-tune: an adapter given as the model then goes on
+    training as the same adapter (an adapter method) or is merged into its base for full fine-tuning. With
+    train=True, method=qlora loads the base quantised (a random-init base: `load_quantized`, once saved)."""
     from transformers import AutoModelForSeq2SeqLM
 
     m = cfg.model
+    method = method_of(cfg)
+    quantize = {"quantization_config": quantization_config(cfg)} if train and method.quantized else {}
     try:
         if m.random_init:
             model = _from_config(cfg, seed)
-        elif base_name := adapter_base(str(m.path)):  # a LoRA run's model/: the base model plus the adapter
+        elif base_name := adapter_base(str(m.path)):  # a run's model/ with an adapter: the base model plus it
             from peft import PeftModel
 
-            base = AutoModelForSeq2SeqLM.from_pretrained(_load_target(base_name))
+            base = AutoModelForSeq2SeqLM.from_pretrained(_load_target(base_name), **quantize)
             with _quiet_peft_wrap():
                 model = PeftModel.from_pretrained(base, str(Path(str(m.path)).expanduser()),
-                                                  is_trainable=train and cfg.method == "lora")
-            if train and cfg.method == "full":
+                                                  is_trainable=train and method.adapter)
+            if train and not method.adapter:
                 model = model.merge_and_unload().requires_grad_(True)  # peft froze the base's weights
         else:
-            model = AutoModelForSeq2SeqLM.from_pretrained(_load_target(str(m.path)))
+            model = AutoModelForSeq2SeqLM.from_pretrained(_load_target(str(m.path)), **quantize)
     except OSError as exc:
         raise FlantuneError(f"Could not load model '{m.path}' ({first_line(exc)}).{_offline_why()} {OFFLINE_HINT}") \
             from exc
@@ -221,6 +225,15 @@ def load_model(cfg: DictConfig, seed: int, *, train: bool = False):
             "flantune fine-tunes T5-family models (FLAN-T5, T5, mT5, umT5)."
         ) from exc
     return keep_separate_head(model)
+
+
+def load_quantized(cfg: DictConfig, folder: Path):
+    """method=qlora on a random-init base: bitsandbytes quantises weights as they load, so the base saved in the run
+    directory (base_model/) is loaded again, quantised."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    return keep_separate_head(AutoModelForSeq2SeqLM.from_pretrained(str(folder),
+                                                                    quantization_config=quantization_config(cfg)))
 
 
 class Precision(str, Enum):
@@ -302,17 +315,21 @@ def prepare_for_training(model, precision: Precision, compile_blocks_: bool):
     kernels.use_fast_attention(model)
     kernels.use_fused_ops(model)
     kernels.disable_kv_cache(model)
-    model.to(getattr(torch, Precision(precision).weights))
+    if not getattr(base_model_of(model), "is_quantized", False):  # bitsandbytes' layers keep their own dtypes
+        model.to(getattr(torch, Precision(precision).weights))
     if compile_blocks_:
         kernels.compile_blocks(model)
     return model
 
 
 def check_lora_targets(cfg: DictConfig) -> None:
-    """Before any heavy work: every name in lora.target_modules names modules of this model (peft takes a module
-    whose name is the entry or ends with '.entry'), so a typo is an error rather than layers left untrained."""
-    if cfg.method != "lora" or not OmegaConf.is_list(cfg.lora.target_modules):
-        return  # a string is peft's regular expression or 'all-linear'
+    """Before any heavy work: every name in the method's target_modules (lora.* for lora, qlora and adalora, ia3.*
+    for ia3) names modules of this model (peft takes a module whose name is the entry or ends with '.entry'), so a
+    typo is an error rather than layers left untrained."""
+    key = method_of(cfg).targets
+    if key is None or not OmegaConf.is_list(cfg[key].target_modules):
+        return  # no target modules, or a string: peft's regular expression or 'all-linear'
+    targets = list(cfg[key].target_modules) + list(cfg.ia3.feedforward_modules or []) * (key == "ia3")
     m = cfg.model
     if m.path is not None and adapter_base(str(m.path)):
         return  # a saved adapter trains on with its own targets
@@ -323,12 +340,12 @@ def check_lora_targets(cfg: DictConfig) -> None:
     with torch.device("meta"):  # module names without allocating weights
         model = AutoModelForSeq2SeqLM.from_config(config)
     names = [name for name, _ in model.named_modules()]
-    missing = [t for t in cfg.lora.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+    missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if missing:
         linear = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)})
         raise FlantuneError(
-            f"lora.target_modules names {', '.join(missing)}, which this {config.model_type} model has no modules "
-            f"called. Its linear layers are: {', '.join(linear)} (e.g. \"lora.target_modules=[q,v]\")."
+            f"{key}.target_modules names {', '.join(missing)}, which this {config.model_type} model has no modules "
+            f"called. Its linear layers are: {', '.join(linear)} (e.g. \"{key}.target_modules=[q,v]\")."
         )
 
 
@@ -379,22 +396,27 @@ def _quiet_peft_wrap() -> Iterator[None]:
 
 
 def apply_method(model, cfg: DictConfig):
-    """Full fine-tuning returns the model as is; LoRA wraps it in a peft model."""
-    if cfg.method == "full" or hasattr(model, "peft_config"):  # a saved adapter trains on as it is
+    """Full fine-tuning returns the model as is; an adapter method wraps it in a peft model (qlora first readies
+    the quantised base for training: peft's prepare_model_for_kbit_training)."""
+    method = method_of(cfg)
+    if not method.adapter or hasattr(model, "peft_config"):  # a saved adapter trains on as it is
         return model
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
-    targets: Any = OmegaConf.to_container(cfg.lora.target_modules) if OmegaConf.is_list(cfg.lora.target_modules) \
-        else cfg.lora.target_modules
-    lora = LoraConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=targets,
-    )
+    if method.quantized:  # norms and head in fp32, inputs that carry gradients; checkpointing is flantune's choice
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
+    m = cfg.model
+    tokenizer = m.tokenizer or (m.path if m.path and not m.random_init else None)
+    if tokenizer is None:
+        from flantune.tokenizer import bundled_tokenizer_dir
+
+        tokenizer = str(bundled_tokenizer_dir())
     try:
         with _quiet_peft_wrap():
-            return get_peft_model(model, lora)
+            return get_peft_model(model, peft_config(cfg, tokenizer=str(tokenizer)))
     except ValueError as exc:
-        raise FlantuneError(f"LoRA could not wrap the model: {exc}. Check lora.target_modules.") from exc
+        raise FlantuneError(f"method={method.name} could not wrap the model: {exc}. Check the method's "
+                            "target_modules.") from exc
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -50,6 +50,8 @@ def metrics_record(checked: Checked, final: EvalResult, model: ModelInfo, *, tra
         "wall_time_s": wall_seconds,
         "data_prep_seconds": prep_seconds,
         "best_checkpoint": trained.best_checkpoint if trained else None,
+        # train.early_stopping_patience > 0: whether, at which step and why training stopped early (else None)
+        "early_stopping": trained.early_stopping if trained else None,
         "mixture": trained.mixture if trained else None,
         # eval.templates: per task, each template's metrics and their mean, std (ddof=1), min and max; else None
         "templates": final.template_metrics() or None,

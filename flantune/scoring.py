@@ -15,6 +15,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from flantune.config import RANK_SCORES  # eval.rank_score's options, checked with the config
+from flantune.methods import decoder_model, encoder_inputs
 from flantune.unwrap import base_model_of
 
 
@@ -84,13 +85,20 @@ def _cache_keyword(model_class: type) -> str:
 def _token_logprobs(model, encoder_out, mask, labels, cache=None) -> torch.Tensor:
     """Summed log-probability of each row's label tokens (labels padded with -100)."""
     kwargs = {_cache_keyword(type(base_model_of(model))): cache} if cache is not None else {}
-    logits = model(encoder_outputs=encoder_out, attention_mask=mask, labels=labels, **kwargs).logits.float()
+    # The decoder's inputs, not labels: the model's own loss isn't needed (and peft's AdaLoRA, loaded for
+    # inference, fails to add its regulariser to one: it has no trainable adapter).
+    inputs = base_model_of(model)._shift_right(labels)
+    logits = decoder_model(model)(encoder_outputs=encoder_out, attention_mask=mask, decoder_input_ids=inputs,
+                                  **kwargs).logits.float()
     logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (logp * (labels != -100)).sum(-1)
 
 
-def _encoder(model):
-    return model.get_encoder()
+def _encode(model, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's states of a batch and the attention mask over them (a prompt-tuned model's virtual tokens
+    come first: flantune.methods.encoder_inputs)."""
+    inputs, mask = encoder_inputs(model, ids, mask)
+    return model.get_encoder()(**inputs)[0], mask
 
 
 def _cross_attentions(model) -> list | None:
@@ -140,7 +148,7 @@ def rank_choices(model, input_ids: Sequence[Sequence[int]], choice_ids: Sequence
     for idx in _batches([len(x) for x in input_ids], batch_size):
         ids, mask = _pad([input_ids[i] for i in idx], pad_id, device)
         with autocast():
-            hidden = _encoder(model)(input_ids=ids, attention_mask=mask)[0]
+            hidden, mask = _encode(model, ids, mask)
             enc = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(n_choices, dim=0))
             labels = choice_labels.repeat(len(idx), 1)  # example 0's choices, then example 1's, ...
             cache = _cross_attention_cache(attentions, hidden, n_choices) if attentions else None
@@ -158,7 +166,8 @@ def target_nll(model, input_ids: Sequence[Sequence[int]], target_ids: Sequence[S
     nll = np.zeros(len(input_ids), dtype=np.float64)
     for idx in _batches([len(x) for x in input_ids], batch_size):
         ids, mask = _pad([input_ids[i] for i in idx], pad_id, device)
-        enc = BaseModelOutput(last_hidden_state=_encoder(model)(input_ids=ids, attention_mask=mask)[0])
+        hidden, mask = _encode(model, ids, mask)
+        enc = BaseModelOutput(last_hidden_state=hidden)
         labels = _labels([target_ids[i] for i in idx], device)
         nll[idx] = -_token_logprobs(model, enc, mask, labels).double().cpu().numpy()
     return nll
@@ -178,11 +187,12 @@ def generate(model, tokenizer, input_ids: Sequence[Sequence[int]], target_ids: S
     for idx in _batches([len(x) for x in input_ids], batch_size):
         ids, mask = _pad([input_ids[i] for i in idx], tokenizer.pad_token_id, device)
         with autocast():
-            enc = BaseModelOutput(last_hidden_state=_encoder(model)(input_ids=ids, attention_mask=mask)[0])
+            hidden, mask = _encode(model, ids, mask)
+            enc = BaseModelOutput(last_hidden_state=hidden)
             if target_ids is not None:
                 labels = _labels([target_ids[i] for i in idx], device)
                 nll[idx] = -_token_logprobs(model, enc, mask, labels).double().cpu().numpy()
-            out = model.generate(
+            out = decoder_model(model).generate(
                 encoder_outputs=enc, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
                 do_sample=False, synced_gpus=synced_gpus,
             )

@@ -49,6 +49,10 @@ def print_summary(p, out: Path, final: EvalResult, trained, info, wall: float) -
         f"wall time {wall:.1f}s", highlight=False,
     )
     say.print(trained.step.describe(), highlight=False)
+    stop = trained.early_stopping
+    if stop and stop["stopped_early"]:
+        say.print(f"stopped early at step {stop['stopped_at_step']} of {stop['planned_steps']}: {stop['reason']}; "
+                  "the best checkpoint was kept", highlight=False)
     if "packed_rows" in tp:
         shapes = ", ".join(f"{e} + {d}" for e, d in tp["packed_rows"])
         say.print(f"packed rows of {shapes} tokens, {trained.step.batch} a batch per process: "

@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from flantune import packing, rundir
+from flantune.callbacks import AdaLoraSchedule, EarlyStopping, adalora_ranks_of, early_stopping_record
 from flantune.console import no_transformers_bars
 from flantune.distributed import world_size
 from flantune.evaluation import SCORE, Evaluator
@@ -38,6 +39,7 @@ class Trained:
     log_history: list[dict]
     best_checkpoint: str | None
     mixture: dict | None
+    early_stopping: dict | None = None  # train.early_stopping_patience > 0: what it did (`early_stopping_record`)
 
 
 class EvaluateAtEnd(TrainerCallback):
@@ -135,6 +137,14 @@ class FlantuneTrainer(Seq2SeqTrainer):
         missing = [k for k in load_result.missing_keys if k not in tied]
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        adalora_ranks_of(self.model, resume_from_checkpoint)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        adalora_ranks_of(self.model, self.state.best_model_checkpoint)
+        super()._load_best_model()
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         result = self.evaluator.run(self.model)
         metrics = result.flat(prefix=f"{metric_key_prefix}_")
@@ -175,7 +185,8 @@ def training_arguments(p, out: Path, step: Step) -> Seq2SeqTrainingArguments:
         save_steps=t.save_steps or t.eval_steps,
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=True,
-        metric_for_best_model=SCORE,
+        metric_for_best_model=SCORE,  # the best checkpoint's, and early stopping's, score
+        restore_callback_states_from_checkpoint=True,  # resume keeps early stopping's patience count
         greater_is_better=True,
         **p.precision.autocast,  # precision=bf16 trains a bf16 model instead (no autocast)
         ddp_find_unused_parameters=False,  # every weight of a T5 (or its LoRA adapter) takes part in each step
@@ -257,7 +268,7 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator, *,
         evaluator=evaluator,
         cuda_graphs=p.cuda_graphs,
         sampler_factory=lambda: train_set.sampler(step.global_micro_batch),
-        callbacks=[EvaluateAtEnd()],
+        callbacks=[EvaluateAtEnd(), *_method_callbacks(model, cfg)],
     )
     trainer.remove_callback(ProgressCallback)  # its bar, with flantune's log lines (flantune.progress)
     trainer.add_callback(RunProgress({s.task.name: s.task.primary_metric for s in evaluator.sets}))
@@ -306,4 +317,15 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator, *,
     return Trained(trainer=trainer, model=trainer.model, step=step, throughput=throughput,
                    log_history=trainer.state.log_history, best_checkpoint=trainer.state.best_model_checkpoint,
                    mixture=train_set.report(drawn, step.global_micro_batch, step.global_batch)
-                   if len(p.tasks) > 1 else None)
+                   if len(p.tasks) > 1 else None, early_stopping=early_stopping_record(trainer, cfg))
+
+
+def _method_callbacks(model, cfg) -> list[TrainerCallback]:
+    from flantune.methods import method_of
+
+    callbacks: list[TrainerCallback] = []
+    if method_of(cfg).name == "adalora" and hasattr(model, "peft_config"):
+        callbacks.append(AdaLoraSchedule(model))
+    if cfg.train.early_stopping_patience:
+        callbacks.append(EarlyStopping(cfg.train.early_stopping_patience, cfg.train.early_stopping_threshold))
+    return callbacks

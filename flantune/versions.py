@@ -53,17 +53,30 @@ def _metrics_from_1(metrics: dict) -> None:
 
 
 def _config_from_2(saved: DictConfig) -> None:
-    """Version 2: before eval.templates and eval.fewshot, an evaluation was on the eval_template alone, zero-shot."""
+    """Version 2: before eval.templates and eval.fewshot, an evaluation was on the eval_template alone, zero-shot;
+    and there was no early stopping and no method beyond full and lora: patience 0, and the new methods' sections
+    as defaults.yaml has them (no such run used them)."""
+    from flantune.config_files import configs_root, read_yaml
+
     evaluation = saved.get("eval")
     if isinstance(evaluation, DictConfig):
         evaluation.setdefault("templates", None)
         evaluation.setdefault("fewshot", 0)
+    defaults = read_yaml(configs_root() / "defaults.yaml", "Default config")
+    train = saved.get("train")
+    if isinstance(train, DictConfig):
+        train.setdefault("early_stopping_patience", 0)
+        train.setdefault("early_stopping_threshold", 0.0)
+    for section in ("qlora", "adalora", "ia3", "prompt_tuning"):
+        if section not in saved:
+            saved[section] = defaults[section]
 
 
 def _metrics_from_2(metrics: dict) -> None:
-    """Version 2: no "templates" (one template was evaluated) and no "fewshot" (zero-shot)."""
+    """Version 2: no "templates" (one template was evaluated), no "fewshot" (zero-shot), no early stopping."""
     metrics.setdefault("templates", None)
     metrics.setdefault("fewshot", None)
+    metrics.setdefault("early_stopping", None)
 
 
 # version -> its change to the next version, in place (none where that version changed only the other file)
