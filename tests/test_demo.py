@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from browser import chromium_page
+
 START_TIMEOUT = 300  # s: the model loads and the examples are read while eight test sessions share two cores
 
 
@@ -63,9 +64,6 @@ def _predict_on_page(page, task: str, column: str) -> str:
 
 @pytest.mark.slow
 def test_the_page_predicts_as_flantune_predict(trained_run, tmp_path, cli):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
     log = tmp_path / "demo.log"
@@ -76,28 +74,21 @@ def test_the_page_predicts_as_flantune_predict(trained_run, tmp_path, cli):
     try:
         _wait_until_served(url, proc, log)
         hosts = set()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
-            try:
-                page = browser.new_page()
-                page.on("request", lambda request: hosts.add(urlparse(request.url).hostname))
-                page.goto(url)
-                # The run's two tasks, a tab each: imdb (classification) is the first.
-                review = _predict_on_page(page, "imdb", "text")
-                shown = page.locator("#imdb-prediction textarea").input_value()
-                bars = {m.get_attribute("aria-label"): float(m.get_attribute("value"))
-                        for m in page.locator("#imdb-probabilities meter").all()}
-                heading = page.locator("#imdb-probabilities [data-testid=label-output-value]").inner_text()
-                page.get_by_text("model input (the template rendered)").first.click()  # a closed accordion
-                rendered = page.locator("#imdb-input textarea").input_value()
+        with chromium_page() as page:
+            page.on("request", lambda request: hosts.add(urlparse(request.url).hostname))
+            page.goto(url)
+            # The run's two tasks, a tab each: imdb (classification) is the first.
+            review = _predict_on_page(page, "imdb", "text")
+            shown = page.locator("#imdb-prediction textarea").input_value()
+            bars = {m.get_attribute("aria-label"): float(m.get_attribute("value"))
+                    for m in page.locator("#imdb-probabilities meter").all()}
+            heading = page.locator("#imdb-probabilities [data-testid=label-output-value]").inner_text()
+            page.get_by_text("model input (the template rendered)").first.click()  # a closed accordion
+            rendered = page.locator("#imdb-input textarea").input_value()
 
-                page.get_by_role("tab", name="samsum").click()
-                dialogue = _predict_on_page(page, "samsum", "dialogue")
-                summary = page.locator("#samsum-prediction textarea").input_value()
-            finally:
-                browser.close()
+            page.get_by_role("tab", name="samsum").click()
+            dialogue = _predict_on_page(page, "samsum", "dialogue")
+            summary = page.locator("#samsum-prediction textarea").input_value()
         assert hosts == {"127.0.0.1"}, f"the page reached beyond the machine: {hosts}"
 
         expected = _predicted(cli, trained_run, "imdb", {"text": review}, tmp_path)

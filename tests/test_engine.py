@@ -239,7 +239,7 @@ def test_config_file_then_overrides(cli, tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     (["train.lrr=3e-4"], "Unknown config key 'train.lrr' (command line train.lrr=3e-4). Did you mean 'train.lr'"),
-    (["method=lorra"], "Unknown method 'lorra' (command line method=lorra). Did you mean 'lora'?"),
+    (["method=lorra"], "Unknown method 'lorra' (command line method=lorra). Did you mean 'lora' or 'qlora'"),
     (["model=flan-t5-lage"], "Did you mean 'flan-t5-large'"),
     (["model=./no/such/model"], "Model path './no/such/model' (command line model=./no/such/model) does not exist"),
     (["model=tiny", "precision=fp16"], "precision=fp16 is refused for T5-family models"),

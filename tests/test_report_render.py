@@ -7,11 +7,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from browser import chromium_page
 from scipy.stats import binomtest
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
@@ -22,7 +23,6 @@ from flantune.report.build import build_report
 
 XSS = "<script>alert(1)</script>"
 URL = "https://example.com/x"
-CHROMIUM = Path("/usr/bin/chromium")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -207,29 +207,19 @@ def test_measured_together_and_alignment_errors(tmp_path, tasks, data):
 @pytest.mark.slow
 def test_chromium_renders_the_report_offline(built, tmp_path):
     from PIL import Image
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
     html = built[0] / "report.html"
     failed, errors, requests = [], [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(html.as_uri(), wait_until="load")
-            broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
-            n_images = page.evaluate("document.images.length")
-            title = page.title()
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with chromium_page(viewport={"width": 1200, "height": 900}) as page:
+        page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(html.as_uri(), wait_until="load")
+        broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
+        n_images = page.evaluate("document.images.length")
+        title = page.title()
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
     assert failed == [] and errors == []
     assert all(u.startswith(("file://", "data:")) for u in requests), requests
     assert (n_images, broken, title) == (4, 0, "flantune report")

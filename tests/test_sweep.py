@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from browser import chromium_page
+
 from flantune.cli import main
 
-SHOTS = Path("/work/notes/shots")
-CHROMIUM = Path("/usr/bin/chromium")
 SMALL = ["task=imdb", "model=tiny", "train.max_steps=2", "train.eval_steps=2", "train.logging_steps=1",
          "train.batch_size=4", "data.max_train_examples=32", "data.max_eval_examples=16",
          "tasks.imdb.max_input_length=64"]
@@ -124,29 +124,17 @@ def test_bad_input_exits_2_before_any_run(cli, tmp_path, options, said):
 @pytest.mark.slow
 def test_chromium_shows_the_sweep_report(swept, tmp_path):
     from PIL import Image
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
     errors, requests = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto((swept / "report" / "report.html").as_uri(), wait_until="load")
-            broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
-            n_images, title = page.evaluate("document.images.length"), page.title()
-            headings = page.evaluate("[...document.querySelectorAll('h2')].map(h => h.textContent)")
-            shot = tmp_path / "sweep-report.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    if SHOTS.is_dir():  # where the project keeps its screenshots to look at
-        (SHOTS / "sweep-report.png").write_bytes(shot.read_bytes())
+    with chromium_page(viewport={"width": 1200, "height": 900}) as page:
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((swept / "report" / "report.html").as_uri(), wait_until="load")
+        broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
+        n_images, title = page.evaluate("document.images.length"), page.title()
+        headings = page.evaluate("[...document.querySelectorAll('h2')].map(h => h.textContent)")
+        shot = tmp_path / "sweep-report.png"
+        page.screenshot(path=str(shot), full_page=True)
     assert errors == [] and all(u.startswith(("file://", "data:")) for u in requests), (errors, requests)
     assert (n_images, broken, title) == (1, 0, "flantune sweep report")
     assert headings == ["Settings", "Held-out test score of the best setting", "Training curves", "Runs"]

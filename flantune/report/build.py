@@ -12,7 +12,6 @@ value such as SQuAD F1 or a ROUGE F-measure otherwise) moved by at least FIX_THR
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -39,16 +38,8 @@ def build_report(tasks: dict[str, Task], systems: list[System], out_dir: Path, *
     """Write report.json, report.md, report.html and images/ under out_dir; returns report.html's path."""
     report, images = assemble(tasks, systems, n_resamples=n_resamples, seed=seed,
                               examples_per_list=examples_per_list, confidence=confidence)
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    for rel, png in images.items():
-        (out_dir / rel).write_bytes(png)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False) + "\n",
-                                         encoding="utf-8")
-    (out_dir / "report.md").write_text(render.render_markdown(report), encoding="utf-8")
-    html = out_dir / "report.html"
-    html.write_text(render.render_html(report, images), encoding="utf-8")
-    return html
+    return render.write_files(out_dir, report, images, render.render_markdown(report),
+                              render.render_html(report, images))
 
 
 def assemble(tasks: dict[str, Task], systems: list[System], *, n_resamples: int = 1000, seed: int = 0,
@@ -88,7 +79,7 @@ def assemble(tasks: dict[str, Task], systems: list[System], *, n_resamples: int 
                 report["skipped_tasks"][name] = "no task definition was given for it"
     report["speed"] = _speed(systems)
     report["training"] = _training(tasks, systems, images, file_ids)
-    return _json_ready(report), images
+    return json_ready(report), images
 
 
 def _baseline_notes(task: Task, systems: list[System], present: list[System]) -> list[str]:
@@ -330,12 +321,12 @@ def _training(tasks: dict[str, Task], systems: list[System], images: dict[str, b
     return out
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """Plain JSON: numpy scalars become Python numbers, nan and inf become null."""
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, (np.integer, np.bool_)):
         return value.item()
     if isinstance(value, (float, np.floating)):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -375,3 +377,17 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
 def html_page(sections: list[Section], images: dict[str, bytes], title: str) -> str:
     uris = {path: Markup(data_uri(png)) for path, png in images.items()}
     return _ENV.from_string(_TEMPLATE).render(title=title, css=Markup(_CSS), sections=sections, images=uris)
+
+
+def write_files(out_dir: Path, report: dict[str, Any], images: dict[str, bytes], markdown: str, page: str) -> Path:
+    """A report's files under out_dir: images/, report.json, report.md and report.html (returned)."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    for rel, png in images.items():
+        (out_dir / rel).write_bytes(png)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False) + "\n",
+                                         encoding="utf-8")
+    (out_dir / "report.md").write_text(markdown, encoding="utf-8")
+    html_path = out_dir / "report.html"
+    html_path.write_text(page, encoding="utf-8")
+    return html_path

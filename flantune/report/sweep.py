@@ -14,7 +14,6 @@ report.json (the numbers), report.md (+ images/) and report.html (self-contained
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from flantune.evaluation import SCORE
 from flantune.metrics import aggregate_stats, compute_stats
 from flantune.report import System, plots, render
-from flantune.report.build import _json_ready
+from flantune.report.build import json_ready
 from flantune.report.render import Cell, Figures, Para, Section, Table, diff_cell, num
 from flantune.report.stats import align_rows, gold_texts, paired_bootstrap
 from flantune.task import Task
@@ -124,18 +123,10 @@ def build_sweep_report(tasks: dict[str, Task], summary: dict, systems: dict[str,
     if png:
         images[CURVES] = png
         report["curves"] = {"image": CURVES, "validation_metric": key.removeprefix("eval_")}
-    report = _json_ready(report)
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    for rel, data in images.items():
-        (out_dir / rel).write_bytes(data)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False) + "\n",
-                                         encoding="utf-8")
+    report = json_ready(report)
     sections = document(report)
-    (out_dir / "report.md").write_text(render.markdown(sections), encoding="utf-8")
-    html = out_dir / "report.html"
-    html.write_text(render.html_page(sections, images, "flantune sweep report"), encoding="utf-8")
-    return html
+    return render.write_files(out_dir, report, images, render.markdown(sections),
+                              render.html_page(sections, images, "flantune sweep report"))
 
 
 def _curve_key(tasks: dict[str, Task]) -> str:
