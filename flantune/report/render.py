@@ -174,7 +174,8 @@ def _template_tables(tt: dict[str, Any], ref: str, level: int) -> list[Any]:
     rows += [[Cell(f"{part} over templates")] + [Cell(num(v[part])) for v in systems.values()]
              for part in ("mean", "std", "min", "max")]
     note = (f"{metric} of each template; std: the sample standard deviation over templates."
-            + (f" No per-template predictions from: {', '.join(tt['absent'])}." if tt["absent"] else ""))
+            + (f" Not in this table (evaluated on one template, or with no template at all, as the baselines): "
+               f"{', '.join(tt['absent'])}." if tt["absent"] else ""))
     out: list[Any] = [Table(f"Per template: {metric}", ["template", *systems], rows, note)]
     if tt["differences"]:
         diffs = tt["differences"]
