@@ -20,7 +20,7 @@ from transformers import (
 
 from flantune import packing, rundir
 from flantune.callbacks import AdaLoraSchedule, EarlyStopping, adalora_ranks_of, early_stopping_record
-from flantune.console import no_transformers_bars
+from flantune.console import console, no_transformers_bars
 from flantune.distributed import world_size
 from flantune.evaluation import SCORE, Evaluator
 from flantune.progress import RunProgress
@@ -283,8 +283,12 @@ def train(p, out: Path, model, tokenizer, train_set, evaluator: Evaluator, *,
         last = rundir.last_checkpoint(out)
         resume_from = str(last) if last else None
     start = time.perf_counter()
-    with no_transformers_bars():  # no "Writing model shards" bar inside the trainer's at each checkpoint
-        trainer.train(resume_from_checkpoint=resume_from)
+    if resume_from and _training_ended(trainer, resume_from):
+        console().print(f"{Path(resume_from).name} ends the training: no step to train again, on to the final "
+                        "evaluation", highlight=False)
+    else:
+        with no_transformers_bars():  # no "Writing model shards" bar inside the trainer's at each checkpoint
+            trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     _sum_over_processes(trainer)
     throughput = {
@@ -329,3 +333,20 @@ def _method_callbacks(model, cfg) -> list[TrainerCallback]:
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(cfg.train.early_stopping_patience, cfg.train.early_stopping_threshold))
     return callbacks
+
+
+def _training_ended(trainer: FlantuneTrainer, checkpoint: str) -> bool:
+    """Whether `checkpoint` is the training's last step (a run cut after it, while evaluating or saving): then its
+    state and weights are loaded as the trainer's end of training would have them (the best checkpoint's, with
+    load_best_model_at_end). Trainer.train resumed from it would train one step more whenever the last step
+    falls mid-epoch: it checks max_steps only after a step."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    if not 0 < state.max_steps <= state.global_step:
+        return False
+    trainer.state = state
+    trainer._load_from_checkpoint(checkpoint)
+    if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
+        trainer._load_best_model()
+    return True

@@ -174,12 +174,17 @@ def test_a_run_cut_while_writing_its_results_is_not_taken_as_finished(cli, tmp_p
         write_json(path, data)
 
     monkeypatch.setattr(rundir, "write_json", cut)
-    code, _, err = cli("run", *SMALL, f"output_dir={out}")
+    # batches of 4 of 32 examples: the last step, 2, falls mid-epoch
+    code, _, err = cli("run", *SMALL, "train.batch_size=4", f"output_dir={out}")
     assert code == 130 and "resume=true" in err
     monkeypatch.undo()
-    code, stdout, err = cli("run", *SMALL, f"output_dir={out}", "resume=true")
+    code, stdout, err = cli("run", *SMALL, "train.batch_size=4", f"output_dir={out}", "resume=true")
     assert code == 0 and "finished run" not in stdout, err
     assert (out / rundir.METRICS).is_file() and (out / "model" / "tokenizer.json").is_file()
+    # checkpoint-2 ended the training: nothing is trained again (the trainer would have trained a step 3)
+    assert "checkpoint-2 ends the training" in stdout
+    assert json.loads((out / rundir.METRICS).read_text())["train"]["steps"] == 2
+    assert max(h["step"] for h in json.loads((out / rundir.LOG_HISTORY).read_text())) == 2
 
 
 def test_runs_of_different_seeds_are_evaluated_on_the_same_rows(cli, tmp_path):
