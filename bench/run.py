@@ -498,11 +498,16 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "cpu.json"))
     ap.add_argument("--padding-only", action="store_true", help="only the pad fractions over whole train splits")
+    ap.add_argument("--training-only", action="store_true",
+                    help="only the training recipes and orders (no padding, evaluation, cache or start-up figures)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--loss-normalization", default="tokens", choices=("tokens", "batch"),
                     help="flantune's train.loss_normalization in the flantune recipes")
     ap.add_argument("--curve-every", type=int, default=20, help="steps between validation losses on the curves")
     ap.add_argument("--orders", type=int, default=4, help="training orders (seeds) each sampling is compared over")
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    ap.add_argument("--samplings", nargs="+", default=list(SAMPLINGS), choices=SAMPLINGS,
+                    help="flantune's samplings compared with random batches over the orders")
     ap.add_argument("--sampling", default=DEFAULT_SAMPLING, choices=(*SAMPLINGS, "random"),
                     help=argparse.SUPPRESS)  # the flantune recipe's
     ap.add_argument("--recipe", help=argparse.SUPPRESS)
@@ -521,7 +526,7 @@ def main(argv=None) -> None:
     report: dict = {"machine": f"{os.cpu_count()} CPU cores", "torch": torch.__version__, "args": vars(args),
                     "training": [], "time_to_target": {}, "orders": {}}
     model_dir = tempfile.mkdtemp()
-    for dataset in DATASETS:
+    for dataset in args.datasets:
         runs = {}
         for recipe in RECIPES:
             save = model_dir if (dataset, recipe) == ("imdb", "flantune") else None
@@ -530,7 +535,7 @@ def main(argv=None) -> None:
             print(f"  {dataset:8s} {recipe:16s} {r['useful_tokens_per_s']:9,.0f} tok/s  loss {r['validation_loss']:.4f}",
                   flush=True)
         report["time_to_target"][dataset] = time_to_target(runs)
-        losses = {s: [] for s in (*SAMPLINGS, "random")}
+        losses = {s: [] for s in (*args.samplings, "random")}
         for seed in range(args.seed, args.seed + args.orders):
             for sampling in losses:
                 r = runs["flantune"] if (sampling, seed) == (DEFAULT_SAMPLING, args.seed) else \
@@ -538,10 +543,11 @@ def main(argv=None) -> None:
                 losses[sampling].append(r["validation_loss"])
                 print(f"  {dataset:8s} flantune {sampling:20s} order {seed}: loss {r['validation_loss']:.4f}", flush=True)
         report["orders"][dataset] = {"losses": losses, "differences": order_effects(losses)}
-    report["padding"] = padding_over_epochs(args)
-    report["evaluation"] = rank_vs_generate(model_dir, args)
-    report["cache"] = tokenisation_cache(args)
-    report["tasks_command_s"] = tasks_command_seconds()
+    if not args.training_only:
+        report["padding"] = padding_over_epochs(args)
+        report["evaluation"] = rank_vs_generate(model_dir, args) if "imdb" in args.datasets else []
+        report["cache"] = tokenisation_cache(args)
+        report["tasks_command_s"] = tasks_command_seconds()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
@@ -572,6 +578,8 @@ def print_report(report: dict) -> None:
         for d in o["differences"]:
             print(f"  {dataset:8s} {d['sampling']:20s} {d['mean_difference']:+.4f} "
                   f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] over {d['orders']} orders")
+    if "padding" not in report:  # --training-only
+        return
     print_padding(report["padding"], report["args"]["batch"])
     print("\nimdb classification, the flantune-trained model above")
     for e in report["evaluation"]:
