@@ -113,8 +113,8 @@ def _license(cfg: DictConfig) -> str | None:
 
 def _title(cfg: DictConfig, tasks: list[Task], metrics: dict, base: str | None, library: str) -> str:
     method = method_of(cfg)
-    how = (f"a {method.name} adapter{_method_settings(cfg)}" if library == "peft"
-           else f"a {method.name} adapter merged into its base" if method.adapter else "full fine-tuning")
+    how = (f"a {method.label} adapter{_method_settings(cfg)}" if library == "peft"
+           else f"a {method.label} adapter merged into its base" if method.adapter else method.label)
     on = ", ".join(f"`{t.name}` ({t.description.rstrip('.')})" for t in tasks)
     license_note = "" if _license(cfg) else (
         "\n\nNo license is set: flantune found none in the base model's folder. Set `license:` above to the base "

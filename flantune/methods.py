@@ -22,15 +22,22 @@ class Method:
     quantized: bool = False  # the frozen base is loaded in 4 or 8 bits (bitsandbytes)
     prompt: bool = False  # virtual tokens before the input (peft's prompt learning), no layer changed
     targets: str | None = None  # the config section whose target_modules it adapts (lora.*, ia3.*)
+    label: str = ""  # as its paper writes it (model cards, reports)
 
 
 METHODS = {m.name: m for m in (
-    Method("full", adapter=False, mergeable=False),  # every weight trains
-    Method("lora", adapter=True, mergeable=True, targets="lora"),  # low-rank adapters
-    Method("qlora", adapter=True, mergeable=True, quantized=True, targets="lora"),  # LoRA over a 4- or 8-bit base
-    Method("adalora", adapter=True, mergeable=True, targets="lora"),  # LoRA whose ranks move while training
-    Method("ia3", adapter=True, mergeable=True, targets="ia3"),  # learned scales of activations
-    Method("prompt_tuning", adapter=True, mergeable=False, prompt=True),  # trained embeddings before the input
+    # every weight trains
+    Method("full", adapter=False, mergeable=False, label="full fine-tuning"),
+    # low-rank adapters
+    Method("lora", adapter=True, mergeable=True, targets="lora", label="LoRA"),
+    # LoRA over a 4- or 8-bit base
+    Method("qlora", adapter=True, mergeable=True, quantized=True, targets="lora", label="QLoRA"),
+    # LoRA whose ranks move while training
+    Method("adalora", adapter=True, mergeable=True, targets="lora", label="AdaLoRA"),
+    # learned scales of activations
+    Method("ia3", adapter=True, mergeable=True, targets="ia3", label="IA3"),
+    # trained embeddings before the input
+    Method("prompt_tuning", adapter=True, mergeable=False, prompt=True, label="prompt tuning"),
 )}
 
 
