@@ -4,6 +4,7 @@ trained on real IMDB and SAMSum data: every section of the report, rebuilt from 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,10 @@ def test_eval_of_a_run_directory_gives_the_runs_predictions(compared_run, cli, t
 @pytest.mark.slow
 def test_compare_command_base_against_a_run(compared_run, cli, tmp_path, shared_data):
     out = tmp_path / "report"
-    code, stdout, err = cli("compare", "base=tiny", f"finetuned={compared_run}", f"output_dir={out}",
+    run = tmp_path / "run"  # compare rewrites the run's model card: a copy, the shared run stays as it is
+    shutil.copytree(compared_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    card = (run / "model" / "README.md").read_text()
+    code, stdout, err = cli("compare", "base=tiny", f"finetuned={run}", f"output_dir={out}",
                             f"data_dir={shared_data}")
     assert code == 0, err
     report = _report(out)
@@ -92,6 +96,8 @@ def test_compare_command_base_against_a_run(compared_run, cli, tmp_path, shared_
         assert report["systems"][1][key] == after_run[1][key], key
     assert (after_run[1]["model"], after_run[1]["method"]) == ("tiny (random init)", "full")
     assert (out / "systems").is_dir() and (out / "report.html").is_file()
+    rewritten = (run / "model" / "README.md").read_text()
+    assert rewritten != card and "95% interval" in rewritten
 
 
 @pytest.mark.slow
