@@ -162,9 +162,7 @@ class Evaluator:
             ranked = {rule: scoring.rank_score(scored.scores, choice_ids, task.choice_texts, rule)
                       for rule in scoring.RANK_SCORES}
             chosen = ranked[self.rank_score]
-            rows = [{"prediction": task.choice_texts[int(np.argmax(sc))],
-                     "scores": {c: round(float(v), 5) for c, v in zip(task.choice_texts, sc)}}
-                    for sc in chosen]
+            rows = scoring.ranked_rows(chosen, task.choice_texts)
             if len({len(ids) for ids in choice_ids}) > 1:  # the rules can disagree: every one's prediction, kept
                 for i, row in enumerate(rows):
                     row["_by_rule"] = {rule: task.choice_texts[int(np.argmax(r[i]))] for rule, r in ranked.items()}

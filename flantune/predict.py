@@ -186,9 +186,8 @@ class Predictor:
             scored = scoring.rank_choices(self.model, ids, self.choice_ids, pad_id=self.tokenizer.pad_token_id,
                                           **settings)
             ranked = scoring.rank_score(scored.scores, self.choice_ids, choices, str(self.cfg.eval.rank_score))
-            for record, scores in zip(records, ranked):
-                record["prediction"] = choices[int(np.argmax(scores))]
-                record["scores"] = {c: round(float(s), 5) for c, s in zip(choices, scores)}  # as predictions/ has them
+            for record, row, scores in zip(records, scoring.ranked_rows(ranked, choices), ranked):
+                record.update(row)  # prediction and scores, as evaluation saves them in predictions/
                 record["probabilities"] = {c: round(float(p), 5) for c, p in zip(choices, softmax(scores))}
         else:
             generated = scoring.generate(self.model, self.tokenizer, ids, None, max_new_tokens=self.task.max_new_tokens,

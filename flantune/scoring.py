@@ -9,6 +9,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,13 @@ def rank_score(scores: np.ndarray, choice_ids: Sequence[Sequence[int]], choice_t
     if rule == "per_byte":
         return scores / np.array([max(len(t.encode("utf-8")), 1) for t in choice_texts], dtype=np.float64)
     raise ValueError(f"unknown rank score {rule!r}: one of {', '.join(RANK_SCORES)}")
+
+
+def ranked_rows(ranked: np.ndarray, choice_texts: Sequence[str]) -> list[dict[str, Any]]:
+    """Per example, the best-ranked choice as its `prediction` and each choice's `scores` (rank_score's values,
+    rounded to 5 decimals): the rows evaluation saves in predictions/ and `flantune predict` writes."""
+    return [{"prediction": choice_texts[int(np.argmax(row))],
+             "scores": {c: round(float(v), 5) for c, v in zip(choice_texts, row)}} for row in ranked]
 
 
 @dataclass
