@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from flantune.errors import FlantuneError, first_line
 from flantune.hub import hub_unreachable, is_local_path
-from flantune.rundir import BASE_MODEL, MODEL
 from flantune.methods import method_of, peft_config, quantization_config
+from flantune.rundir import BASE_MODEL, MODEL
 from flantune.unwrap import base_model_of
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
@@ -128,11 +128,17 @@ def check_model_source(cfg: DictConfig) -> None:
         )
 
 
+def tokenizer_name(cfg: DictConfig) -> str | None:
+    """The run's tokenizer: model.tokenizer, else the model's own (None: a random-init model, which takes the
+    FLAN-T5 tokenizer shipped with flantune)."""
+    m = cfg.model
+    return m.tokenizer or (None if m.random_init or m.path is None else m.path)
+
+
 def load_tokenizer(cfg: DictConfig):
     from flantune.tokenizer import load_tokenizer as load
 
-    m = cfg.model
-    name = m.tokenizer or (None if m.random_init or m.path is None else m.path)
+    name = tokenizer_name(cfg)
     try:
         return load(name)
     except FlantuneError as exc:
@@ -404,15 +410,11 @@ def apply_method(model, cfg: DictConfig):
 
     if method.quantized:  # norms and head in fp32, inputs that carry gradients; checkpointing is flantune's choice
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
-    m = cfg.model
-    tokenizer = m.tokenizer or (m.path if m.path and not m.random_init else None)
-    if tokenizer is None:
-        from flantune.tokenizer import bundled_tokenizer_dir
+    from flantune.tokenizer import tokenizer_target
 
-        tokenizer = str(bundled_tokenizer_dir())
     try:
         with _quiet_peft_wrap():
-            return get_peft_model(model, peft_config(cfg, tokenizer=str(tokenizer)))
+            return get_peft_model(model, peft_config(cfg, tokenizer=tokenizer_target(tokenizer_name(cfg))))
     except ValueError as exc:
         raise FlantuneError(f"method={method.name} could not wrap the model: {exc}. Check the method's "
                             "target_modules.") from exc

@@ -14,9 +14,14 @@ def bundled_tokenizer_dir() -> Path:
     return Path(str(resources.files("flantune") / "assets" / "t5-tokenizer"))
 
 
+def tokenizer_target(name_or_path: str | None) -> str:
+    """The folder or hub id a tokenizer is read from: None (or "flan-t5") is the one shipped with flantune."""
+    return str(bundled_tokenizer_dir()) if name_or_path in (None, "", "flan-t5") else str(name_or_path)
+
+
 def load_tokenizer(name_or_path: str | None):
     """A tokenizer by path or hub id; None gives the FLAN-T5 tokenizer shipped with flantune."""
-    target = str(bundled_tokenizer_dir()) if name_or_path in (None, "", "flan-t5") else str(name_or_path)
+    target = tokenizer_target(name_or_path)
     looks_local = is_local_path(target)
     if looks_local and not Path(target).expanduser().is_dir():
         raise FlantuneError(f"Tokenizer folder '{target}' does not exist. Give tokenizer=PATH of a folder with "
