@@ -172,6 +172,11 @@ def _split_list(value) -> list[str]:
     return [v for v in str(value).split(",") if v]
 
 
+def _arguments(options: list[str]) -> tuple[list[str], list[str]]:
+    """A command's words split into its arguments (directories) and its key=value options, each in order."""
+    return [o for o in options if "=" not in o], [o for o in options if "=" in o]
+
+
 def _pop(options: list[str], key: str) -> tuple[str | None, list[str]]:
     found, rest = None, []
     for option in options:
@@ -239,8 +244,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
          example="flantune report reports/imdb-run-a-compare-20261122-103000")
 def cmd_report(args: argparse.Namespace) -> int:
     from flantune.compare import config_for, report
-    dirs = [o for o in args.options if "=" not in o]
-    options = [o for o in args.options if "=" in o]
+    dirs, options = _arguments(args.options)
     if not dirs:
         raise FlantuneError("`flantune report` needs directories: a report directory to rebuild, or run / evaluation "
                             "directories to compare (the first is the reference).")
@@ -296,9 +300,8 @@ def cmd_demo(args: argparse.Namespace, opts: dict[str, Any]) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from flantune.push import push
 
-    runs = [o for o in args.options if "=" not in o]
-    opts = simple_options([o for o in args.options if "=" in o],
-                          {"repo_id": None, "private": False, "dry_run": False}, "push")
+    runs, options = _arguments(args.options)
+    opts = simple_options(options, {"repo_id": None, "private": False, "dry_run": False}, "push")
     if len(runs) != 1 or not opts["repo_id"]:
         raise FlantuneError("`flantune push` needs one run directory and repo_id=ORG/NAME, e.g. "
                             f"{COMMANDS['push'].example}.")
@@ -316,8 +319,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from flantune.runs_list import default_folders, print_runs
 
-    given = [o for o in args.options if "=" not in o]
-    if len(given) != len(args.options):
+    given, options = _arguments(args.options)
+    if options:
         raise FlantuneError(f"`flantune runs` takes folders, no options: got {' '.join(args.options)}.")
     for folder in given:
         if not Path(folder).is_dir():

@@ -24,8 +24,8 @@ from flantune.config import to_yaml
 from flantune.console import console, no_transformers_bars
 from flantune.distributed import is_main, main_first, on_main_then_share
 from flantune.errors import Interrupted
-from flantune.methods import method_of
 from flantune.evaluation import EvalResult, write_predictions
+from flantune.methods import method_of
 from flantune.modeling import (
     ModelInfo,
     apply_method,
