@@ -48,7 +48,8 @@ FIXED = {
     "compare": "the sweep writes one report over all its runs",
 }
 SET_BY_SWEEP = ("eval.split", "resume", "overwrite", "compare")  # refused even with one value
-LIST_VALUED = ("task", "lora.target_modules", "report_to")  # a list is one value: a list of lists sweeps
+# A list is one value of these (a list of lists sweeps them): config.py's keys typed "a list of names"
+LIST_VALUED = ("task", "lora.target_modules", "ia3.target_modules", "ia3.feedforward_modules", "report_to")
 
 
 @dataclass
