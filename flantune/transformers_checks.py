@@ -79,7 +79,7 @@ def check_optimizer_installed(name: str) -> None:
         Trainer.get_optimizer_cls_and_kwargs(args, torch.nn.Linear(1, 1))
     except (ImportError, ValueError) as exc:
         raise FlantuneError(f"train.optim={name} can't run here: {first_line(exc).rstrip('.')}. Or choose another "
-                            f"train.optim (adamw_torch is the default).") from exc
+                            f"train.optim (adamw_torch_fused is the default).") from exc
     except Exception:  # noqa: BLE001 - a lookup that needs more than the defaults: the trainer will say
         return
 

@@ -145,7 +145,7 @@ def test_an_optimizer_whose_package_is_missing_is_refused_before_a_run_but_not_a
 
     err = _refused(cli, tmp_path, "train.optim=adamw_torch_xla", "precision=fp32")
     assert ("train.optim=adamw_torch_xla can't run here: Trainer failed to import syncfree AdamW from torch_xla. "
-            "Or choose another train.optim (adamw_torch is the default).") in err
+            "Or choose another train.optim (adamw_torch_fused is the default).") in err
     check(load_config([*RUN, "train.optim=adamw_torch_xla", "precision=fp32"]))  # eval's checks: no optimizer
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
+from flantune import kernels
 from flantune.kernels import MasterWeightAdamW, use_fast_attention, use_fused_ops
 
 from tolerances import assert_close, reordered
@@ -33,7 +34,12 @@ def _batch(seed=1):
     return ids, mask, labels
 
 
-def test_fast_attention_matches_eager_forward_and_backward():
+@pytest.mark.parametrize("scores_per_slice", [None, 4 * 23 * 23])
+def test_fast_attention_matches_eager_forward_and_backward(scores_per_slice, monkeypatch):
+    """On a CPU the attention runs a slice of the batch at a time (kernels.CPU_SCORES_PER_CHUNK score elements):
+    4 * 23 * 23 puts each encoder row in a slice of its own, the cross attention's rows 3 to a slice."""
+    if scores_per_slice:
+        monkeypatch.setattr(kernels, "CPU_SCORES_PER_CHUNK", scores_per_slice)
     eager = _tiny()
     fast = copy.deepcopy(eager)
     assert use_fast_attention(fast)
@@ -50,6 +56,23 @@ def test_fast_attention_matches_eager_forward_and_backward():
     # the position-bias tables get their gradient through the shared bias
     bias = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
     assert dict(fast.named_parameters())[bias].grad.abs().sum() > 0
+
+
+def test_fast_attention_drops_out_while_training_only(monkeypatch):
+    monkeypatch.setattr(kernels, "CPU_SCORES_PER_CHUNK", 4 * 23 * 23)
+    model = _tiny()
+    model.config.dropout_rate = 0.0
+    for module in model.modules():
+        if hasattr(module, "dropout") and isinstance(module.dropout, float):
+            module.dropout = 0.5  # the attention probabilities' dropout alone
+    assert use_fast_attention(model)
+    ids, mask, labels = _batch()
+    model.train()
+    first, second = (model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() for _ in range(2))
+    assert first != second
+    model.eval()
+    first, second = (model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() for _ in range(2))
+    assert first == second
 
 
 @pytest.mark.parametrize("early_stop", [True, False])
