@@ -102,18 +102,20 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     _, _, valid = _dataset_features(args.dataset, args.data_dir, args.valid_examples, "validation", args.seed, None)
     steps = args.examples // args.batch  # one epoch of the peers' batches; the flantune rows train as many steps
-    timer = Timer(valid, args.curve_every, steps)
+    total = steps + round(steps * args.beyond)  # and on, so that a recipe can reach the target after the budget
+    timer = Timer(valid, args.curve_every, steps, total)
     run = _flantune_run if args.recipe == "flantune" else _peer_run
-    result, model, tok = run(args, steps, timer)
+    result, model, tok = run(args, steps, total, timer)
     seconds = result["end"][0] - result["start"][0]
     useful, padded, examples = (end - start for start, end in zip(result["start"][1:], result["end"][1:]))
     report = {
         "recipe": args.recipe, "dataset": args.dataset, "sampling": args.sampling, "seed": args.seed,
         "examples": result["examples"], "batch": result["batch"],
-        "timed_steps": steps - args.warmup, "seconds": seconds,
+        "steps": steps, "total_steps": total, "timed_steps": steps - args.warmup, "seconds": seconds,
         "useful_tokens_per_s": useful / seconds, "examples_per_s": examples / seconds,
         "pad_fraction": 1 - useful / padded,
-        "validation_loss": timer.curve[-1]["loss"] if timer.curve else validation_loss(model, valid),
+        # after the same examples in every recipe: the budget's last step, not the steps beyond it
+        "validation_loss": next(c["loss"] for c in timer.curve if c["step"] == steps),
         "curve": timer.curve,
     }
     if args.save_model:
@@ -126,8 +128,8 @@ class Timer:
     """The recipe's clock with its validation evaluations taken out: `now()` stops while the validation loss is
     measured (every `every` steps and after the last), so the curve's seconds are training seconds alone."""
 
-    def __init__(self, valid, every: int, steps: int):
-        self.valid, self.every, self.steps = valid, every, steps
+    def __init__(self, valid, every: int, steps: int, total: int):
+        self.valid, self.every, self.steps, self.total = valid, every, steps, total
         self.paused = 0.0
         self.curve: list[dict] = []
         self.began: float | None = None
@@ -136,7 +138,7 @@ class Timer:
         return time.perf_counter() - self.paused
 
     def measure(self, model, step: int) -> None:
-        if self.began is None or not (step == self.steps or (self.every and step % self.every == 0)):
+        if self.began is None or not (step in (self.steps, self.total) or (self.every and step % self.every == 0)):
             return
         stopped = time.perf_counter()
         loss = validation_loss(model, self.valid)
@@ -167,7 +169,7 @@ def _clock(counts, warmup: int, steps: int, window: dict, timer: Timer, model=No
     return Clock()
 
 
-def _flantune_run(args, steps: int, timer: Timer):
+def _flantune_run(args, steps: int, total: int, timer: Timer):
     """The flantune rows: `flantune run`'s own path (the prelude's checks and data, the train set, the model as a
     run loads and prepares it, and training.train: its trainer, sampler, collator, loss and kernels), with a clock
     callback. One evaluation of 8 validation rows at the end, after the timed window, is the run's own."""
@@ -183,7 +185,7 @@ def _flantune_run(args, steps: int, timer: Timer):
     per_task = args.examples // len(MIXTURE) if args.dataset == "mixture" else args.examples
     cfg = load_config([task, "model=tiny", f"data_dir={args.data_dir}", f"seed={args.seed}",
                        f"data.max_train_examples={per_task}", "data.max_eval_examples=8", "eval.split=validation",
-                       f"train.batch_size={args.batch}", f"train.max_steps={steps}", f"train.eval_steps={steps}",
+                       f"train.batch_size={args.batch}", f"train.max_steps={total}", f"train.eval_steps={total}",
                        "train.lr=1e-3", f"train.sampling={args.sampling}", "train.logging_steps=1000000",
                        f"train.loss_normalization={args.loss_normalization}", "precision=fp32", "report_to=none"])
     p = prepare(check(cfg))
@@ -201,7 +203,7 @@ def _flantune_run(args, steps: int, timer: Timer):
     return {**window, "examples": len(train_set.dataset), "batch": trained.step.batch}, trained.model, p.tokenizer
 
 
-def _peer_run(args, steps: int, timer: Timer):
+def _peer_run(args, steps: int, total: int, timer: Timer):
     """The peers' recipes, plain transformers: Seq2SeqTrainer on the same tokenised examples and initial weights."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, default_data_collator
 
@@ -232,7 +234,7 @@ def _peer_run(args, steps: int, timer: Timer):
 
     window: dict = {}
     targs = Seq2SeqTrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, max_steps=steps, learning_rate=1e-3,
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, max_steps=total, learning_rate=1e-3,
         logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none", seed=args.seed,
         data_seed=data_seed, disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False,
         train_sampling_strategy="group_by_length" if args.recipe == "group-by-length" else "random",
@@ -244,13 +246,16 @@ def _peer_run(args, steps: int, timer: Timer):
 
 
 def run_child(recipe: str, dataset: str, args, *, sampling: str = DEFAULT_SAMPLING, seed: int | None = None,
-              save_model: str | None = None) -> dict:
+              save_model: str | None = None, curve: bool = True) -> dict:
+    """One recipe in a child process. curve=False (the order runs, which read only the final loss): no curve,
+    no steps beyond the budget."""
     out = Path(tempfile.mkdtemp()) / "result.json"
     seed = args.seed if seed is None else seed
     cmd = [sys.executable, __file__, "--child", "--recipe", recipe, "--dataset", dataset, "--data-dir", args.data_dir,
            "--examples", str(args.examples), "--valid-examples", str(args.valid_examples), "--batch", str(args.batch),
            "--warmup", str(args.warmup), "--seed", str(seed), "--threads", str(args.threads),
-           "--curve-every", str(args.curve_every), "--sampling", sampling,
+           "--curve-every", str(args.curve_every if curve else 0), "--beyond", str(args.beyond if curve else 0),
+           "--sampling", sampling,
            "--loss-normalization", args.loss_normalization, "--child-out", str(out)]
     cmd += ["--save-model", save_model] if save_model else []
     # stderr goes to a file, not a pipe: os.wait4 (for this child's own ru_maxrss) waits before anything reads,
@@ -269,10 +274,11 @@ def run_child(recipe: str, dataset: str, args, *, sampling: str = DEFAULT_SAMPLI
 
 
 def time_to_target(runs: dict[str, dict]) -> dict:
-    """The target: the best validation loss the slowest recipe (fewest useful tokens/s) reaches in its steps;
-    then each recipe's training seconds until its curve first reaches it (None: never, in these steps)."""
+    """The target: the best validation loss the slowest recipe (fewest useful tokens/s) reaches in its budget (its
+    first `steps`); then each recipe's training seconds until its curve, steps beyond the budget included, first
+    reaches it (None: never, in these steps)."""
     slowest = min(runs.values(), key=lambda r: r["useful_tokens_per_s"])
-    target = min(point["loss"] for point in slowest["curve"])
+    target = min(point["loss"] for point in slowest["curve"] if point["step"] <= slowest.get("steps", point["step"]))
     reached = {name: next((c["seconds"] for c in r["curve"] if c["loss"] <= target), None)
                for name, r in runs.items()}
     return {"target_loss": target, "set_by": slowest["recipe"], "seconds": reached}
@@ -504,6 +510,9 @@ def main(argv=None) -> None:
     ap.add_argument("--loss-normalization", default="tokens", choices=("tokens", "batch"),
                     help="flantune's train.loss_normalization in the flantune recipes")
     ap.add_argument("--curve-every", type=int, default=20, help="steps between validation losses on the curves")
+    ap.add_argument("--beyond", type=float, default=0.5,
+                    help="the recipes train this share of their steps past the common budget (same learning-rate "
+                         "schedule in each), so that a faster one can reach the target loss after the budget")
     ap.add_argument("--orders", type=int, default=4, help="training orders (seeds) each sampling is compared over")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     ap.add_argument("--samplings", nargs="+", default=list(SAMPLINGS), choices=SAMPLINGS,
@@ -538,8 +547,9 @@ def main(argv=None) -> None:
         losses = {s: [] for s in (*args.samplings, "random")}
         for seed in range(args.seed, args.seed + args.orders):
             for sampling in losses:
-                r = runs["flantune"] if (sampling, seed) == (DEFAULT_SAMPLING, args.seed) else \
-                    run_child("flantune", dataset, args, sampling=sampling, seed=seed)
+                reuse = (sampling, seed, args.beyond) == (DEFAULT_SAMPLING, args.seed, 0)  # the same run
+                r = runs["flantune"] if reuse else run_child("flantune", dataset, args, sampling=sampling, seed=seed,
+                                                             curve=False)
                 losses[sampling].append(r["validation_loss"])
                 print(f"  {dataset:8s} flantune {sampling:20s} order {seed}: loss {r['validation_loss']:.4f}", flush=True)
         report["orders"][dataset] = {"losses": losses, "differences": order_effects(losses)}

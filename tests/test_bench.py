@@ -26,8 +26,10 @@ def test_a_packed_child_counts_the_examples_in_its_rows(tmp_path, shared_data):
     examples = result["examples_per_s"] * result["seconds"]
     assert examples > 2 * rows  # samsum's dialogues share rows about 3 to a row
     assert result["pad_fraction"] < 0.15 and result["validation_loss"] > 0
-    # 20 steps: the curve's one point is after the last, with the seconds trained so far
-    assert [c["step"] for c in result["curve"]] == [20] and 0 < result["curve"][0]["seconds"]
+    # a budget of 20 steps and half as many beyond (--beyond 0.5): the curve's points after each, with the seconds
+    # trained so far; the loss after the budget's examples is the recipe's
+    assert [c["step"] for c in result["curve"]] == [20, 30] and 0 < result["curve"][0]["seconds"]
+    assert result["validation_loss"] == result["curve"][0]["loss"]
 
 
 def _bench():
@@ -42,17 +44,18 @@ def _bench():
 
 def test_time_to_target_is_set_by_the_slowest_recipe_and_read_off_each_curve():
     def run(name, speed, curve):
-        return {"recipe": name, "useful_tokens_per_s": speed,
-                "curve": [{"step": i, "seconds": s, "loss": l} for i, (s, l) in enumerate(curve)]}
+        return {"recipe": name, "useful_tokens_per_s": speed, "steps": 3,
+                "curve": [{"step": i + 1, "seconds": s, "loss": l} for i, (s, l) in enumerate(curve)]}
 
-    runs = {"notebook": run("notebook", 100, [(10, 3.0), (20, 2.5), (30, 2.2)]),
+    runs = {"notebook": run("notebook", 100, [(10, 3.0), (20, 2.5), (30, 2.2), (40, 1.9)]),
             "peer": run("peer", 300, [(4, 2.9), (8, 2.3), (12, 2.1)]),
             "flantune": run("flantune", 400, [(3, 2.8), (6, 2.2), (9, 2.0)]),
-            "late": run("late", 200, [(5, 2.6), (9, 2.4)])}
+            "late": run("late", 200, [(5, 2.6), (9, 2.4), (13, 2.3), (17, 2.15)])}
     found = _bench().time_to_target(runs)
-    # the slowest (100 tok/s) reached 2.2 at best; the others' first points at or below it
+    # the slowest (100 tok/s) reached 2.2 at best in its budget of 3 steps (1.9 came after it); the others' first
+    # points at or below it, steps beyond the budget included
     assert found == {"target_loss": 2.2, "set_by": "notebook",
-                     "seconds": {"notebook": 30, "peer": 12, "flantune": 6, "late": None}}
+                     "seconds": {"notebook": 30, "peer": 12, "flantune": 6, "late": 17}}
 
 
 def test_order_effects_pair_each_sampling_with_random_batches_by_order():
