@@ -17,7 +17,9 @@ Recipes (each trains the tiny T5 from the same seed on the same tokenised exampl
                    train.sampling; timed by a callback.
 Every recipe's validation loss is measured every --curve-every steps on the same validation rows, with the clock
 stopped: the curves, and the headline, the wall-clock seconds each recipe takes to reach a target loss (the best
-loss the slowest recipe reaches in its steps). Then flantune's samplings (length_grouped, input_length_grouped,
+loss the slowest recipe reaches in its budget of --examples; every recipe trains --beyond as many steps again, on
+the same learning-rate schedule, so that a faster one can reach it later). The peer and flantune run --repeats
+times in turn and keep their median run. Then flantune's samplings (length_grouped, input_length_grouped,
 packed) against random batches over --orders training orders: the final validation loss's paired difference
 with its 95% interval, the evidence for the default.
 Each recipe runs in its own process, so its peak memory (max RSS) is its own.
@@ -45,7 +47,7 @@ RECIPES = ("notebook", "example-script", "group-by-length", "flantune")
 PEER = "group-by-length"  # the strongest peer: flantune's ratios are against it
 DATASETS = ("imdb", "samsum", "mixture")
 MIXTURE = ("imdb", "samsum", "emotion")  # the "mixture" dataset: these tasks, as many examples of each
-DEFAULT_SAMPLING = "length_grouped"  # configs/defaults.yaml's train.sampling
+DEFAULT_SAMPLING = "input_length_grouped"  # configs/defaults.yaml's train.sampling (length_grouped until 2026-12-03)
 TOLERANCE = 1e-3  # nats: a curve within this of the target has reached it (the same data order padded otherwise
 # sums in another order: the example script's loss and the notebook's differ in the sixth digit)
 SAMPLINGS = ("length_grouped", "input_length_grouped", "packed")  # each against random batches, over orders
@@ -604,7 +606,7 @@ def markdown_table(report: dict) -> str:
         mine, theirs = reached["flantune"], reached[recipe]
         speed = "" if recipe == "flantune" else f"{ours['useful_tokens_per_s'] / r['useful_tokens_per_s']:.2f}"
         quicker = "" if recipe == "flantune" else ("-" if not mine or not theirs else f"{theirs / mine:.2f}")
-        name = {"flantune": "**flantune run**", PEER: f"{recipe} (the peer)"}.get(recipe, recipe)
+        name = {"flantune": f"**flantune run** ({r['sampling']})", PEER: f"{recipe} (the peer)"}.get(recipe, recipe)
         each = r.get("repeats_tokens_per_s", [])
         spread = f" ({min(each):,.0f}-{max(each):,.0f})" if len(each) > 1 else ""
         lines.append(f"| {dataset} | {name} | {r['useful_tokens_per_s']:,.0f}{spread} | {r['examples_per_s']:.1f} | "

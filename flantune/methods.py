@@ -65,7 +65,7 @@ def check_method(cfg: DictConfig) -> None:
     if m.prompt and cfg.train.sampling == "packed":
         raise FlantuneError(
             "method=prompt_tuning puts its virtual tokens before each input, which packed rows (several examples "
-            "a row) can't hold. Use train.sampling=length_grouped."
+            "a row) can't hold. Use train.sampling=input_length_grouped (the default)."
         )
     if m.name == "prompt_tuning" and cfg.prompt_tuning.num_virtual_tokens < 1:
         raise FlantuneError(f"Config key 'prompt_tuning.num_virtual_tokens' is "

@@ -187,7 +187,7 @@ def check(cfg: DictConfig, *, train: bool = True) -> Checked:
     if cfg.train.sampling == "packed" and model_type not in T5_LAYOUT:
         raise FlantuneError(
             f"train.sampling=packed needs full attention with T5's relative position bias ({', '.join(T5_LAYOUT)}); "
-            f"this model is a {model_type}. Use train.sampling=length_grouped."
+            f"this model is a {model_type}. Use train.sampling=input_length_grouped (the default)."
         )
     from flantune import cuda_graphs
 

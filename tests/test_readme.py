@@ -133,9 +133,28 @@ def _memory_rows(text: str) -> list[list[str]]:
 
 
 def test_memory_table_is_the_measured_one():
-    readme = _memory_rows(_section("Performance"))
+    readme = _memory_rows(_section("Which GPU a run needs"))
     measured = _memory_rows((REPO / "bench" / "RESULTS.md").read_text().split("### Memory table", 1)[1])
     assert len(readme) == 5 and readme == measured[:5]
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    """The first Markdown table in `text`, a dict per row keyed by the header's cells."""
+    lines = [line for line in text[text.index("\n|") + 1:].splitlines()]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[:next(
+        (i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))]]
+    return [dict(zip(rows[0], row)) for row in rows[2:]]
+
+
+def test_performance_table_is_bench_results_lead_table():
+    """The README's one performance table: the same figures as bench/RESULTS.md's first table, cell for cell."""
+    readme = _table(_section("Performance"))
+    results = (REPO / "bench" / "RESULTS.md").read_text()
+    lead = {(row["data"], row["recipe"]): row for row in _table(results.split("\n## ", 1)[1])}
+    assert len(readme) == len(lead) == 12
+    for row in readme:
+        measured = lead[(row["data"], row["recipe"])]
+        assert row == {column: measured[column] for column in row}, row
 
 
 def _saved_like_a_run(folder: Path, lora: bool) -> Path:
