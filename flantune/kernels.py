@@ -61,12 +61,12 @@ def t5_sdpa_attention(module, query, key, value, attention_mask, dropout: float 
     q_length = query.shape[2]
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
     is_causal = bool(q_length > 1 and attention_mask is None and is_causal)
+    if position_bias is not None and is_causal and key.shape[2] > q_length:
+        key, value = key[:, :, :q_length], value[:, :, :q_length]
+        position_bias = position_bias[..., :q_length]
     if position_bias is not None and query.device.type == "cpu":
         return _cpu_attention(query, key, value, attention_mask, position_bias, is_causal, dropout, scaling), None
     if position_bias is not None:
-        if is_causal and key.shape[2] > q_length:
-            key, value = key[:, :, :q_length], value[:, :, :q_length]
-            position_bias = position_bias[..., :q_length]
         # Gradient checkpointing recomputes each block on its own and checks that it saves the same tensors
         # as the first forward did: a tensor shared across blocks would be built in one and reused in the others.
         recomputed = module.training and getattr(module, "gradient_checkpointing", False)
@@ -84,13 +84,10 @@ CPU_SCORES_PER_CHUNK = 1 << 20  # score elements (4 MiB in fp32) per slice of th
 def _cpu_attention(query, key, value, attention_mask, position_bias, is_causal: bool, dropout: float, scaling):
     """T5's attention on a CPU, a slice of the batch at a time. SDPA's CPU flash kernel returns no gradient for
     the bias, so with T5's learned bias a whole batch's (batch, heads, q, k) scores, bias-plus-mask and softmax
-    each go through memory; a few examples' scores fit in cache, which made attention's forward and backward 2.3x
-    faster at 512 tokens (bench/RESULTS.md). The bias-plus-mask is made per slice and never for the whole batch."""
+    each go through memory; a few examples' scores fit in cache, which made attention's forward and backward 2.5x
+    faster at 512 tokens for the tiny model's heads, 1.6x for flan-t5-base's (bench/cpu_attention.py). The bias-plus-mask is made per slice and never for the whole batch."""
     from transformers.integrations.sdpa_attention import create_position_bias_mask
 
-    if is_causal and key.shape[2] > query.shape[2]:
-        key, value = key[:, :, :query.shape[2]], value[:, :, :query.shape[2]]
-        position_bias = position_bias[..., :query.shape[2]]
     heads, q_length, k_length = query.shape[1], query.shape[2], key.shape[2]
     step = max(1, CPU_SCORES_PER_CHUNK // (heads * q_length * k_length))
     scale = 1.0 if scaling is None else scaling  # T5 folds the usual 1/sqrt(d) into its weights
