@@ -595,6 +595,18 @@ def machine() -> str:
     return f"{os.cpu_count()} cores of {model}"
 
 
+def flantune_ratios(report: dict, by: dict, dataset: str, recipe: str) -> tuple[str, str]:
+    """flantune's useful tokens/s over `recipe`'s, and `recipe`'s seconds to the target over flantune's, as text
+    ("" on flantune's own row, "-" where either never reached the target)."""
+    if recipe == "flantune":
+        return "", ""
+    ours, r = by[(dataset, "flantune")], by[(dataset, recipe)]
+    reached = report["time_to_target"][dataset]["seconds"]
+    mine, theirs = reached["flantune"], reached[recipe]
+    return (f"{ours['useful_tokens_per_s'] / r['useful_tokens_per_s']:.2f}",
+            "-" if not mine or not theirs else f"{theirs / mine:.2f}")
+
+
 def markdown_table(report: dict) -> str:
     """The training table as bench/RESULTS.md and the README show it: each recipe's speed, padding, memory and
     loss after the same examples, its seconds to the target loss, and flantune's ratios to it."""
@@ -602,10 +614,8 @@ def markdown_table(report: dict) -> str:
     lines = ["| data | recipe | useful tokens/s (runs' range) | examples/s | padding | peak RSS | validation loss | seconds to "
              "target loss | flantune: x tokens/s | x time to target |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (dataset, recipe), r in by.items():
-        ours, reached = by[(dataset, "flantune")], report["time_to_target"][dataset]["seconds"]
-        mine, theirs = reached["flantune"], reached[recipe]
-        speed = "" if recipe == "flantune" else f"{ours['useful_tokens_per_s'] / r['useful_tokens_per_s']:.2f}"
-        quicker = "" if recipe == "flantune" else ("-" if not mine or not theirs else f"{theirs / mine:.2f}")
+        theirs = report["time_to_target"][dataset]["seconds"][recipe]
+        speed, quicker = flantune_ratios(report, by, dataset, recipe)
         name = {"flantune": f"**flantune run** ({r['sampling']})", PEER: f"{recipe} (the peer)"}.get(recipe, recipe)
         each = r.get("repeats_tokens_per_s", [])
         spread = f" ({min(each):,.0f}-{max(each):,.0f})" if len(each) > 1 else ""
@@ -634,11 +644,8 @@ def print_report(report: dict) -> None:
           f"{'val loss':>9s} {'to target':>9s} {'flantune x tok/s':>16s} {'x time':>7s}")
     by = {(r["dataset"], r["recipe"]): r for r in report["training"]}
     for (dataset, recipe), r in by.items():
-        ours = by[(dataset, "flantune")]
-        reached = report["time_to_target"][dataset]["seconds"]
-        mine, theirs = reached["flantune"], reached[recipe]
-        speed = "" if recipe == "flantune" else f"{ours['useful_tokens_per_s'] / r['useful_tokens_per_s']:.2f}"
-        quicker = "" if recipe == "flantune" or not mine or not theirs else f"{theirs / mine:.2f}"
+        theirs = report["time_to_target"][dataset]["seconds"][recipe]
+        speed, quicker = flantune_ratios(report, by, dataset, recipe)
         print(f"{dataset:8s} {recipe:16s} {r['useful_tokens_per_s']:12,.0f} {r['examples_per_s']:7.1f} "
               f"{r['pad_fraction']:6.1%} {r['peak_rss_mib']:8.0f} {r['validation_loss']:9.4f} "
               f"{'-' if theirs is None else f'{theirs:.1f} s':>9s} {speed:>16s} {quicker:>7s}")
