@@ -92,7 +92,6 @@ def _cpu_attention(query, key, value, attention_mask, position_bias, is_causal: 
         attention_mask = torch.ones(q_length, k_length, dtype=torch.bool, device=query.device).tril()[None, None]
     step = max(1, CPU_SCORES_PER_CHUNK // (heads * q_length * k_length))
     scale = 1.0 if scaling is None else scaling  # T5 folds the usual 1/sqrt(d) into its weights
-    lowest = torch.finfo(query.dtype).min
     # split, not indexing: split's backward joins the slices' gradients once; an index's fills a zero tensor
     # of the whole batch for each slice
     n = -(-query.shape[0] // step)
@@ -107,7 +106,7 @@ def _cpu_attention(query, key, value, attention_mask, position_bias, is_causal: 
             scores = scores * scale
         scores = scores + bias.to(q.dtype)
         if mask is not None and mask.dtype == torch.bool:
-            scores = scores.masked_fill_(~mask, lowest)
+            scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
         elif mask is not None:  # an additive mask
             scores = scores + mask
         weights = torch.softmax(scores, dim=-1)

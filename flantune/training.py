@@ -101,6 +101,9 @@ class FlantuneTrainer(Seq2SeqTrainer):
         # costs a third of torch's passes over the logits (flantune/cross_entropy.py).
         labels = inputs["labels"]
         outputs = model(**decoder_inputs(model, inputs))
+        if outputs.get("loss") is not None:  # a model that adds to its loss (decoder_inputs): its token mean
+            loss = outputs.loss * self.loss_share(inputs, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
         summed = summed_cross_entropy(outputs.logits, labels)
         loss = summed * self.step.processes / self.normaliser(num_items_in_batch)
         if return_outputs:  # the mean, as the model's own loss would be
@@ -163,13 +166,17 @@ class FlantuneTrainer(Seq2SeqTrainer):
 
 def decoder_inputs(model, inputs: dict) -> dict:
     """A batch's model inputs with the decoder's input ids in place of the labels, made the model's own way (T5:
-    the labels shifted right behind the start token). A model without that way gets the labels."""
-    if "decoder_input_ids" in inputs:
-        return {k: v for k, v in inputs.items() if k != "labels"}
+    the labels shifted right behind the start token). A model that adds a term to its loss (AdaLoRA's orthogonal
+    regulariser, which peft adds only to a loss the model computed) or that has no such way gets the labels."""
+    model = getattr(model, "module", model)  # DDP's and DeepSpeed's wrappers
+    rest = {k: v for k, v in inputs.items() if k != "labels"}
+    if getattr(model, "peft_type", None) == "ADALORA":  # peft's PeftType is a str enum
+        return inputs
+    if "decoder_input_ids" in inputs:  # packed rows bring their own
+        return rest
     prepare = getattr(base_model_of(model), "prepare_decoder_input_ids_from_labels", None)
     if prepare is None:
         return inputs
-    rest = {k: v for k, v in inputs.items() if k != "labels"}
     return {**rest, "decoder_input_ids": prepare(labels=inputs["labels"])}
 
 

@@ -89,3 +89,55 @@ def test_the_trainers_loss_is_the_models_own_token_loss(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
     torch.testing.assert_close(outputs.loss, model(**batch).loss)
+
+
+def _trainer_and_batch(tmp_path, model):
+    from transformers import Seq2SeqTrainingArguments
+
+    from flantune.step import Step
+    from flantune.training import FlantuneTrainer
+
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    step = Step(unit="examples", batch=2, micro_batches=1, grad_accum=1, processes=1, loss_normalization="tokens",
+                label_tokens=8.0)
+    ids = torch.randint(3, 500, (2, 7))
+    labels = torch.randint(3, 500, (2, 5))
+    labels[1, 3:] = -100
+    trainer = FlantuneTrainer(model=model, args=args, step=step, evaluator=None, sampler_factory=None)
+    return trainer, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def test_adaloras_regulariser_stays_in_the_loss(tmp_path):
+    """AdaLoRA adds its orthogonal regulariser to a loss the model computed: its runs keep the model's loss."""
+    from peft import AdaLoraConfig, get_peft_model
+
+    from flantune.config import load_config
+    from flantune.modeling import load_model
+
+    torch.manual_seed(0)
+    base = load_model(load_config(["model=tiny"]), 0)
+    model = get_peft_model(base, AdaLoraConfig(init_r=4, target_r=2, target_modules=["q", "v"], total_step=10,
+                                               orth_reg_weight=0.5, task_type="SEQ_2_SEQ_LM"))
+    model.eval()
+    trainer, batch = _trainer_and_batch(tmp_path, model)
+    tokens = (batch["labels"] != -100).sum()
+    with_regulariser = model(**batch).loss
+    plain = F.cross_entropy(model(**batch).logits.flatten(0, 1), batch["labels"].flatten())
+    assert abs(float(with_regulariser - plain)) > 1e-4  # the regulariser is there to lose
+    torch.testing.assert_close(trainer.compute_loss(model, batch), with_regulariser * tokens / 8.0)
+
+
+def test_a_wrapped_models_labels_become_its_decoder_inputs():
+    """DDP's and DeepSpeed's wrappers hold the model in .module: the decoder's inputs are still made from the
+    labels (the model then computes no loss of its own)."""
+    from flantune.config import load_config
+    from flantune.modeling import load_model
+    from flantune.training import decoder_inputs
+
+    model = load_model(load_config(["model=tiny"]), 0)
+    wrapper = torch.nn.Module()
+    wrapper.module = model
+    labels = torch.tensor([[5, 6, -100]])
+    inputs = decoder_inputs(wrapper, {"input_ids": torch.tensor([[7, 8]]), "labels": labels})
+    assert "labels" not in inputs
+    assert inputs["decoder_input_ids"].tolist() == [[model.config.decoder_start_token_id, 5, 6]]
