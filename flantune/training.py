@@ -98,7 +98,7 @@ class FlantuneTrainer(Seq2SeqTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Packed rows go through the same call (packing.accept_rows). The model gets the decoder's inputs instead
         # of the labels, so that it doesn't score them too: the loss is flantune's summed cross-entropy, which
-        # costs a third of torch's passes over the logits (flantune/cross_entropy.py).
+        # makes no log-softmax the size of the logits (flantune/cross_entropy.py).
         labels = inputs["labels"]
         outputs = model(**decoder_inputs(model, inputs))
         if outputs.get("loss") is not None:  # a model that adds to its loss (decoder_inputs): its token mean
