@@ -89,11 +89,14 @@ class FlantuneTrainer(Seq2SeqTrainer):
         process (the trainer's num_items_in_batch), so each step trains on its token mean, as transformers does."""
         return self.step.label_tokens or num_items_in_batch
 
+    def share_of_step(self, summed, num_items_in_batch):
+        """A micro-batch's summed token loss as its part of the step's: over the normaliser, times the processes
+        to undo DDP's mean of their gradients."""
+        return summed * self.step.processes / self.normaliser(num_items_in_batch)
+
     def loss_share(self, inputs, num_items_in_batch):
-        """What a micro-batch's mean token loss is multiplied by: its label tokens over the normaliser (its summed
-        loss's part of the step's), times the processes to undo DDP's mean of their gradients."""
-        tokens = (inputs["labels"] != -100).sum()
-        return tokens * self.step.processes / self.normaliser(num_items_in_batch)
+        """What a micro-batch's mean token loss is multiplied by: its label tokens' share of the step."""
+        return self.share_of_step((inputs["labels"] != -100).sum(), num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Packed rows go through the same call (packing.accept_rows). The model gets the decoder's inputs instead
@@ -105,7 +108,7 @@ class FlantuneTrainer(Seq2SeqTrainer):
             loss = outputs.loss * self.loss_share(inputs, num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
         summed = summed_cross_entropy(outputs.logits, labels)
-        loss = summed * self.step.processes / self.normaliser(num_items_in_batch)
+        loss = self.share_of_step(summed, num_items_in_batch)
         if return_outputs:  # the mean, as the model's own loss would be
             outputs["loss"] = summed.detach() / (labels != -100).sum().clamp_min(1)
         return (loss, outputs) if return_outputs else loss
@@ -169,9 +172,9 @@ def decoder_inputs(model, inputs: dict) -> dict:
     the labels shifted right behind the start token). A model that adds a term to its loss (AdaLoRA's orthogonal
     regulariser, which peft adds only to a loss the model computed) or that has no such way gets the labels."""
     model = getattr(model, "module", model)  # DDP's and DeepSpeed's wrappers
-    rest = {k: v for k, v in inputs.items() if k != "labels"}
     if getattr(model, "peft_type", None) == "ADALORA":  # peft's PeftType is a str enum
         return inputs
+    rest = {k: v for k, v in inputs.items() if k != "labels"}
     if "decoder_input_ids" in inputs:  # packed rows bring their own
         return rest
     prepare = getattr(base_model_of(model), "prepare_decoder_input_ids_from_labels", None)

@@ -54,24 +54,13 @@ def test_all_padding_is_zero():
 def test_the_trainers_loss_is_the_models_own_token_loss(tmp_path):
     """FlantuneTrainer scores the labels itself (the model gets the decoder's inputs): its loss and gradients are
     those of the model's own cross-entropy, the token mean times the tokens over the step's normaliser."""
-    from transformers import Seq2SeqTrainingArguments
-
     from flantune.config import load_config
     from flantune.modeling import load_model
-    from flantune.step import Step
-    from flantune.training import FlantuneTrainer
 
     torch.manual_seed(0)
     model = load_model(load_config(["model=tiny"]), 0)
-    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    step = Step(unit="examples", batch=3, micro_batches=1, grad_accum=1, processes=1, loss_normalization="tokens",
-                label_tokens=20.0)
-    trainer = FlantuneTrainer(model=model, args=args, step=step, evaluator=None, sampler_factory=None)
-    ids = torch.randint(3, 500, (3, 9))
-    labels = torch.randint(3, 500, (3, 6))
-    labels[1, 4:] = -100
-    labels[2, 2:] = -100
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    trainer, batch, normaliser = _trainer_and_batch(tmp_path, model)
+    labels = batch["labels"]
 
     def gradients(loss):
         model.zero_grad()
@@ -81,7 +70,7 @@ def test_the_trainers_loss_is_the_models_own_token_loss(tmp_path):
     model.eval()  # no dropout: the two forwards see the same network
     ours = trainer.compute_loss(model, batch)
     ours_grads = gradients(ours)
-    expected = model(**batch).loss * (labels != -100).sum() / 20.0
+    expected = model(**batch).loss * (labels != -100).sum() / normaliser
     expected_grads = gradients(expected)
     torch.testing.assert_close(ours, expected)
     assert len(ours_grads) == len(expected_grads) > 10
@@ -92,19 +81,23 @@ def test_the_trainers_loss_is_the_models_own_token_loss(tmp_path):
 
 
 def _trainer_and_batch(tmp_path, model):
+    """A trainer of 3 examples a step over a fixed normaliser, and a batch whose labels are padded otherwise in
+    each row."""
     from transformers import Seq2SeqTrainingArguments
 
     from flantune.step import Step
     from flantune.training import FlantuneTrainer
 
+    normaliser = 20.0
     args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    step = Step(unit="examples", batch=2, micro_batches=1, grad_accum=1, processes=1, loss_normalization="tokens",
-                label_tokens=8.0)
-    ids = torch.randint(3, 500, (2, 7))
-    labels = torch.randint(3, 500, (2, 5))
-    labels[1, 3:] = -100
+    step = Step(unit="examples", batch=3, micro_batches=1, grad_accum=1, processes=1, loss_normalization="tokens",
+                label_tokens=normaliser)
     trainer = FlantuneTrainer(model=model, args=args, step=step, evaluator=None, sampler_factory=None)
-    return trainer, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    ids = torch.randint(3, 500, (3, 9))
+    labels = torch.randint(3, 500, (3, 6))
+    labels[1, 4:] = -100
+    labels[2, 2:] = -100
+    return trainer, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}, normaliser
 
 
 def test_adaloras_regulariser_stays_in_the_loss(tmp_path):
@@ -119,12 +112,12 @@ def test_adaloras_regulariser_stays_in_the_loss(tmp_path):
     model = get_peft_model(base, AdaLoraConfig(init_r=4, target_r=2, target_modules=["q", "v"], total_step=10,
                                                orth_reg_weight=0.5, task_type="SEQ_2_SEQ_LM"))
     model.eval()
-    trainer, batch = _trainer_and_batch(tmp_path, model)
+    trainer, batch, normaliser = _trainer_and_batch(tmp_path, model)
     tokens = (batch["labels"] != -100).sum()
     with_regulariser = model(**batch).loss
     plain = F.cross_entropy(model(**batch).logits.flatten(0, 1), batch["labels"].flatten())
     assert abs(float(with_regulariser - plain)) > 1e-4  # the regulariser is there to lose
-    torch.testing.assert_close(trainer.compute_loss(model, batch), with_regulariser * tokens / 8.0)
+    torch.testing.assert_close(trainer.compute_loss(model, batch), with_regulariser * tokens / normaliser)
 
 
 def test_a_wrapped_models_labels_become_its_decoder_inputs():
